@@ -1,0 +1,244 @@
+"""Every message of the control channel, as typed records.
+
+On the wire a message is a msgpack map ``{"t": <type>, <field>: <value>, ...}``. ``to_wire`` and
+``from_wire`` convert; ``from_wire`` checks field names and types so that a malformed message is
+rejected at the edge (as a :class:`RemoteProtocolError`) instead of failing deep inside a handler.
+
+Roles: a *peer* daemon says :class:`Hello`; the operator CLI says :class:`ClientHello` and then
+sends :class:`Request`s answered by :class:`Response`s.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Union
+
+from common.errors import LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+
+
+# --- peer -> seeder ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message of a peer: who it is and what it already has."""
+
+    TYPE: ClassVar[str] = "hello"
+    name: str
+    address: str
+    bt_port: int
+    labels: dict[str, str] = field(default_factory=dict)
+    current: str | None = None
+    staged: list[str] = field(default_factory=list)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "heartbeat"
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class StepReport(Message):
+    """The durable result of one step on one host, keyed by (rollout, host, step, attempt).
+
+    ``state`` is ``running``, ``succeeded`` or ``failed``; ``result`` is the typed outcome
+    (``succeeded``, ``failed``, ``missing``, ``not_executable``, ``timed_out``, ``error``,
+    ``skipped``); ``output`` holds the last lines a hook printed.
+    """
+
+    TYPE: ClassVar[str] = "step"
+    rollout_id: str
+    host: str
+    step: str
+    attempt: int
+    state: str
+    result: str = ""
+    detail: str = ""
+    exit_code: int | None = None
+    output: list[str] = field(default_factory=list)
+    at: float = 0.0
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class OutputLine(Message):
+    """One line a hook printed, streamed live (best effort; the step report keeps the tail)."""
+
+    TYPE: ClassVar[str] = "output"
+    rollout_id: str
+    host: str
+    step: str
+    line: str
+
+
+# --- seeder -> peer ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    heartbeat_interval: float
+    tracker_url: str
+
+
+@dataclass(frozen=True)
+class Stage(Message):
+    """Download, verify and unpack a release; nothing goes live."""
+
+    TYPE: ClassVar[str] = "stage"
+    rollout_id: str
+    manifest: dict[str, Any]
+    torrent: bytes
+    peers: list[list[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Activate(Message):
+    """Run the lifecycle hooks of a staged release and switch ``current`` to it."""
+
+    TYPE: ClassVar[str] = "activate"
+    rollout_id: str
+    release_id: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """The seeder stored a step report; the peer may drop it from its journal."""
+
+    TYPE: ClassVar[str] = "ack"
+    rollout_id: str
+    step: str
+    attempt: int
+
+
+# --- CLI <-> seeder ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientHello(Message):
+    TYPE: ClassVar[str] = "client_hello"
+    client: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    TYPE: ClassVar[str] = "request"
+    id: int
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response(Message):
+    TYPE: ClassVar[str] = "response"
+    id: int
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error_code: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Goodbye(Message):
+    """Sent before closing on purpose, with the reason (e.g. a protocol error)."""
+
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Heartbeat,
+        StepReport,
+        OutputLine,
+        Welcome,
+        Stage,
+        Activate,
+        Ack,
+        ClientHello,
+        Request,
+        Response,
+        Goodbye,
+    )
+}
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    if type(msg).TYPE not in MESSAGE_TYPES:
+        raise LocalProtocolError(f"{type(msg).__name__} is not a control message")
+    wire: dict[str, Any] = {"t": msg.TYPE}
+    for f in fields(msg):
+        wire[f.name] = getattr(msg, f.name)
+    return wire
+
+
+def from_wire(obj: object) -> Message:
+    """Build a message from a decoded msgpack object, or raise RemoteProtocolError."""
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"control message must be a map, got {type(obj).__name__}")
+    kind = obj.get("t")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown control message type {kind!r}")
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in obj:
+            value = obj[f.name]
+            if not _conforms(value, hints[f.name]):
+                raise RemoteProtocolError(
+                    f"{kind} message: field {f.name!r} has the wrong type ({type(value).__name__})"
+                )
+            values[f.name] = value
+    try:
+        return cls(**values)
+    except TypeError:
+        missing = [f.name for f in fields(cls) if f.name not in obj]
+        raise RemoteProtocolError(f"{kind} message is missing fields {missing}") from None
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(k, key) and _conforms(v, item) for k, v in value.items()
+        )
+    return isinstance(value, hint)
