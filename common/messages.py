@@ -118,9 +118,7 @@ class Ack(Message):
     """The seeder stored a step report; the peer may drop it from its journal."""
 
     TYPE: ClassVar[str] = "ack"
-    rollout_id: str
-    step: str
-    attempt: int
+    seq: int
 
 
 # --- CLI <-> seeder ---------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""A release: one build of one app at one commit, and the manifest that describes it.
+
+The manifest travels with every stage command; a peer refuses bytes whose digest does not match.
+The release id is derived from the content (``<app>-<version>-<infohash prefix>``), so building the
+same commit with the same settings twice gives the same id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common.errors import ReleaseError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_app_name(name: str) -> str:
+    """App names end up in paths and ids: letters, digits, ``.``, ``_``, ``-`` only."""
+    if not _NAME.match(name):
+        raise ReleaseError(
+            f"app name {name!r} is not valid (letters, digits, '.', '_' and '-', at most 64)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    app: str
+    version: str
+    commit: str
+    size: int
+    digest: str
+    infohash: str
+    archive: str
+
+    @property
+    def release_id(self) -> str:
+        version = re.sub(r"[^A-Za-z0-9._-]", "_", self.version)
+        return f"{self.app}-{version}-{self.infohash[:8]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["release_id"] = self.release_id
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            manifest = cls(
+                app=check_app_name(str(data["app"])),
+                version=str(data["version"]),
+                commit=str(data["commit"]),
+                size=int(data["size"]),
+                digest=str(data["digest"]),
+                infohash=str(data["infohash"]),
+                archive=str(data["archive"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReleaseError(f"release manifest is incomplete or malformed: {exc}") from None
+        if "/" in manifest.archive or manifest.archive in ("", ".", ".."):
+            raise ReleaseError(f"release manifest names an unsafe archive {manifest.archive!r}")
+        claimed = data.get("release_id")
+        if claimed is not None and claimed != manifest.release_id:
+            raise ReleaseError(f"release id {claimed!r} does not match its manifest")
+        return manifest

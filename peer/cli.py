@@ -1,0 +1,66 @@
+"""``shoal-peer``: the per-server daemon."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+import trio
+
+from common.addr import Address, parse_ip
+from common.errors import ConfigError, ShoalError
+from common.logs import setup_logging
+from peer.daemon import PeerConfig, run_peer
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"label {part!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal-peer", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the peer daemon in the foreground")
+    run.add_argument("--seeder", required=True, help="the seeder's control HOST:PORT")
+    run.add_argument("--data-dir", type=Path, required=True)
+    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
+    run.add_argument("--bind", default="127.0.0.1", help="this host's IP for BitTorrent")
+    run.add_argument("--torrent-port", type=int, default=6881)
+    run.add_argument("--labels", default="", help="k=v,k=v")
+    run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = PeerConfig(
+            seeder=Address.parse(args.seeder, default_port=7700),
+            data_dir=args.data_dir.resolve(),
+            name=args.name,
+            bind=parse_ip(args.bind),
+            torrent_port=args.torrent_port,
+            labels=parse_labels(args.labels),
+            keep_releases=args.keep,
+        )
+        trio.run(run_peer, config)
+    except ShoalError as exc:
+        print(f"shoal-peer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

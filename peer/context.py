@@ -1,0 +1,23 @@
+"""What the peer's jobs share: its layout, journal, reporter and torrent session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from common.torrent import TorrentSession
+from peer.journal import Journal
+from peer.layout import Layout
+from peer.reports import Reporter
+
+
+@dataclass
+class PeerContext:
+    name: str
+    layout: Layout
+    journal: Journal
+    reporter: Reporter
+    torrents: TorrentSession
+    keep_releases: int = 5
+    activation_lock: trio.Lock = field(default_factory=trio.Lock)

@@ -1,0 +1,178 @@
+"""The peer daemon: dial the seeder, register, heartbeat, take commands, report back.
+
+Work outlives connections: stage and activate jobs run in the daemon's own nursery, and their
+reports wait in the journal until a connection carries them to the seeder. The connection loop
+never gives up on network errors; it backs off (with jitter) and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from common import messages as m
+from common.addr import Address
+from common.channel import Channel, connect
+from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError
+from common.torrent import TorrentSession
+from peer.backoff import Backoff
+from peer.context import PeerContext
+from peer.journal import Journal
+from peer.layout import Layout
+from peer.lifecycle import activate
+from peer.reports import Reporter
+from peer.stage import stage
+
+log = logging.getLogger("shoal.peer")
+
+STAGE_STEPS = ("stage", "download", "verify", "unpack")
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    seeder: Address
+    data_dir: Path
+    name: str
+    bind: str = "127.0.0.1"
+    torrent_port: int = 6881
+    labels: dict[str, str] = field(default_factory=dict)
+    keep_releases: int = 5
+
+
+class Jobs:
+    """Stage/activate jobs, at most one per key, in the daemon's nursery (never detached)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.running: set[tuple[str, ...]] = set()
+
+    def start(self, key: tuple[str, ...], job: Callable[[], Awaitable[None]]) -> None:
+        if key in self.running:
+            return
+
+        async def run() -> None:
+            try:
+                await job()
+            finally:
+                self.running.discard(key)
+
+        self.running.add(key)
+        self.nursery.start_soon(run)
+
+
+async def run_peer(
+    config: PeerConfig, *, task_status: trio.TaskStatus[PeerContext] = trio.TASK_STATUS_IGNORED
+) -> None:
+    layout = Layout(config.data_dir)
+    layout.create()
+    journal = Journal(layout.state_db)
+    try:
+        reporter = Reporter(journal, config.name)
+        _close_interrupted(journal, reporter)
+        torrents = TorrentSession(config.bind, config.torrent_port)
+        ctx = PeerContext(config.name, layout, journal, reporter, torrents, config.keep_releases)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(torrents.run)
+            for manifest, torrent, _ in journal.releases():
+                download = layout.download_dir(str(manifest["release_id"]))
+                if download.is_dir():
+                    torrents.seed(torrent, download)
+            jobs = Jobs(nursery)
+            task_status.started(ctx)
+            await _connection_loop(config, ctx, jobs)
+    finally:
+        journal.close()
+
+
+def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
+    """Activation steps that were running when we stopped failed; staging simply resumes."""
+    for step in journal.running_steps():
+        if step.step not in STAGE_STEPS:
+            reporter.step(
+                step.rollout_id,
+                step.step,
+                "failed",
+                attempt=step.attempt,
+                result="interrupted",
+                detail="the peer stopped while this step was running; it is not repeated",
+            )
+
+
+async def _connection_loop(config: PeerConfig, ctx: PeerContext, jobs: Jobs) -> None:
+    backoff = Backoff()
+    while True:
+        try:
+            channel = await connect(config.seeder, local_ip=config.bind)
+            async with channel:
+                await _session(config, ctx, jobs, channel, backoff)
+        except (ConnectionClosed, ProtocolError) as exc:
+            delay = backoff.next_delay()
+            log.warning("seeder %s: %s; retrying in %.1fs", config.seeder, exc, delay)
+            await trio.sleep(delay)
+
+
+async def _session(
+    config: PeerConfig, ctx: PeerContext, jobs: Jobs, channel: Channel, backoff: Backoff
+) -> None:
+    staged = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
+    await channel.send(
+        m.Hello(
+            name=config.name,
+            address=config.bind,
+            bt_port=ctx.torrents.listen_port,
+            labels=config.labels,
+            current=ctx.layout.current(),
+            staged=staged,
+        )
+    )
+    with trio.fail_after(HELLO_TIMEOUT):
+        welcome = await channel.receive()
+    if not isinstance(welcome, m.Welcome):
+        raise RemoteProtocolError(f"expected welcome, got {welcome.TYPE}")
+    log.info("connected to seeder %s as %s", config.seeder, config.name)
+    backoff.reset()
+    failure: list[BaseException] = []
+    async with trio.open_nursery() as conn:
+
+        async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except (ConnectionClosed, ProtocolError) as exc:
+                failure.append(exc)
+                conn.cancel_scope.cancel()
+
+        async def heartbeats() -> None:
+            while True:
+                await channel.send(m.Heartbeat(sent_at=time.time()))
+                await trio.sleep(welcome.heartbeat_interval)
+
+        async def live_output() -> None:
+            async for line in ctx.reporter.live_receive:
+                await channel.send(line)
+
+        async def receive() -> None:
+            while True:
+                _dispatch(ctx, jobs, await channel.receive())
+
+        conn.start_soon(guarded, heartbeats)
+        conn.start_soon(guarded, lambda: ctx.reporter.pump(channel.send))
+        conn.start_soon(guarded, live_output)
+        conn.start_soon(guarded, receive)
+    if failure:
+        raise failure[0]
+
+
+def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
+    if isinstance(msg, m.Ack):
+        ctx.journal.ack(msg.seq)
+    elif isinstance(msg, m.Stage):
+        jobs.start(("stage", msg.rollout_id), lambda: stage(ctx, msg))
+    elif isinstance(msg, m.Activate):
+        key = ("activate", msg.rollout_id, str(msg.attempt))
+        jobs.start(key, lambda: activate(ctx, msg))

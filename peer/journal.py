@@ -1,0 +1,133 @@
+"""The peer's local journal (``<data-dir>/state.db``): step results, unsent reports, releases.
+
+Every step result is written here before it is sent, and stays until the seeder acknowledges it,
+so a report survives a lost connection or a restart of either side. The steps table also lets a
+restarted peer answer a repeated command from what it already did instead of doing it again: no
+hook ever runs twice for the same (rollout, step, attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from common import messages as m
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    rollout_id TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (rollout_id, step, attempt));
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (
+    release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
+    staged_at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    rollout_id: str
+    step: str
+    attempt: int
+    state: str
+    result: str
+    detail: str
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- steps and the outbox ------------------------------------------------------------------
+
+    def record(self, report: m.StepReport) -> m.StepReport:
+        """Persist a step result and queue it for the seeder; returns it with its ``seq``."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?)",
+                (
+                    report.rollout_id,
+                    report.step,
+                    report.attempt,
+                    report.state,
+                    report.result,
+                    report.detail,
+                    report.at,
+                ),
+            )
+            cur = self._db.execute("INSERT INTO outbox (payload) VALUES (x'')")
+            seq = cur.lastrowid
+            assert seq is not None
+            stamped = replace(report, seq=seq)
+            self._db.execute(
+                "UPDATE outbox SET payload=? WHERE seq=?",
+                (msgpack.packb(m.to_wire(stamped), use_bin_type=True), seq),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return stamped
+
+    def unsent(self, after: int = 0, limit: int = 100) -> list[m.StepReport]:
+        rows = self._db.execute(
+            "SELECT payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        out = []
+        for (payload,) in rows:
+            msg = m.from_wire(msgpack.unpackb(payload, raw=False))
+            assert isinstance(msg, m.StepReport)
+            out.append(msg)
+        return out
+
+    def ack(self, seq: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+
+    def step(self, rollout_id: str, step: str, attempt: int) -> StepRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM steps WHERE rollout_id=? AND step=? AND attempt=?",
+            (rollout_id, step, attempt),
+        ).fetchone()
+        return StepRecord(*row[:6]) if row else None
+
+    def running_steps(self) -> list[StepRecord]:
+        """Steps that were running when the peer stopped: they were interrupted."""
+        rows = self._db.execute("SELECT * FROM steps WHERE state='running'").fetchall()
+        return [StepRecord(*r[:6]) for r in rows]
+
+    # --- staged releases -----------------------------------------------------------------------
+
+    def add_release(self, manifest: dict[str, Any], torrent: bytes, now: float) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO releases VALUES (?,?,?,?)",
+            (manifest["release_id"], json.dumps(manifest), torrent, now),
+        )
+
+    def release(self, release_id: str) -> tuple[dict[str, Any], bytes] | None:
+        row = self._db.execute(
+            "SELECT manifest, torrent FROM releases WHERE release_id=?", (release_id,)
+        ).fetchone()
+        return (json.loads(row[0]), bytes(row[1])) if row else None
+
+    def releases(self) -> list[tuple[dict[str, Any], bytes, float]]:
+        rows = self._db.execute(
+            "SELECT manifest, torrent, staged_at FROM releases ORDER BY staged_at"
+        ).fetchall()
+        return [(json.loads(r[0]), bytes(r[1]), r[2]) for r in rows]
+
+    def remove_release(self, release_id: str) -> None:
+        self._db.execute("DELETE FROM releases WHERE release_id=?", (release_id,))

@@ -1,0 +1,75 @@
+"""Staging a release on this host: download from the swarm, verify, unpack. Nothing goes live.
+
+Each step is reported. Staging is safe to repeat: an already staged release is reported as such,
+and an interrupted download resumes from what libtorrent already has on disk.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from common import messages as m
+from common.archive import file_digest, unpack
+from common.errors import ShoalError
+from common.release import Manifest
+from common.torrent import torrent_infohash
+from peer.context import PeerContext
+
+
+async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
+    rollout_id = cmd.rollout_id
+    report = ctx.reporter.step
+    try:
+        manifest = Manifest.from_dict(cmd.manifest)
+    except ShoalError as exc:
+        report(rollout_id, "stage", "failed", result="error", detail=str(exc))
+        return
+    rid = manifest.release_id
+    if ctx.journal.release(rid) is not None and ctx.layout.release_dir(rid).is_dir():
+        ctx.torrents.seed(cmd.torrent, ctx.layout.download_dir(rid))
+        report(rollout_id, "stage", "succeeded", result="succeeded", detail=f"{rid} already staged")
+        return
+    report(rollout_id, "stage", "running", detail=rid)
+    step = "download"
+    try:
+        if torrent_infohash(cmd.torrent) != manifest.infohash:
+            raise ShoalError("the torrent does not match the release manifest's infohash")
+        report(rollout_id, step, "running")
+        started = time.monotonic()
+        peers = [(str(p[0]), int(p[1])) for p in cmd.peers]
+        await ctx.torrents.download(cmd.torrent, ctx.layout.download_dir(rid), peers=peers)
+        took = time.monotonic() - started
+        report(
+            rollout_id,
+            step,
+            "succeeded",
+            result="succeeded",
+            detail=f"{manifest.size} bytes in {took:.2f}s",
+        )
+
+        step = "verify"
+        report(rollout_id, step, "running")
+        archive = ctx.layout.download_dir(rid) / manifest.archive
+        digest = await trio.to_thread.run_sync(file_digest, archive)
+        if digest != manifest.digest:
+            raise ShoalError(f"digest mismatch: got {digest}, manifest says {manifest.digest}")
+        report(rollout_id, step, "succeeded", result="succeeded", detail=digest)
+
+        step = "unpack"
+        report(rollout_id, step, "running")
+        await trio.to_thread.run_sync(unpack, archive, ctx.layout.release_dir(rid))
+        ctx.journal.add_release(manifest.to_dict(), cmd.torrent, time.time())
+        report(
+            rollout_id,
+            step,
+            "succeeded",
+            result="succeeded",
+            detail=str(ctx.layout.release_dir(rid)),
+        )
+    except ShoalError as exc:
+        report(rollout_id, step, "failed", result="error", detail=str(exc))
+        report(rollout_id, "stage", "failed", result="error", detail=f"{step}: {exc}")
+        return
+    report(rollout_id, "stage", "succeeded", result="succeeded", detail=f"{rid} staged")

@@ -1,0 +1,85 @@
+"""Turning a git ref into a release: archive, appspec check, torrent, manifest.
+
+Runs in a worker thread (git, compression and hashing block). Either the whole release lands in
+``<data-dir>/releases/<release-id>/`` or nothing does: the work happens in a temporary directory
+that is renamed into place only after every check passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.appspec import check_hook_locations, parse_appspec
+from common.archive import git_archive, list_tree, read_file_at
+from common.errors import AppSpecError, BuildError
+from common.release import Manifest, check_app_name
+from common.torrent import make_torrent
+
+APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
+
+
+@dataclass(frozen=True)
+class BuiltRelease:
+    manifest: Manifest
+    torrent: bytes
+    directory: Path
+
+
+def build_release(
+    repo: Path,
+    ref: str,
+    *,
+    app: str | None,
+    releases_dir: Path,
+    tracker_url: str,
+    piece_size: int = 0,
+) -> BuiltRelease:
+    """Build (or find, if identical) the release of ``ref`` in ``repo``."""
+    repo = repo.resolve()
+    if not repo.is_dir():
+        raise BuildError(f"{repo} is not a directory")
+    app = check_app_name(app or repo.name)
+    releases_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))
+    try:
+        info = git_archive(repo, ref, work / "archive.tmp")
+        _check_appspec(repo, info.commit)
+        archive_name = f"{app}-{info.commit[:12]}.tar.zst"
+        payload = work / archive_name
+        info.path.rename(payload)
+        torrent, infohash = make_torrent(payload, tracker_url=tracker_url, piece_size=piece_size)
+        manifest = Manifest(
+            app=app,
+            version=info.version,
+            commit=info.commit,
+            size=info.size,
+            digest=info.digest,
+            infohash=infohash,
+            archive=archive_name,
+        )
+        final = releases_dir / manifest.release_id
+        if not final.exists():
+            (work / "release.torrent").write_bytes(torrent)
+            work.rename(final)
+        return BuiltRelease(manifest, torrent, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_appspec(repo: Path, commit: str) -> None:
+    for name in APPSPEC_NAMES:
+        text = read_file_at(repo, commit, name)
+        if text is not None:
+            break
+    else:
+        raise AppSpecError(f"commit {commit[:12]} has no appspec.yml at the repository root")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AppSpecError(f"{name} is not valid UTF-8") from None
+    spec = parse_appspec(decoded, source=name)
+    tree = list_tree(repo, commit)
+    check_hook_locations(spec, lambda path: path in tree)

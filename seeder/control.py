@@ -1,0 +1,127 @@
+"""The seeder's control server: one task per connection, peers and CLI clients alike.
+
+A peer connection registers the host, then streams heartbeats and step reports (each acked once
+stored). A CLI connection sends requests, each answered by a response. A malformed or truncated
+message ends that one connection and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from common import messages as m
+from common.channel import Channel
+from common.errors import ConnectionClosed, ProtocolError, ShoalError
+from common.protocol import Role
+from seeder.engine import Engine
+from seeder.store import HostRecord, Store
+
+log = logging.getLogger("shoal.seeder.control")
+
+HEARTBEAT_INTERVAL = 5.0
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    def __init__(
+        self, store: Store, engine: Engine, *, tracker_url: str, methods: dict[str, Handler]
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.tracker_url = tracker_url
+        self.methods = methods
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        log.info("control server listening on %s:%d", host, bound)
+        async with trio.open_nursery() as nursery:
+            task_status.started(bound)
+            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        channel = Channel(stream, Role.SERVER)
+        try:
+            first = await channel.receive()
+            if isinstance(first, m.Hello):
+                await self._serve_peer(channel, first)
+            elif isinstance(first, m.ClientHello):
+                await self._serve_cli(channel)
+        except ProtocolError as exc:
+            log.warning("closing a control connection: %s", exc)
+            await channel.fail(exc)
+        except ConnectionClosed:
+            pass
+        finally:
+            await channel.aclose()
+
+    async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
+        record = HostRecord(
+            name=hello.name,
+            address=hello.address,
+            bt_port=hello.bt_port,
+            labels=hello.labels,
+            current=hello.current,
+            staged=hello.staged,
+            connected=True,
+            last_seen=time.time(),
+        )
+        self.store.upsert_host(record, time.time())
+        await channel.send(
+            m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL, tracker_url=self.tracker_url)
+        )
+        log.info("peer %s connected from %s", hello.name, hello.address)
+        self.engine.attach(hello.name, channel)
+        try:
+            while True:
+                with trio.fail_after(HEARTBEAT_INTERVAL * 4):
+                    msg = await channel.receive()
+                if isinstance(msg, m.Heartbeat):
+                    self.store.touch_host(hello.name, time.time())
+                elif isinstance(msg, m.StepReport):
+                    self.engine.on_report(hello.name, msg)
+                    await channel.send(m.Ack(seq=msg.seq))
+                elif isinstance(msg, m.OutputLine):
+                    log.info("[%s %s] %s", hello.name, msg.step, msg.line)
+        except trio.TooSlowError:
+            log.warning("peer %s went silent; closing its connection", hello.name)
+        finally:
+            self.engine.detach(hello.name, channel)
+            log.info("peer %s disconnected", hello.name)
+
+    async def _serve_cli(self, channel: Channel) -> None:
+        while True:
+            msg = await channel.receive()
+            assert isinstance(msg, m.Request)
+            handler = self.methods.get(msg.method)
+            if handler is None:
+                reply = m.Response(
+                    id=msg.id,
+                    ok=False,
+                    error_code="unknown_method",
+                    error=f"unknown method {msg.method!r}",
+                )
+            else:
+                try:
+                    result = await handler(msg.params)
+                except ShoalError as exc:
+                    reply = m.Response(
+                        id=msg.id, ok=False, error_code=type(exc).__name__, error=str(exc)
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    reply = m.Response(
+                        id=msg.id,
+                        ok=False,
+                        error_code="bad_request",
+                        error=f"bad parameters for {msg.method}: {exc}",
+                    )
+                else:
+                    reply = m.Response(id=msg.id, ok=True, result=result)
+            await channel.send(reply)

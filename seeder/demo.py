@@ -1,0 +1,100 @@
+"""``shoal demo``: a whole rollout on this machine, with nothing set up beforehand.
+
+Starts a seeder and N peer daemons as separate processes on loopback (127.0.0.2, .3, ...), makes
+a git repository of ``deploy/example-app``, builds a release of it, rolls it out, prints what
+every host reports, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from common.errors import ShoalError
+from seeder import render
+from seeder.client import SeederClient, open_client
+from seeder.localfleet import LocalFleet
+
+EXAMPLE_APP = Path(__file__).resolve().parent.parent / "deploy" / "example-app"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "shoal demo",
+    "GIT_AUTHOR_EMAIL": "demo@shoal.invalid",
+    "GIT_COMMITTER_NAME": "shoal demo",
+    "GIT_COMMITTER_EMAIL": "demo@shoal.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
+
+
+def make_example_repo(dest: Path) -> Path:
+    if not EXAMPLE_APP.is_dir():
+        raise ShoalError(f"the example app is missing at {EXAMPLE_APP}")
+    shutil.copytree(EXAMPLE_APP, dest)
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "example app 1.0.0"],
+        ["git", "tag", "v1.0.0"],
+    ):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+async def run_demo(*, peers: int = 3) -> int:
+    if not 1 <= peers <= 200:
+        raise ShoalError("--peers must be between 1 and 200")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+        root = Path(tmp)
+        fleet = LocalFleet(root)
+        try:
+            print(f"demo: working in {root}", flush=True)
+            control = await fleet.start_seeder()
+            print(f"demo: seeder up at {control}", flush=True)
+            names = [f"host-{i + 1}" for i in range(peers)]
+            for i, name in enumerate(names):
+                await fleet.start_peer(name, f"127.0.0.{i + 2}", labels=f"zone={'ab'[i % 2]}")
+            async with open_client(control) as client:
+                await fleet.wait_connected(client, names)
+                print(f"demo: {peers} peer daemon(s) connected", flush=True)
+                repo = make_example_repo(root / "example-app")
+                return await _rollout(client, fleet, repo, names, started)
+        finally:
+            await fleet.stop_all()
+
+
+async def _rollout(
+    client: SeederClient, fleet: LocalFleet, repo: Path, names: list[str], started: float
+) -> int:
+    built = await client.call("release.build", repo=str(repo), ref="v1.0.0", app="example")
+    release_id = built["release"]["release_id"]
+    print(f"demo: built release {release_id} ({built['release']['size']} bytes)", flush=True)
+    r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]
+    print(f"demo: rollout {r['rollout_id']} started", flush=True)
+    with trio.fail_after(120):
+        while r["state"] not in ("succeeded", "failed"):
+            await trio.sleep(0.2)
+            r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
+    print(render.rollout(r))
+    for name in names:
+        log = fleet.peer_dir(name) / "deploy.log"
+        events = [ln.split()[0] for ln in log.read_text().splitlines()] if log.exists() else []
+        current = (
+            os.readlink(fleet.peer_dir(name) / "current")
+            if (fleet.peer_dir(name) / "current").is_symlink()
+            else "-"
+        )
+        print(f"  {name}: current -> {current}; hooks ran: {' '.join(events) or 'none'}")
+    ok = sum(t["state"] == "succeeded" for t in r["targets"])
+    print(
+        f"demo: {ok}/{len(names)} hosts live on {release_id}, rollout {r['state']} "
+        f"in {time.monotonic() - started:.1f}s"
+    )
+    return 0 if r["state"] == "succeeded" else 1

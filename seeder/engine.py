@@ -1,0 +1,188 @@
+"""The rollout engine: applies peer reports to the store and tells peers what to do next.
+
+It owns the live side of rollouts (which peers are connected, what was sent on which connection)
+and leaves the decisions to :mod:`seeder.rollout`. After any change it re-evaluates every active
+rollout; a timer tick also checks deadlines. Everything durable is in the store, so a restarted
+seeder picks up where it left off: connected peers get their pending commands again, and peers
+treat repeated commands idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from common import messages as m
+from common.channel import Channel
+from common.errors import ConnectionClosed, ShoalError
+from seeder import rollout as plan
+from seeder.store import Rollout, StepEvent, Store
+
+log = logging.getLogger("shoal.seeder.engine")
+
+SWARM_PEERS = 30
+
+
+class UnknownRelease(ShoalError):
+    pass
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        seeder_bt: tuple[str, int],
+        deadlines: plan.Deadlines | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.seeder_bt = seeder_bt
+        self.deadlines = deadlines or plan.Deadlines()
+        self.clock = clock
+        self._channels: dict[str, Channel] = {}
+        self._sent: set[tuple[str, str, str, int]] = set()
+        self._wake = trio.Event()
+
+    # --- peers coming and going ----------------------------------------------------------------
+
+    def attach(self, host: str, channel: Channel) -> None:
+        self._channels[host] = channel
+        self.store.set_host_connected(host, True, self.clock())
+        self.wake()
+
+    def detach(self, host: str, channel: Channel) -> None:
+        if self._channels.get(host) is channel:
+            del self._channels[host]
+            self.store.set_host_connected(host, False, self.clock())
+
+    def connected(self) -> set[str]:
+        return set(self._channels)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- operator requests ---------------------------------------------------------------------
+
+    def start_rollout(self, release_id: str, selector: str) -> Rollout:
+        if self.store.release(release_id) is None:
+            raise UnknownRelease(f"unknown release {release_id!r}")
+        targets = plan.select_hosts(selector, self.store.hosts())
+        now = self.clock()
+        rollout_id = time.strftime("r%Y%m%d-%H%M%S-", time.gmtime(now)) + secrets.token_hex(2)
+        self.store.create_rollout(rollout_id, release_id, selector, targets, now)
+        log.info("rollout %s of %s on %d host(s)", rollout_id, release_id, len(targets))
+        self.wake()
+        rollout = self.store.rollout(rollout_id)
+        assert rollout is not None
+        return rollout
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def on_report(self, host: str, report: m.StepReport) -> None:
+        """Store one step report (idempotently) and move the target along."""
+        now = self.clock()
+        event = StepEvent(
+            rollout_id=report.rollout_id,
+            host=host,
+            step=report.step,
+            attempt=report.attempt,
+            state=report.state,
+            result=report.result,
+            detail=report.detail,
+            exit_code=report.exit_code,
+            output=report.output,
+            at=report.at,
+        )
+        if not self.store.record_event(event, now):
+            return
+        rollout = self.store.rollout(report.rollout_id)
+        target = next((t for t in rollout.targets if t.host == host), None) if rollout else None
+        if target is None:
+            log.warning("report from %s for unknown rollout %s", host, report.rollout_id)
+            return
+        new_state = plan.target_state_after(target, report.step, report.state)
+        error = report.detail if report.state == "failed" else None
+        self.store.set_target(
+            report.rollout_id, host, now, state=new_state, step=report.step, error=error
+        )
+        if report.step == "activate" and report.state == "succeeded" and rollout is not None:
+            self.store.set_host_current(host, rollout.release_id)
+        self.wake()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(1.0):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self.tick()
+
+    async def tick(self) -> None:
+        now = self.clock()
+        for rollout in self.store.rollouts(active_only=True):
+            for host in plan.overdue(rollout, now, self.deadlines):
+                self.store.set_target(
+                    rollout.rollout_id,
+                    host,
+                    now,
+                    state="failed",
+                    error=f"no result within the {rollout.state} deadline",
+                )
+            rollout = self.store.rollout(rollout.rollout_id) or rollout
+            outcome = plan.phase_outcome(rollout)
+            if outcome is not None:
+                state, error = outcome
+                self.store.set_rollout_state(rollout.rollout_id, state, now, error)
+                log.info("rollout %s: %s %s", rollout.rollout_id, state, error)
+                rollout.state = state
+            for action in plan.next_actions(rollout, self.connected()):
+                await self._send(rollout, action)
+
+    async def _send(self, rollout: Rollout, action: plan.Action) -> None:
+        channel = self._channels.get(action.host)
+        if channel is None:
+            return
+        key = (rollout.rollout_id, action.host, action.kind, id(channel))
+        if key in self._sent:
+            return
+        msg: m.Message
+        if action.kind == "stage":
+            found = self.store.release(rollout.release_id)
+            assert found is not None
+            manifest, torrent = found
+            msg = m.Stage(
+                rollout_id=rollout.rollout_id,
+                manifest=manifest.to_dict(),
+                torrent=torrent,
+                peers=self._swarm_for(rollout, action.host),
+            )
+        else:
+            msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
+        self._sent.add(key)
+        now = self.clock()
+        state = "staging" if action.kind == "stage" else "activating"
+        self.store.set_target(rollout.rollout_id, action.host, now, state=state)
+        try:
+            await channel.send(msg)
+        except ConnectionClosed:
+            self.detach(action.host, channel)
+
+    def _swarm_for(self, rollout: Rollout, host: str) -> list[list[Any]]:
+        """Who a host should dial: the seeder first, then a random sample of its fellow targets."""
+        records = {h.name: h for h in self.store.hosts()}
+        others = [
+            [records[t.host].address, records[t.host].bt_port]
+            for t in rollout.targets
+            if t.host != host and t.host in records
+        ]
+        random.shuffle(others)
+        return [[self.seeder_bt[0], self.seeder_bt[1]], *others[:SWARM_PEERS]]

@@ -1,0 +1,150 @@
+"""A seeder and peer daemons as real processes on this machine's loopback.
+
+Used by ``shoal demo`` and by the integration tests: every host gets its own 127.0.0.x address
+and data directory, every daemon its own process group, and everything started here is stopped
+here (by process group, never by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from common.addr import Address
+from common.errors import ConnectionClosed, ShoalError
+from seeder.client import SeederClient, open_client
+
+STOP_GRACE = 5.0
+
+
+@dataclass
+class Daemon:
+    name: str
+    process: trio.Process
+    log: Path
+
+
+@dataclass
+class LocalFleet:
+    root: Path
+    seeder_ip: str = "127.0.0.1"
+    daemons: list[Daemon] = field(default_factory=list)
+    control: Address | None = None
+
+    async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
+        port = free_port(self.seeder_ip)
+        self.control = Address(self.seeder_ip, port)
+        await self._spawn(
+            "seeder",
+            [
+                "-m",
+                "seeder.cli",
+                "seeder",
+                "run",
+                "--data-dir",
+                str(self.root / "seeder"),
+                "--listen",
+                str(self.control),
+                *extra,
+            ],
+        )
+        with trio.fail_after(30):
+            while True:
+                try:
+                    async with open_client(self.control) as client:
+                        await client.call("hosts.list")
+                        return self.control
+                except ConnectionClosed:
+                    self._check_alive()
+                    await trio.sleep(0.1)
+
+    async def start_peer(self, name: str, ip: str, *, labels: str = "") -> Daemon:
+        assert self.control is not None, "start the seeder first"
+        return await self._spawn(
+            name,
+            [
+                "-m",
+                "peer.cli",
+                "run",
+                "--seeder",
+                str(self.control),
+                "--name",
+                name,
+                "--bind",
+                ip,
+                "--data-dir",
+                str(self.peer_dir(name)),
+                "--labels",
+                labels,
+            ],
+        )
+
+    def peer_dir(self, name: str) -> Path:
+        return self.root / "hosts" / name
+
+    async def wait_connected(
+        self, client: SeederClient, names: list[str], wait: float = 30
+    ) -> None:
+        with trio.fail_after(wait):
+            while True:
+                hosts = (await client.call("hosts.list"))["hosts"]
+                up = {h["name"] for h in hosts if h["connected"]}
+                if set(names) <= up:
+                    return
+                self._check_alive()
+                await trio.sleep(0.1)
+
+    async def _spawn(self, name: str, args: list[str]) -> Daemon:
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        daemon = Daemon(name, process, log)
+        self.daemons.append(daemon)
+        return daemon
+
+    def _check_alive(self) -> None:
+        for d in self.daemons:
+            if d.process.returncode is not None:
+                tail = d.log.read_text(errors="replace").splitlines()[-5:]
+                raise ShoalError(f"{d.name} exited with {d.process.returncode}: {' | '.join(tail)}")
+
+    async def stop(self, daemon: Daemon, sig: int = signal.SIGTERM) -> None:
+        """Stop one daemon's whole process group; SIGKILL if it lingers."""
+        if daemon.process.returncode is None:
+            _killpg(daemon.process.pid, sig)
+            with trio.move_on_after(STOP_GRACE):
+                await daemon.process.wait()
+        _killpg(daemon.process.pid, signal.SIGKILL)
+        await daemon.process.wait()
+        if daemon in self.daemons:
+            self.daemons.remove(daemon)
+
+    async def stop_all(self) -> None:
+        with trio.CancelScope(shield=True):
+            for daemon in reversed(list(self.daemons)):
+                await self.stop(daemon)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
