@@ -66,8 +66,12 @@ def sweep(namespaces: Sequence[str], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         live = netns_list()
-        pids = [int(p) for ns in namespaces if ns in live
-                for p in sh(["ip", "netns", "pids", ns], check=False).split()]
+        pids = [
+            int(p)
+            for ns in namespaces
+            if ns in live
+            for p in sh(["ip", "netns", "pids", ns], check=False).split()
+        ]
         if not pids:
             return
         for pid in pids:

@@ -89,13 +89,55 @@ def _probe(leaf: list[str], what: str) -> str | None:
         sh(["ip", "netns", "add", sw])
         sh(["ip", "netns", "add", h])
         sh(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
-        sh(["ip", "link", "add", "name", f"{probe}p0", "netns", sw, "type", "veth",
-            "peer", "name", "eth0", "netns", h])
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                "name",
+                f"{probe}p0",
+                "netns",
+                sw,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                h,
+            ]
+        )
         sh([*tc, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1"])
-        sh([*tc, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb",
-            "rate", "10mbit"])
-        sh([*tc, "qdisc", "add", "dev", "eth0", "parent", "1:1", "handle", "10:",
-            *(leaf or ["bfifo", "limit", "100000"])])
+        sh(
+            [
+                *tc,
+                "class",
+                "add",
+                "dev",
+                "eth0",
+                "parent",
+                "1:",
+                "classid",
+                "1:1",
+                "htb",
+                "rate",
+                "10mbit",
+            ]
+        )
+        sh(
+            [
+                *tc,
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                *(leaf or ["bfifo", "limit", "100000"]),
+            ]
+        )
     except NetnsError as exc:
         return f"{what}: {exc}"
     finally:
@@ -138,16 +180,25 @@ class Host:
         return self._bed._spawn(["ip", "netns", "exec", self.netns, *argv], **kw)
 
     def run(
-        self, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True,
-        input: str | None = None, **kw: Any,
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        check: bool = True,
+        input: str | None = None,
+        **kw: Any,
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the namespace to completion (text output captured; `kw` as Popen).
 
         On timeout the process group is killed and TimeoutExpired is raised.
         """
         proc = self.popen(
-            argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
         )
         try:
             out, err = proc.communicate(input, timeout=timeout)
@@ -159,6 +210,7 @@ class Host:
         if check:
             result.check_returncode()
         return result
+
 
 class Testbed:
     """N+1 shaped hosts on one emulated switch; a context manager that always cleans up.
@@ -215,11 +267,18 @@ class Testbed:
         for i in range(n_hosts + 1):
             wd = self.workdir / f"h{i}"
             wd.mkdir()
-            self.hosts.append(Host(
-                index=i, name="seeder" if i == 0 else f"h{i}", netns=f"{self.prefix}-h{i}",
-                ip=str(next(addrs)), up_mbit=rates[i][0], down_mbit=rates[i][1],
-                workdir=wd, _bed=self,
-            ))
+            self.hosts.append(
+                Host(
+                    index=i,
+                    name="seeder" if i == 0 else f"h{i}",
+                    netns=f"{self.prefix}-h{i}",
+                    ip=str(next(addrs)),
+                    up_mbit=rates[i][0],
+                    down_mbit=rates[i][1],
+                    workdir=wd,
+                    _bed=self,
+                )
+            )
         self._prefixlen = net.prefixlen
         if taken := set(self.namespaces()) & netns_list():  # never adopt (and delete) others'
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -244,13 +303,39 @@ class Testbed:
             port = self.port_name(h)
             sh(["ip", "netns", "add", h.netns])
             # Both ends are created directly in their namespaces: no name ever appears in root.
-            sh(["ip", "link", "add", "name", port, "netns", sw, "type", "veth",
-                 "peer", "name", "eth0", "netns", h.netns])
+            sh(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    "name",
+                    port,
+                    "netns",
+                    sw,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    h.netns,
+                ]
+            )
             sh(["ip", "-n", sw, "link", "set", port, "master", "br0"])
             sh(["ip", "-n", sw, "link", "set", port, "up"])
             # IPv4 only: no router solicitations / MLD chatter on the emulated wire.
-            sh(["ip", "netns", "exec", h.netns, "sysctl", "-qw",
-                 "net.ipv6.conf.all.disable_ipv6=1"], check=False)
+            sh(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    h.netns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                ],
+                check=False,
+            )
             sh(["ip", "-n", h.netns, "link", "set", "lo", "up"])
             sh(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/{self._prefixlen}", "dev", "eth0"])
             sh(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
@@ -275,9 +360,30 @@ class Testbed:
         rate = f"{int(rate_mbit * 1e6)}bit"
         tc = ["tc", "-n", ns]
         sh([*tc, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
-        sh([*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-             "rate", rate, "ceil", rate, "burst", str(burst), "cburst", str(burst),
-             "quantum", str(quantum)])
+        sh(
+            [
+                *tc,
+                "class",
+                "add",
+                "dev",
+                dev,
+                "parent",
+                "1:",
+                "classid",
+                "1:1",
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+                "burst",
+                str(burst),
+                "cburst",
+                str(burst),
+                "quantum",
+                str(quantum),
+            ]
+        )
         if delay_ms > 0:
             leaf = ["netem", "delay", f"{delay_ms}ms", "limit", str(queue_bytes // 1500 + 1)]
         else:

@@ -40,8 +40,12 @@ def plot_cdf(
                 continue
             n = len(xs)
             # Start at (0, 0) so the curve reads as "no host done at t = 0".
-            ax.step([0.0, *xs], [0.0, *((i + 1) / n for i in range(n))], where="post",
-                    label=f"{label} (n={n}, max {xs[-1]:.1f} s)")
+            ax.step(
+                [0.0, *xs],
+                [0.0, *((i + 1) / n for i in range(n))],
+                where="post",
+                label=f"{label} (n={n}, max {xs[-1]:.1f} s)",
+            )
         ax.axvline(t_star, color="tab:green", linestyle="--", label=f"P2P bound T* {t_star:.1f} s")
         ax.axvline(t_cs, color="tab:red", linestyle=":", label=f"client-server bound {t_cs:.1f} s")
         ax.set_xlabel("time since start (s)")

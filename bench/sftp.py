@@ -50,8 +50,9 @@ def sshd_available(install: bool = False, timeout: float = 600.0) -> str | None:
     apt = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
     for cmd in (apt, ["apt-get", "update"], apt):
         try:
-            proc = subprocess.run(cmd, env=_APT_ENV, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(
+                cmd, env=_APT_ENV, capture_output=True, text=True, timeout=timeout, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{' '.join(cmd)} failed: {exc}"
         if cmd is apt and proc.returncode == 0:
@@ -63,35 +64,46 @@ def sshd_available(install: bool = False, timeout: float = 600.0) -> str | None:
 
 def _keygen(path: Path) -> None:
     """Generate an unencrypted Ed25519 key pair at `path` and `path`.pub."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "shoal-bench",
-                    "-f", str(path)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "shoal-bench", "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def _sshd_config(host: Host, d: Path, port: int, authorized: Path) -> str:
     """An sshd_config that accepts exactly our key for root, on the namespace address only."""
-    return "\n".join([
-        f"ListenAddress {host.ip}:{port}",
-        f"HostKey {d / 'host_key'}",
-        f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {authorized}",
-        "PermitRootLogin prohibit-password",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",  # the temp dir's modes are not sshd's business here
-        "UseDNS no",
-        "MaxStartups 1000",
-        "MaxSessions 100",
-        "Subsystem sftp internal-sftp",
-        "LogLevel INFO",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"ListenAddress {host.ip}:{port}",
+            f"HostKey {d / 'host_key'}",
+            f"PidFile {d / 'sshd.pid'}",
+            f"AuthorizedKeysFile {authorized}",
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",  # the temp dir's modes are not sshd's business here
+            "UseDNS no",
+            "MaxStartups 1000",
+            "MaxSessions 100",
+            "Subsystem sftp internal-sftp",
+            "LogLevel INFO",
+            "",
+        ]
+    )
 
 
 @contextlib.contextmanager
-def sshd_fleet(bed: Testbed, hosts: Sequence[Host], client_pub: Path, port: int = 22,
-               ready_timeout: float = 20.0) -> Iterator[dict[str, Path]]:
+def sshd_fleet(
+    bed: Testbed,
+    hosts: Sequence[Host],
+    client_pub: Path,
+    port: int = 22,
+    ready_timeout: float = 20.0,
+) -> Iterator[dict[str, Path]]:
     """Run one sshd per host (inside its namespace) for the duration of the block.
 
     Yields {host name: path of that sshd's public host key}. sshd writes its PidFile only
@@ -113,8 +125,14 @@ def sshd_fleet(bed: Testbed, hosts: Sequence[Host], client_pub: Path, port: int 
             cfg.write_text(_sshd_config(h, d, port, d / "authorized_keys"))
             h.run([str(SSHD), "-t", "-f", str(cfg)], timeout=30)  # config errors fail fast
             with open(d / "sshd.log", "wb") as log:
-                procs.append(h.popen([str(SSHD), "-D", "-e", "-f", str(cfg)],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+                procs.append(
+                    h.popen(
+                        [str(SSHD), "-D", "-e", "-f", str(cfg)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                    )
+                )
             keys[h.name] = d / "host_key.pub"
         deadline = time.monotonic() + ready_timeout
         for h, p in zip(hosts, procs, strict=True):
@@ -170,29 +188,45 @@ def run_sftp_baseline(
         _keygen(client_key)
     with sshd_fleet(testbed, targets, client_key.with_suffix(".pub"), port) as host_keys:
         spec = {
-            "payload": str(payload), "key": str(client_key), "user": "root",
+            "payload": str(payload),
+            "key": str(client_key),
+            "user": "root",
             "timeout": timeout,
-            "targets": [{"name": h.name, "ip": h.ip, "port": port,
-                         "host_key": str(host_keys[h.name]),
-                         "remote_path": str(h.workdir / "sftp" / payload.name)}
-                        for h in targets],
+            "targets": [
+                {
+                    "name": h.name,
+                    "ip": h.ip,
+                    "port": port,
+                    "host_key": str(host_keys[h.name]),
+                    "remote_path": str(h.workdir / "sftp" / payload.name),
+                }
+                for h in targets
+            ],
         }
         for h in targets:
             (h.workdir / "sftp").mkdir(exist_ok=True)
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        proc = testbed.seeder.run([sys.executable, "-m", "bench.sftp_fanout", str(spec_path)],
-                                  timeout=timeout + 60, check=False, cwd=REPO)
+        proc = testbed.seeder.run(
+            [sys.executable, "-m", "bench.sftp_fanout", str(spec_path)],
+            timeout=timeout + 60,
+            check=False,
+            cwd=REPO,
+        )
     try:
         out = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise RuntimeError(f"sftp fan-out crashed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip()[-2000:]}") from exc
+        raise RuntimeError(
+            f"sftp fan-out crashed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        ) from exc
     failed = {n: r["error"] for n, r in out["hosts"].items() if not r["ok"]}
     if verify and not failed:
         want = _sha256(payload)
-        failed = {h.name: "content differs" for h in targets
-                  if _sha256(h.workdir / "sftp" / payload.name) != want}
+        failed = {
+            h.name: "content differs"
+            for h in targets
+            if _sha256(h.workdir / "sftp" / payload.name) != want
+        }
     if failed:
         raise RuntimeError(f"sftp baseline failed on {len(failed)} host(s): {failed}")
     times = {n: float(r["seconds"]) for n, r in out["hosts"].items()}

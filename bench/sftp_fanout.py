@@ -45,11 +45,17 @@ def _connect(ip: str, port: int, timeout: float) -> socket.socket:
             time.sleep(0.1)
 
 
-def upload(target: dict[str, Any], payload: str, key: paramiko.PKey, user: str,
-           timeout: float, t0: float) -> dict[str, Any]:
+def upload(
+    target: dict[str, Any], payload: str, key: paramiko.PKey, user: str, timeout: float, t0: float
+) -> dict[str, Any]:
     """Upload `payload` to one target; never raises, reports the error instead."""
-    res: dict[str, Any] = {"ok": False, "seconds": None, "connect_s": None, "bytes": 0,
-                           "error": None}
+    res: dict[str, Any] = {
+        "ok": False,
+        "seconds": None,
+        "connect_s": None,
+        "bytes": 0,
+        "error": None,
+    }
     transport = None
     try:
         key_type, key_b64 = Path(target["host_key"]).read_text().split()[:2]
@@ -110,8 +116,10 @@ def fan_out(spec: dict[str, Any]) -> dict[str, Any]:
     for th in threads:
         th.join(timeout=max(0.0, deadline - time.monotonic()))
     for t in targets:
-        results.setdefault(t["name"], {"ok": False, "seconds": None, "connect_s": None,
-                                       "bytes": 0, "error": "timed out"})
+        results.setdefault(
+            t["name"],
+            {"ok": False, "seconds": None, "connect_s": None, "bytes": 0, "error": "timed out"},
+        )
     return {"hosts": results, "wall": time.monotonic() - t0_box[0]}
 
 

@@ -58,12 +58,18 @@ def send(ip: str, port: int, seconds: float) -> None:
             conn.sendall(buf)
 
 
-def measure_mbit(bed: Testbed, src: Host, dst: Host, seconds: float = 5.0,
-                 port: int = 5201) -> float:
+def measure_mbit(
+    bed: Testbed, src: Host, dst: Host, seconds: float = 5.0, port: int = 5201
+) -> float:
     """Goodput in Mbit/s of one TCP stream from `src` to `dst` over `seconds`."""
     py = [sys.executable, "-m", "bench.tcpcheck"]
-    srv = dst.popen([*py, "serve", dst.ip, str(port)], stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True, cwd=REPO)
+    srv = dst.popen(
+        [*py, "serve", dst.ip, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert srv.stderr is not None
     srv.stderr.readline()  # "ready": the socket is listening
     src.run([*py, "send", dst.ip, str(port), str(seconds)], timeout=seconds + 30, cwd=REPO)

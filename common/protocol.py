@@ -55,6 +55,7 @@ class Connection:
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message_size)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._fed = 0
+        self._consumed = 0  # stream offset after the last whole message
         self._eof = False
 
     # --- sending -------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class Connection:
     @property
     def pending_bytes(self) -> int:
         """Bytes received that do not yet form a whole message."""
-        return self._fed - self._unpacker.tell()
+        return self._fed - self._consumed
 
     def next_event(self) -> Event:
         try:
@@ -119,8 +120,9 @@ class Connection:
             return CLOSED
         except (ValueError, msgpack.ExtraData, msgpack.StackError) as exc:
             raise RemoteProtocolError(
-                f"undecodable control message ({type(exc).__name__}: {exc or 'bad bytes'})"
+                f"undecodable control message ({type(exc).__name__}: {str(exc) or 'bad bytes'})"
             ) from None
+        self._consumed = self._unpacker.tell()
         msg = m.from_wire(obj)
         self._check_incoming(msg)
         if isinstance(msg, m.Goodbye):

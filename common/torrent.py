@@ -297,8 +297,10 @@ class TorrentSession:
                 rec.notify()
         elif isinstance(alert, lt.hash_failed_alert | lt.performance_alert):
             log.warning("libtorrent: %s", alert.message())
-        elif isinstance(alert, lt.tracker_error_alert):
-            log.debug("libtorrent: %s", alert.message())
+        elif isinstance(alert, lt.tracker_error_alert):  # retried with backoff; say it once
+            log.log(
+                logging.WARNING if alert.times_in_row == 1 else logging.DEBUG, "%s", alert.message()
+            )
 
     def _close(self) -> None:
         """Fail the waiters, pause, and destroy the session (blocks up to stop_tracker_timeout)."""
@@ -428,7 +430,8 @@ class TorrentSession:
         )
 
     def peers_of(self, infohash: str) -> list[tuple[str, int]]:
-        """(ip, port) of the peers currently connected for a torrent; [] if unknown."""
+        """(ip, port) of the peers connected for a torrent, as the sockets see them (an
+        incoming peer shows its source port, not its listen port); [] if unknown."""
         rec = self._torrents.get(infohash)
         if rec is None:
             return []

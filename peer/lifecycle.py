@@ -29,7 +29,6 @@ from peer.install import apply_files, apply_permissions
 log = logging.getLogger("shoal.peer.lifecycle")
 
 FINAL = ("succeeded", "failed")
-BEFORE_INSTALL = ("ApplicationStop", "BeforeInstall")
 AFTER_INSTALL = ("AfterInstall", "ApplicationStart", "ValidateService")
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 
@@ -95,11 +94,10 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
             "APPLICATION_NAME": app,
             "DEPLOYMENT_ID": cmd.rollout_id,
         }
-        for event in BEFORE_INSTALL:
-            use_spec, use_dir = (
-                (prev_spec, prev_dir) if event == "ApplicationStop" else (spec, new_dir)
-            )
-            await _event(ctx, cmd, event, use_spec, use_dir, env_base)
+        # ApplicationStop is the live release's own hook: it sees that release as RELEASE_*.
+        stop_env = {**env_base, "RELEASE_ID": previous or "", "RELEASE_DIR": str(prev_dir or "")}
+        await _event(ctx, cmd, "ApplicationStop", prev_spec, prev_dir, stop_env)
+        await _event(ctx, cmd, "BeforeInstall", spec, new_dir, env_base)
         report(cmd.rollout_id, "Install", "running", attempt=cmd.attempt)
         try:
             done = await trio.to_thread.run_sync(_install, spec, new_dir)

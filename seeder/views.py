@@ -63,7 +63,7 @@ def rollout(store: Store, r: Rollout) -> dict[str, Any]:
     targets = []
     for t in r.targets:
         mine = [e for e in events if e.host == t.host]
-        failed = next((e for e in reversed(mine) if e.state == "failed"), None)
+        failed = next((e for e in mine if e.state == "failed" and e.output), None)
         targets.append(
             {
                 "host": t.host,

@@ -37,7 +37,10 @@ def _ours(prefix: str) -> tuple[str, str]:
     """Lines of `ip netns list` and `ip link` (root namespace) that mention `prefix`."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     link = subprocess.run(["ip", "link"], capture_output=True, text=True, timeout=10)
-    pick = lambda out: "\n".join(ln for ln in out.splitlines() if prefix in ln)  # noqa: E731
+
+    def pick(out: str) -> str:
+        return "\n".join(ln for ln in out.splitlines() if prefix in ln)
+
     return pick(ns.stdout), pick(link.stdout)
 
 

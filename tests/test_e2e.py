@@ -1,0 +1,277 @@
+"""End to end with real processes, real sockets and real libtorrent: git ref → release → swarm →
+hooks → reports, driven through the real ``shoal`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from seeder.client import open_client
+from common.addr import Address
+from seeder.localfleet import LocalFleet, free_port
+from tests.conftest import commit_version, make_app_repo, shoal
+
+pytestmark = pytest.mark.integration
+
+HOSTS = ["web-1", "web-2", "web-3"]
+ACTIVATE_ORDER = ["BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService"]
+STEPS = {
+    "stage",
+    "download",
+    "verify",
+    "unpack",
+    "activate",
+    "Install",
+    "ApplicationStop",
+    *ACTIVATE_ORDER,
+}
+
+
+async def start(fleet: LocalFleet, hosts: list[str] = HOSTS) -> None:
+    await fleet.start_seeder()
+    for i, name in enumerate(hosts):
+        await fleet.start_peer(name, f"127.0.0.{i + 2}", labels=f"zone={'ab'[i % 2]}")
+    assert fleet.control is not None
+    async with open_client(fleet.control) as client:
+        await fleet.wait_connected(client, hosts)
+
+
+def build(fleet: LocalFleet, repo: Path, ref: str) -> str:
+    out = shoal(fleet.control, "release", "build", str(repo), "--ref", ref, "--app", "web")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def events(fleet: LocalFleet, host: str) -> list[tuple[str, str]]:
+    log = fleet.peer_dir(host) / "events.log"
+    return [tuple(line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def current(fleet: LocalFleet, host: str) -> str:
+    return Path(os.readlink(fleet.peer_dir(host) / "current")).name
+
+
+def status(fleet: LocalFleet, rollout_id: str = "") -> dict:  # type: ignore[type-arg]
+    args = ["rollout", "status", *([rollout_id] if rollout_id else []), "--json"]
+    out = shoal(fleet.control, *args)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+async def test_full_rollout_then_upgrade_then_failing_hook(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    repo = tmp_path / "app"
+    with trio.fail_after(240):
+        await start(fleet)
+
+        # 1. First release on three hosts: every hook in order, current switched, all reported.
+        r1 = await trio.to_thread.run_sync(build, fleet, repo, "main")
+        assert r1 == await trio.to_thread.run_sync(build, fleet, repo, "main"), "not deterministic"
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", r1, "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "succeeded: 3 succeeded" in out.stdout
+        first = status(fleet)
+        assert first["state"] == "succeeded"
+        for host in HOSTS:
+            assert events(fleet, host) == [(e, r1) for e in ACTIVATE_ORDER]
+            assert current(fleet, host) == r1
+            target = next(t for t in first["targets"] if t["host"] == host)
+            steps = {s["step"]: s for s in target["steps"]}
+            assert set(steps) == STEPS, f"{host} reported {sorted(steps)}"
+            assert all(s["state"] == "succeeded" for s in steps.values())
+            assert steps["ApplicationStop"]["result"] == "skipped"  # nothing was live before
+            assert target["exit_codes"] == dict.fromkeys(ACTIVATE_ORDER, 0)
+
+        # 2. A new commit on the same peers: the previous release's ApplicationStop runs first.
+        await trio.to_thread.run_sync(commit_version, repo, "2")
+        r2 = await trio.to_thread.run_sync(build, fleet, repo, "main")
+        assert r2 != r1
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", r2, "--hosts", "all", "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        for host in HOSTS:
+            assert events(fleet, host)[4:] == [("ApplicationStop", r1)] + [
+                (e, r2) for e in ACTIVATE_ORDER
+            ]
+            assert current(fleet, host) == r2
+            assert os.readlink(fleet.peer_dir(host) / "previous").endswith(r1)
+
+        # 3. A third release whose ValidateService fails on web-2 only.
+        (fleet.peer_dir("web-2") / "fail-ValidateService").touch()
+        await trio.to_thread.run_sync(commit_version, repo, "3")
+        r3 = await trio.to_thread.run_sync(build, fleet, repo, "main")
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", r3, "--wait")
+        )
+        assert out.returncode == 1, out.stdout
+        third = status(fleet)
+        assert third["state"] == "failed"
+        by_host = {t["host"]: t for t in third["targets"]}
+        assert by_host["web-1"]["state"] == by_host["web-3"]["state"] == "succeeded"
+        bad = by_host["web-2"]
+        assert bad["state"] == "failed"
+        assert bad["exit_codes"]["ValidateService"] == 3
+        assert "told to fail" in bad["output"]
+        failed_step = next(s for s in bad["steps"] if s["step"] == "ValidateService")
+        assert failed_step["result"] == "failed"
+        assert current(fleet, "web-2") == r2, "a failed activation must leave the previous release"
+        assert current(fleet, "web-1") == r3
+
+        # 4. The failing peer stays up and takes the next rollout.
+        (fleet.peer_dir("web-2") / "fail-ValidateService").unlink()
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", r3, "--hosts", "web-2", "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert current(fleet, "web-2") == r3
+
+        hosts = json.loads(shoal(fleet.control, "hosts", "--json").stdout)
+        assert {h["name"]: h["current"] for h in hosts} == dict.fromkeys(HOSTS, r3)
+
+
+async def test_bad_input_changes_nothing(fleet: LocalFleet, tmp_path: Path) -> None:
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(120):
+        await start(fleet, HOSTS[:1])
+
+        def refused(*args: str, match: str) -> None:
+            out = shoal(fleet.control, *args)
+            assert out.returncode != 0
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1 and match in lines[0], out.stderr
+
+        await trio.to_thread.run_sync(
+            lambda: refused("release", "build", str(repo), "--ref", "nope", match="nope")
+        )
+        await trio.to_thread.run_sync(
+            lambda: refused(
+                "release", "build", str(tmp_path), "--ref", "main", match="not a git repository"
+            )
+        )
+        (repo / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks: [1, 2\n")
+        await trio.to_thread.run_sync(lambda: commit_version(repo, "broken-yaml"))
+        await trio.to_thread.run_sync(
+            lambda: refused("release", "build", str(repo), "--ref", "main", match="appspec")
+        )
+        (repo / "appspec.yml").write_text(
+            "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: hooks/gone.sh\n"
+        )
+        await trio.to_thread.run_sync(lambda: commit_version(repo, "missing-hook"))
+        await trio.to_thread.run_sync(
+            lambda: refused("release", "build", str(repo), "--ref", "main", match="hooks/gone.sh")
+        )
+        (repo / "appspec.yml").unlink()
+        await trio.to_thread.run_sync(lambda: commit_version(repo, "no-appspec"))
+        await trio.to_thread.run_sync(
+            lambda: refused("release", "build", str(repo), "--ref", "main", match="appspec.yml")
+        )
+        listing = shoal(fleet.control, "release", "list", "--json")
+        assert json.loads(listing.stdout) == []
+        releases_dir = fleet.root / "seeder" / "releases"
+        assert [p.name for p in releases_dir.iterdir()] == []
+
+        await trio.to_thread.run_sync(
+            lambda: refused("rollout", "start", "web-v9-00000000", match="unknown release")
+        )
+        good = await trio.to_thread.run_sync(build, fleet, repo, "main~3")
+        await trio.to_thread.run_sync(
+            lambda: refused(
+                "rollout", "start", good, "--hosts", "zone=mars", match="matches no host"
+            )
+        )
+
+
+async def test_garbage_closes_one_connection_only(fleet: LocalFleet) -> None:
+    with trio.fail_after(60):
+        await start(fleet, HOSTS[:1])
+        assert fleet.control is not None
+        bad = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
+        await bad.send_all(b"\xc1\xc1 this is not msgpack")
+        with trio.fail_after(10):
+            while await bad.receive_some(4096):
+                pass  # a goodbye, then end of stream: the seeder closed it
+        await bad.aclose()
+        truncated = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
+        await truncated.send_all(b"\x85\xa1t\xa5hello")  # a map cut short
+        await truncated.aclose()
+        async with open_client(fleet.control) as client:
+            hosts = (await client.call("hosts.list"))["hosts"]
+        assert [h["connected"] for h in hosts] == [True]
+        log = fleet.root / "logs" / "seeder.log"
+        while "middle of a message" not in log.read_text():  # bounded by the fail_after above
+            await trio.sleep(0.1)
+        assert "undecodable control message" in log.read_text()
+
+
+async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(120):
+        # A peer started before its seeder keeps retrying and never exits.
+        fleet.control = control = Address("127.0.0.1", free_port("127.0.0.1"))
+        peer = await fleet.start_peer("web-1", "127.0.0.2")
+        log = fleet.root / "logs" / "web-1.log"
+        while log.read_text().count("retrying in") < 3:
+            await trio.sleep(0.2)
+        assert peer.process.returncode is None
+        seeder = await fleet._spawn(
+            "seeder",
+            [
+                "-m",
+                "seeder.cli",
+                "seeder",
+                "run",
+                "--data-dir",
+                str(fleet.root / "seeder"),
+                "--listen",
+                str(control),
+            ],
+        )
+        while True:
+            try:
+                async with open_client(control) as client:
+                    await fleet.wait_connected(client, ["web-1"], wait=60)
+                    break
+            except Exception:  # noqa: BLE001 - the seeder is still starting
+                await trio.sleep(0.2)
+        rid = await trio.to_thread.run_sync(build, fleet, repo, "main")
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", rid, "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        before = status(fleet)
+
+        # Restart the seeder: rollouts, events and hosts survive; the peer reconnects.
+        await fleet.stop(seeder)
+        await fleet._spawn(
+            "seeder",
+            [
+                "-m",
+                "seeder.cli",
+                "seeder",
+                "run",
+                "--data-dir",
+                str(fleet.root / "seeder"),
+                "--listen",
+                str(control),
+            ],
+        )
+        while True:
+            try:
+                async with open_client(control) as client:
+                    await fleet.wait_connected(client, ["web-1"], wait=60)
+                    break
+            except Exception:  # noqa: BLE001
+                await trio.sleep(0.2)
+        assert status(fleet, before["rollout_id"]) == before
+        assert events(fleet, "web-1") == [(e, rid) for e in ACTIVATE_ORDER], "a hook ran twice"
