@@ -11,6 +11,7 @@ import trio
 
 from common.addr import Address, parse_ip
 from common.errors import ConfigError, ShoalError
+from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from peer.daemon import PeerConfig, run_peer
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             labels=parse_labels(args.labels),
             keep_releases=args.keep,
         )
-        trio.run(run_peer, config)
+        trio.run(run_until_signalled, lambda: run_peer(config))
     except ShoalError as exc:
         print(f"shoal-peer: error: {exc}", file=sys.stderr)
         return 1

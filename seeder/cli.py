@@ -18,6 +18,7 @@ import trio
 
 from common.addr import Address
 from common.errors import ShoalError
+from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from seeder import render
 from seeder.client import open_client
@@ -104,7 +105,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             tracker_listen=_opt_addr(args.tracker_listen, 0),
             piece_size=args.piece_size,
         )
-        await run_seeder(config)
+        await run_until_signalled(lambda: run_seeder(config))
         return 0
     if args.command == "demo":
         from seeder.demo import run_demo

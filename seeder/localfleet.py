@@ -38,11 +38,13 @@ class LocalFleet:
     seeder_ip: str = "127.0.0.1"
     daemons: list[Daemon] = field(default_factory=list)
     control: Address | None = None
+    seeder: Daemon | None = None
 
     async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
-        port = free_port(self.seeder_ip)
-        self.control = Address(self.seeder_ip, port)
-        await self._spawn(
+        """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
+        if self.control is None:
+            self.control = Address(self.seeder_ip, free_port(self.seeder_ip))
+        self.seeder = await self._spawn(
             "seeder",
             [
                 "-m",

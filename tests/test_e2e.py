@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from seeder.client import open_client
 from common.addr import Address
+from seeder.client import open_client
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -224,26 +224,9 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
         while log.read_text().count("retrying in") < 3:
             await trio.sleep(0.2)
         assert peer.process.returncode is None
-        seeder = await fleet._spawn(
-            "seeder",
-            [
-                "-m",
-                "seeder.cli",
-                "seeder",
-                "run",
-                "--data-dir",
-                str(fleet.root / "seeder"),
-                "--listen",
-                str(control),
-            ],
-        )
-        while True:
-            try:
-                async with open_client(control) as client:
-                    await fleet.wait_connected(client, ["web-1"], wait=60)
-                    break
-            except Exception:  # noqa: BLE001 - the seeder is still starting
-                await trio.sleep(0.2)
+        await fleet.start_seeder()
+        async with open_client(control) as client:
+            await fleet.wait_connected(client, ["web-1"], wait=60)
         rid = await trio.to_thread.run_sync(build, fleet, repo, "main")
         out = await trio.to_thread.run_sync(
             lambda: shoal(fleet.control, "rollout", "start", rid, "--wait")
@@ -252,26 +235,10 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
         before = status(fleet)
 
         # Restart the seeder: rollouts, events and hosts survive; the peer reconnects.
-        await fleet.stop(seeder)
-        await fleet._spawn(
-            "seeder",
-            [
-                "-m",
-                "seeder.cli",
-                "seeder",
-                "run",
-                "--data-dir",
-                str(fleet.root / "seeder"),
-                "--listen",
-                str(control),
-            ],
-        )
-        while True:
-            try:
-                async with open_client(control) as client:
-                    await fleet.wait_connected(client, ["web-1"], wait=60)
-                    break
-            except Exception:  # noqa: BLE001
-                await trio.sleep(0.2)
+        assert fleet.seeder is not None
+        await fleet.stop(fleet.seeder)
+        await fleet.start_seeder()
+        async with open_client(control) as client:
+            await fleet.wait_connected(client, ["web-1"], wait=60)
         assert status(fleet, before["rollout_id"]) == before
         assert events(fleet, "web-1") == [(e, rid) for e in ACTIVATE_ORDER], "a hook ran twice"

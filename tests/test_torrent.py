@@ -166,7 +166,7 @@ async def test_swarm_download(tmp_path: Path, nursery: trio.Nursery) -> None:
         assert session.has(infohash)  # keeps seeding
         assert session.stats().downloaded >= len(expected)
     with trio.fail_after(5):  # libtorrent folds upload counters into the totals on its tick
-        while seeder.stats().uploaded + first.stats().uploaded < 2 * len(expected):  # noqa: ASYNC110
+        while seeder.stats().uploaded + first.stats().uploaded < 2 * len(expected):
             await trio.sleep(0.05)
     assert isinstance(seeder.peers_of(infohash), list)
     assert seeder.peers_of("0" * 64) == []

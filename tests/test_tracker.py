@@ -341,7 +341,7 @@ def _add(ses: lt.session, torrent: bytes, save_path: Path, *, seed: bool) -> lt.
 
 async def _until(predicate: Callable[[], bool]) -> None:
     # libtorrent changes state in its own threads: there is no event to wait on, so poll.
-    while not predicate():  # noqa: ASYNC110
+    while not predicate():
         await trio.sleep(0.02)
 
 
