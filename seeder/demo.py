@@ -47,6 +47,13 @@ def make_example_repo(dest: Path) -> Path:
     return dest
 
 
+def _commit_version(repo: Path, tag: str) -> None:
+    (repo / "VERSION").write_text(tag.lstrip("v") + "\n")
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "commit", "-qam", f"example app {tag}"], ["git", "tag", tag]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+
 async def run_demo(*, peers: int = 3) -> int:
     if not 1 <= peers <= 200:
         raise ShoalError("--peers must be between 1 and 200")
@@ -64,7 +71,7 @@ async def run_demo(*, peers: int = 3) -> int:
             async with open_client(control) as client:
                 await fleet.wait_connected(client, names)
                 print(f"demo: {peers} peer daemon(s) connected", flush=True)
-                repo = make_example_repo(root / "example-app")
+                repo = await trio.to_thread.run_sync(make_example_repo, root / "example-app")
                 return await _rollout(client, fleet, repo, names, started)
         finally:
             await fleet.stop_all()
@@ -73,28 +80,36 @@ async def run_demo(*, peers: int = 3) -> int:
 async def _rollout(
     client: SeederClient, fleet: LocalFleet, repo: Path, names: list[str], started: float
 ) -> int:
-    built = await client.call("release.build", repo=str(repo), ref="v1.0.0", app="example")
-    release_id = built["release"]["release_id"]
-    print(f"demo: built release {release_id} ({built['release']['size']} bytes)", flush=True)
-    r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]
-    print(f"demo: rollout {r['rollout_id']} started", flush=True)
-    with trio.fail_after(120):
-        while r["state"] not in ("succeeded", "failed"):
-            await trio.sleep(0.2)
-            r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
-    print(render.rollout(r))
+    """Roll out v1.0.0, then v1.1.0 over it (so the old release's ApplicationStop runs)."""
+    for tag in ("v1.0.0", "v1.1.0"):
+        if tag != "v1.0.0":
+            await trio.to_thread.run_sync(_commit_version, repo, tag)
+        built = await client.call("release.build", repo=str(repo), ref=tag, app="example")
+        release_id = built["release"]["release_id"]
+        print(f"\ndemo: built release {release_id} ({built['release']['size']} bytes)")
+        r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]
+        print(f"demo: rollout {r['rollout_id']} started", flush=True)
+        with trio.fail_after(120):
+            while r["state"] not in ("succeeded", "failed"):
+                await trio.sleep(0.2)
+                r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
+        print(render.rollout(r))
+        if r["state"] != "succeeded":
+            break
     for name in names:
-        log = fleet.peer_dir(name) / "deploy.log"
-        events = [ln.split()[0] for ln in log.read_text().splitlines()] if log.exists() else []
-        current = (
-            os.readlink(fleet.peer_dir(name) / "current")
-            if (fleet.peer_dir(name) / "current").is_symlink()
-            else "-"
+        home = fleet.peer_dir(name)
+        log = home / "deploy.log"
+        ran = (
+            [" ".join(ln.split()[:2]) for ln in log.read_text().splitlines()]
+            if log.exists()
+            else []
         )
-        print(f"  {name}: current -> {current}; hooks ran: {' '.join(events) or 'none'}")
+        current = os.readlink(home / "current") if (home / "current").is_symlink() else "-"
+        print(f"  {name}: current -> {current}")
+        print(f"    hooks ran: {'; '.join(ran) or 'none'}")
     ok = sum(t["state"] == "succeeded" for t in r["targets"])
     print(
-        f"demo: {ok}/{len(names)} hosts live on {release_id}, rollout {r['state']} "
-        f"in {time.monotonic() - started:.1f}s"
+        f"demo: {ok}/{len(names)} hosts live on {release_id}, rollout {r['state']}, "
+        f"whole demo {time.monotonic() - started:.1f}s"
     )
     return 0 if r["state"] == "succeeded" else 1
