@@ -99,14 +99,14 @@ async def _rollout(
     for name in names:
         home = fleet.peer_dir(name)
         log = home / "deploy.log"
-        ran = (
-            [" ".join(ln.split()[:2]) for ln in log.read_text().splitlines()]
-            if log.exists()
-            else []
-        )
+        ran: dict[str, list[str]] = {}
+        for line in log.read_text().splitlines() if log.exists() else []:
+            event, release = line.split()[:2]
+            ran.setdefault(release, []).append(event)
         current = os.readlink(home / "current") if (home / "current").is_symlink() else "-"
         print(f"  {name}: current -> {current}")
-        print(f"    hooks ran: {'; '.join(ran) or 'none'}")
+        for release, events in ran.items():
+            print(f"    hooks of {release}: {' '.join(events)}")
     ok = sum(t["state"] == "succeeded" for t in r["targets"])
     print(
         f"demo: {ok}/{len(names)} hosts live on {release_id}, rollout {r['state']}, "
