@@ -21,7 +21,7 @@ from typing import Any, Final, NoReturn, cast
 import libtorrent as lt
 import trio
 
-from common.errors import TorrentError
+from common.errors import ConfigError, TorrentError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,34 @@ def datacenter_settings(listen_ip: str, port: int) -> dict[str, Any]:
         # ssrf_mitigation stays on: it only requires loopback trackers to use /announce paths.
         "alert_mask": _ALERT_MASK,
     }
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Typed libtorrent settings from ``KEY=VALUE`` strings (``--torrent-setting``), checked
+    against libtorrent's own list so a typo is an error instead of a silently ignored key."""
+    defaults: dict[str, Any] = dict(lt.default_settings())
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(
+                f"--torrent-setting {pair!r}: not KEY=VALUE with a libtorrent setting"
+            )
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("1", "true", "yes", "on")
+            elif kind is int:
+                out[key] = int(text, 0)
+            else:
+                out[key] = text
+        except ValueError:
+            raise ConfigError(
+                f"--torrent-setting {pair!r}: {key} takes a {kind.__name__}"
+            ) from None
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from common.addr import Address, parse_ip
 from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
+from common.torrent import parse_overrides
 from peer.daemon import PeerConfig, run_peer
 
 
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--torrent-port", type=int, default=6881)
     run.add_argument("--labels", default="", help="k=v,k=v")
     run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
+    run.add_argument(
+        "--torrent-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a libtorrent setting (repeatable)",
+    )
     return parser
 
 
@@ -53,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             torrent_port=args.torrent_port,
             labels=parse_labels(args.labels),
             keep_releases=args.keep,
+            torrent_settings=parse_overrides(args.torrent_setting),
         )
         trio.run(run_until_signalled, lambda: run_peer(config))
     except ShoalError as exc:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -43,6 +44,7 @@ class PeerConfig:
     torrent_port: int = 6881
     labels: dict[str, str] = field(default_factory=dict)
     keep_releases: int = 5
+    torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
 class Jobs:
@@ -75,7 +77,9 @@ async def run_peer(
     try:
         reporter = Reporter(journal, config.name)
         _close_interrupted(journal, reporter)
-        torrents = TorrentSession(config.bind, config.torrent_port)
+        torrents = TorrentSession(
+            config.bind, config.torrent_port, overrides=config.torrent_settings
+        )
         ctx = PeerContext(config.name, layout, journal, reporter, torrents, config.keep_releases)
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--torrent-listen", help="BitTorrent IP:PORT (default: listen IP, any port)")
     run.add_argument("--tracker-listen", help="tracker IP:PORT (default: listen IP, any port)")
     run.add_argument("--piece-size", type=int, default=0, help="torrent piece size in bytes")
+    run.add_argument(
+        "--torrent-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a libtorrent setting (repeatable)",
+    )
 
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def dispatch(args: argparse.Namespace) -> int:
     if args.command == "seeder":
+        from common.torrent import parse_overrides
         from seeder.service import SeederConfig, run_seeder
 
         config = SeederConfig(
@@ -104,6 +112,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
             piece_size=args.piece_size,
+            torrent_settings=parse_overrides(args.torrent_setting),
         )
         await run_until_signalled(lambda: run_seeder(config))
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SeederConfig:
     torrent_listen: Address | None = None
     tracker_listen: Address | None = None
     piece_size: int = 0
+    torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ async def run_seeder(
     store = Store(data / "seeder.db")
     store.mark_all_disconnected()
     try:
-        torrents = TorrentSession(bt.host, bt.port)
+        torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
@@ -119,7 +120,12 @@ def _methods(
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
         return {"hosts": views.hosts(store, engine.connected())}
 
+    async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:
+        stats = torrents.stats()
+        return {"uploaded": stats.uploaded, "downloaded": stats.downloaded}
+
     return {
+        "seeder.stats": seeder_stats,
         "release.build": release_build,
         "release.list": release_list,
         "rollout.start": rollout_start,
