@@ -54,6 +54,8 @@ class Engine:
 
     def attach(self, host: str, channel: Channel) -> None:
         self._channels[host] = channel
+        # Nothing was sent on a new connection yet. (Keys hold id(channel), and the id of a
+        # dead channel can be reused by the new one: without this, its commands were skipped.)
         self.store.set_host_connected(host, True, self.clock())
         self.wake()
 
