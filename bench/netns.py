@@ -69,7 +69,7 @@ def netns_available() -> str | None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"`{tool}` (iproute2) is not installed"
-    return _probe([], "cannot build a namespace testbed here")
+    return _probe("bfifo limit 100000", "cannot build a namespace testbed here")
 
 
 def netem_available() -> str | None:
@@ -77,67 +77,21 @@ def netem_available() -> str | None:
 
     Some VM kernels are built without sch_netem; shaping (HTB) still works there.
     """
-    return netns_available() or _probe(["netem", "delay", "1ms"], "no netem qdisc (delay)")
+    return netns_available() or _probe("netem delay 1ms", "no netem qdisc (delay)")
 
 
-def _probe(leaf: list[str], what: str) -> str | None:
+def _probe(leaf: str, what: str) -> str | None:
     """Build a bridge + veth + HTB class (+ `leaf` qdisc) in scratch namespaces, then drop it."""
     probe = _new_prefix()
     sw, h = f"{probe}-sw", f"{probe}-h0"
-    tc = ["tc", "-n", h]
     try:
-        sh(["ip", "netns", "add", sw])
-        sh(["ip", "netns", "add", h])
-        sh(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
-        sh(
-            [
-                "ip",
-                "link",
-                "add",
-                "name",
-                f"{probe}p0",
-                "netns",
-                sw,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                h,
-            ]
-        )
-        sh([*tc, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1"])
-        sh(
-            [
-                *tc,
-                "class",
-                "add",
-                "dev",
-                "eth0",
-                "parent",
-                "1:",
-                "classid",
-                "1:1",
-                "htb",
-                "rate",
-                "10mbit",
-            ]
-        )
-        sh(
-            [
-                *tc,
-                "qdisc",
-                "add",
-                "dev",
-                "eth0",
-                "parent",
-                "1:1",
-                "handle",
-                "10:",
-                *(leaf or ["bfifo", "limit", "100000"]),
-            ]
-        )
+        sh(f"ip netns add {sw}".split())
+        sh(f"ip netns add {h}".split())
+        sh(f"ip -n {sw} link add br0 type bridge".split())
+        sh(f"ip link add name {probe}p0 netns {sw} type veth peer name eth0 netns {h}".split())
+        sh(f"tc -n {h} qdisc add dev eth0 root handle 1: htb default 1".split())
+        sh(f"tc -n {h} class add dev eth0 parent 1: classid 1:1 htb rate 10mbit".split())
+        sh(f"tc -n {h} qdisc add dev eth0 parent 1:1 handle 10: {leaf}".split())
     except NetnsError as exc:
         return f"{what}: {exc}"
     finally:
@@ -293,54 +247,30 @@ class Testbed:
     # -- building -------------------------------------------------------------------------
 
     def _build(self) -> None:
-        """Create the switch, the hosts, their links, addresses and shaping."""
+        """Create the switch, the hosts, their links, addresses and shaping.
+
+        (Names are validated: no spaces, so commands are written as strings and split.)
+        """
         sw = self.switch_ns
-        sh(["ip", "netns", "add", sw])
-        sh(["ip", "-n", sw, "link", "set", "lo", "up"])
-        sh(["ip", "-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0"])
-        sh(["ip", "-n", sw, "link", "set", "br0", "up"])
+        sh(f"ip netns add {sw}".split())
+        sh(f"ip -n {sw} link set lo up".split())
+        sh(f"ip -n {sw} link add br0 type bridge stp_state 0".split())
+        sh(f"ip -n {sw} link set br0 up".split())
         for h in self.hosts:
-            port = self.port_name(h)
-            sh(["ip", "netns", "add", h.netns])
+            port, ns = self.port_name(h), h.netns
+            sh(f"ip netns add {ns}".split())
             # Both ends are created directly in their namespaces: no name ever appears in root.
-            sh(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    "name",
-                    port,
-                    "netns",
-                    sw,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    h.netns,
-                ]
-            )
-            sh(["ip", "-n", sw, "link", "set", port, "master", "br0"])
-            sh(["ip", "-n", sw, "link", "set", port, "up"])
+            sh(f"ip link add name {port} netns {sw} type veth peer name eth0 netns {ns}".split())
+            sh(f"ip -n {sw} link set {port} master br0".split())
+            sh(f"ip -n {sw} link set {port} up".split())
             # IPv4 only: no router solicitations / MLD chatter on the emulated wire.
-            sh(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    h.netns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                ],
-                check=False,
-            )
-            sh(["ip", "-n", h.netns, "link", "set", "lo", "up"])
-            sh(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/{self._prefixlen}", "dev", "eth0"])
-            sh(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
+            ipv6_off = f"ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1"
+            sh(ipv6_off.split(), check=False)
+            sh(f"ip -n {ns} link set lo up".split())
+            sh(f"ip -n {ns} addr add {h.ip}/{self._prefixlen} dev eth0".split())
+            sh(f"ip -n {ns} link set eth0 up".split())
             if h.up_mbit is not None:
-                self._shape(h.netns, "eth0", h.up_mbit, self.delay_ms)
+                self._shape(ns, "eth0", h.up_mbit, self.delay_ms)
             if h.down_mbit is not None:
                 self._shape(sw, port, h.down_mbit, 0.0)
 
@@ -358,37 +288,17 @@ class Testbed:
         quantum = min(200_000, max(1600, int(byte_rate / 10)))
         queue_bytes = max(2 * _GSO_BYTES, int(byte_rate * (self.queue_ms + delay_ms) / 1000))
         rate = f"{int(rate_mbit * 1e6)}bit"
-        tc = ["tc", "-n", ns]
-        sh([*tc, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
-        sh(
-            [
-                *tc,
-                "class",
-                "add",
-                "dev",
-                dev,
-                "parent",
-                "1:",
-                "classid",
-                "1:1",
-                "htb",
-                "rate",
-                rate,
-                "ceil",
-                rate,
-                "burst",
-                str(burst),
-                "cburst",
-                str(burst),
-                "quantum",
-                str(quantum),
-            ]
-        )
         if delay_ms > 0:
-            leaf = ["netem", "delay", f"{delay_ms}ms", "limit", str(queue_bytes // 1500 + 1)]
+            leaf = f"netem delay {delay_ms}ms limit {queue_bytes // 1500 + 1}"
         else:
-            leaf = ["bfifo", "limit", str(queue_bytes)]
-        sh([*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])
+            leaf = f"bfifo limit {queue_bytes}"
+        tc = f"tc -n {ns}"
+        sh(f"{tc} qdisc replace dev {dev} root handle 1: htb default 1".split())
+        sh(
+            f"{tc} class add dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate}"
+            f" burst {burst} cburst {burst} quantum {quantum}".split()
+        )
+        sh(f"{tc} qdisc add dev {dev} parent 1:1 handle 10: {leaf}".split())
 
     # -- queries --------------------------------------------------------------------------
 

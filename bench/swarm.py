@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-rate-mbit", type=float, help="their rate (default: rate / 4)")
     p.add_argument("--baseline", choices=["sftp", "none"], default="none")
     p.add_argument("--piece-size", type=int, default=0, help="torrent piece size (0 = auto)")
+    p.add_argument("--seeder-arg", action="append", default=[], help="extra seeder option")
     p.add_argument("--seeder-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--peer-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="JSON results (a PNG CDF plot goes next to it)")
@@ -59,7 +60,8 @@ def shoal(host: Host, *args: str, timeout: float = 120.0) -> str:
     """Run the real ``shoal`` CLI inside a host's namespace; its stdout."""
     out = host.run([sys.executable, "-m", "seeder.cli", *args], timeout=timeout, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"shoal {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+        tail = " | ".join((out.stdout + out.stderr).strip().splitlines()[-12:])
+        raise SystemExit(f"shoal {' '.join(args)} failed ({out.returncode}): {tail}")
     return str(out.stdout)
 
 
@@ -119,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         repo = make_release_repo(seeder.workdir, size)
         control = f"{seeder.ip}:{CONTROL_PORT}"
         settings = [a for kv in args.seeder_setting for a in ("--torrent-setting", kv)]
+        settings += args.seeder_arg
         logs = bed.workdir / "logs"
         logs.mkdir()
         procs = [
@@ -220,7 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "ip": h.ip,
                     "up_mbit": h.up_mbit,
                     "down_mbit": h.down_mbit,
-                    "staged_s": staged[h.name],
+                    "staged_s": staged[h.name]["stage"],
+                    "steps_s": staged[h.name],
                 }
                 for h in bed.peers
             },
@@ -273,14 +277,18 @@ def stats(seeder: Host, control: str) -> int:
     return int(out.stdout)
 
 
-def staged_times(status: dict[str, Any]) -> dict[str, float]:
-    """Seconds from the rollout's start until each host reported 'stage succeeded'."""
+def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per host, seconds from the rollout's start until each step ended ('stage' = staged)."""
     out = {}
     for t in status["targets"]:
-        done = [s["at"] for s in t["steps"] if s["step"] == "stage" and s["state"] == "succeeded"]
-        if not done:
+        ends = {
+            s["step"]: s["at"] - status["created_at"]
+            for s in t["steps"]
+            if s["state"] == "succeeded"
+        }
+        if "stage" not in ends:
             raise SystemExit(f"host {t['host']} never staged: {t['state']} {t['error']}")
-        out[t["host"]] = done[0] - status["created_at"]
+        out[t["host"]] = ends
     return out
 
 

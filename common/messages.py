@@ -101,6 +101,7 @@ class Stage(Message):
     manifest: dict[str, Any]
     torrent: bytes
     peers: list[list[Any]] = field(default_factory=list)
+    slice: list[int] = field(default_factory=list)  # [index, count]: see common.pieces
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import libtorrent as lt
 import trio
 
 from common.errors import ConfigError, TorrentError
+from common.pieces import SlicePlan
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ MAX_PIECE_SIZE: Final = 4 * MiB
 TARGET_PIECES: Final = 1024
 UPDATE_INTERVAL: Final = 1.0  # seconds between post_torrent_updates() (progress, completion)
 RECONNECT_INTERVAL: Final = 3.0  # seconds between connect_peer() rounds while downloading
+SLICE_POLL_INTERVAL: Final = 0.1  # seconds between piece-availability checks of a slice plan
+SLICE_PATIENCE: Final = 1.0  # seconds a peer waits for locked pieces before taking them anyway
 
 _ALERT_MASK: Final = (
     lt.alert_category.error
@@ -342,7 +345,7 @@ class TorrentSession:
             ses.pause()
             del ses  # the last reference: ~session sends 'stopped' announces and joins threads
 
-    def _add(self, torrent: bytes, save_path: Path, *, seed: bool) -> str:
+    def _add(self, torrent: bytes, save_path: Path, *, seed: bool, super_seed: bool = False) -> str:
         ses = self._lt
         atp = _load(torrent)
         ih = _hex(atp.info_hashes)
@@ -354,6 +357,8 @@ class TorrentSession:
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed:
             atp.flags |= lt.torrent_flags.seed_mode  # trust the files, verify pieces lazily
+        if super_seed:
+            atp.flags |= lt.torrent_flags.super_seeding
         try:
             handle = ses.add_torrent(atp)
         except RuntimeError as e:
@@ -361,12 +366,14 @@ class TorrentSession:
         self._torrents[ih] = _Torrent(handle, done=seed, progress=1.0 if seed else 0.0)
         return ih
 
-    def seed(self, torrent: bytes, save_path: Path) -> str:
+    def seed(self, torrent: bytes, save_path: Path, *, super_seed: bool = False) -> str:
         """Seed `torrent` whose file is already in `save_path`; returns its infohash.
 
         Idempotent per infohash. seed_mode skips the full check (pieces are verified as they
-        are first uploaded), so the file is only checked for presence and size here."""
-        return self._add(torrent, save_path, seed=True)
+        are first uploaded), so the file is only checked for presence and size here.
+        `super_seed`: reveal pieces to each peer one at a time, preferring pieces no other peer
+        has yet, so the origin uploads each piece about once and the swarm does the rest."""
+        return self._add(torrent, save_path, seed=True, super_seed=super_seed)
 
     async def download(
         self,
@@ -375,6 +382,7 @@ class TorrentSession:
         *,
         peers: Sequence[tuple[str, int]] = (),
         on_progress: Callable[[float], None] | None = None,
+        piece_slice: tuple[int, int] | None = None,
     ) -> None:
         """Add (or re-attach to) `torrent`; wait until every piece is downloaded, verified and
         written to the file in `save_path`.
@@ -387,11 +395,21 @@ class TorrentSession:
 
         Raises TorrentError on a file or torrent error (disk full, unwritable path, ...); the
         torrent is then removed so that a retry starts afresh.
+
+        `piece_slice` ``(index, count)`` follows a :class:`~common.pieces.SlicePlan`: this
+        peer's own slice first, other pieces once another peer has them, so the seeder sends
+        each piece about once.
         """
         if not self._running:
             raise RuntimeError("TorrentSession.run() must be running to download")
         ih = self._add(torrent, save_path, seed=False)
         rec = self._torrents[ih]
+        plan = None
+        if piece_slice is not None and not rec.done:
+            info = rec.handle.torrent_file()
+            assert info is not None
+            plan = SlicePlan(info.num_pieces(), *piece_slice, patience=SLICE_PATIENCE)
+            rec.handle.prioritize_pieces(plan.priorities())
         reported = -1.0
         next_connect = trio.current_time()
         while True:
@@ -402,9 +420,17 @@ class TorrentSession:
             if on_progress is not None and rec.progress != reported:
                 reported = rec.progress
                 on_progress(reported)
-            if rec.done and rec.flushed:
+            complete = rec.done
+            if plan is not None:
+                # With locked pieces, "finished" only means every *wanted* piece: count them all.
+                pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
+                now = trio.current_time()
+                if plan.locked and plan.update(pieces, rec.handle.piece_availability(), now):
+                    rec.handle.prioritize_pieces(plan.priorities())
+                complete = all(pieces)
+            if complete and rec.flushed:
                 return
-            if rec.done and not rec.flushing:
+            if complete and not rec.flushing:
                 # "finished" means hashed, not written: pread_disk_io hashes blocks from its
                 # write buffer, so the file can still be incomplete (or absent) at this point.
                 rec.flushing = True
@@ -416,7 +442,10 @@ class TorrentSession:
                     except RuntimeError as e:
                         log.warning("cannot connect to peer %s:%d: %s", ip, port, e)
                 next_connect = trio.current_time() + RECONNECT_INTERVAL
-            with trio.move_on_at(next_connect):
+            wake = next_connect
+            if plan is not None:
+                wake = min(wake, trio.current_time() + SLICE_POLL_INTERVAL)
+            with trio.move_on_at(wake):
                 await rec.changed.wait()
 
     def remove(self, infohash: str, *, delete_files: bool = False) -> None:

@@ -39,7 +39,10 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         report(rollout_id, step, "running")
         started = time.monotonic()
         peers = [(str(p[0]), int(p[1])) for p in cmd.peers]
-        await ctx.torrents.download(cmd.torrent, ctx.layout.download_dir(rid), peers=peers)
+        piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
+        await ctx.torrents.download(
+            cmd.torrent, ctx.layout.download_dir(rid), peers=peers, piece_slice=piece_slice
+        )
         took = time.monotonic() - started
         report(
             rollout_id,

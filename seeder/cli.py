@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracker-listen", help="tracker IP:PORT (default: listen IP, any port)")
     run.add_argument("--piece-size", type=int, default=0, help="torrent piece size in bytes")
     run.add_argument(
+        "--no-slices",
+        action="store_true",
+        help="let peers fetch any piece from the seeder (default: each its own slice)",
+    )
+    run.add_argument(
+        "--super-seed", action="store_true", help="hand each piece out about once (origin mode)"
+    )
+    run.add_argument(
         "--torrent-setting",
         action="append",
         default=[],
@@ -112,6 +120,8 @@ async def dispatch(args: argparse.Namespace) -> int:
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
             piece_size=args.piece_size,
+            super_seed=args.super_seed,
+            slices=not args.no_slices,
             torrent_settings=parse_overrides(args.torrent_setting),
         )
         await run_until_signalled(lambda: run_seeder(config))

@@ -41,11 +41,13 @@ class Engine:
         seeder_bt: tuple[str, int],
         deadlines: plan.Deadlines | None = None,
         clock: Callable[[], float] = time.time,
+        slices: bool = True,
     ) -> None:
         self.store = store
         self.seeder_bt = seeder_bt
         self.deadlines = deadlines or plan.Deadlines()
         self.clock = clock
+        self.slices = slices
         self._channels: dict[str, Channel] = {}
         self._sent: set[tuple[str, str, str, int]] = set()
         self._wake = trio.Event()
@@ -56,6 +58,7 @@ class Engine:
         self._channels[host] = channel
         # Nothing was sent on a new connection yet. (Keys hold id(channel), and the id of a
         # dead channel can be reused by the new one: without this, its commands were skipped.)
+        self._sent = {key for key in self._sent if key[1] != host}
         self.store.set_host_connected(host, True, self.clock())
         self.wake()
 
@@ -166,6 +169,7 @@ class Engine:
                 manifest=manifest.to_dict(),
                 torrent=torrent,
                 peers=self._swarm_for(rollout, action.host),
+                slice=self._slice_for(rollout, action.host),
             )
         else:
             msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
@@ -177,6 +181,13 @@ class Engine:
             await channel.send(msg)
         except ConnectionClosed:
             self.detach(action.host, channel)
+
+    def _slice_for(self, rollout: Rollout, host: str) -> list[int]:
+        """Which share of the pieces this host fetches from the seeder (see common.pieces)."""
+        if not self.slices:
+            return []
+        names = [t.host for t in rollout.targets]
+        return [names.index(host), len(names)]
 
     def _swarm_for(self, rollout: Rollout, host: str) -> list[list[Any]]:
         """Who a host should dial: the seeder first, then a random sample of its fellow targets."""

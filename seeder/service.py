@@ -35,6 +35,8 @@ class SeederConfig:
     torrent_listen: Address | None = None
     tracker_listen: Address | None = None
     piece_size: int = 0
+    super_seed: bool = False
+    slices: bool = True
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,11 +71,13 @@ async def run_seeder(
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
             for manifest, torrent, _ in store.releases():
-                torrents.seed(torrent, data / "releases" / manifest.release_id)
+                torrents.seed(
+                    torrent, data / "releases" / manifest.release_id, super_seed=config.super_seed
+                )
             tracker = Tracker()
             tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            engine = Engine(store, seeder_bt=(bt.host, bt.port))
+            engine = Engine(store, seeder_bt=(bt.host, bt.port), slices=config.slices)
             await nursery.start(engine.run)
             methods = _methods(config, store, engine, torrents, tracker_url)
             server = ControlServer(store, engine, tracker_url=tracker_url, methods=methods)
@@ -103,7 +107,7 @@ def _methods(
             )
         )
         created = store.add_release(built.manifest, built.torrent, time.time())
-        torrents.seed(built.torrent, built.directory)
+        torrents.seed(built.torrent, built.directory, super_seed=config.super_seed)
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
         return {"release": built.manifest.to_dict(), "created": created}
 

@@ -1,0 +1,253 @@
+"""The seeder's control server, one connection handler at a time, over in-memory streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from common import messages as m
+from common.channel import Channel
+from common.errors import ConfigError, ConnectionClosed
+from common.protocol import Role
+from common.release import Manifest
+from seeder.control import HEARTBEAT_INTERVAL, ControlServer
+from seeder.engine import Engine
+from seeder.store import Store
+
+TRACKER = "http://127.0.0.1:1/announce"
+MANIFEST = Manifest(
+    app="demo",
+    version="v1",
+    commit="c" * 40,
+    size=3,
+    digest="d" * 64,
+    infohash="ef" * 32,
+    archive="demo-v1.tar.zst",
+)
+
+
+class Clock:
+    """The engine's clock: advances by one second on every reading, so writes are datable."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "seeder.db")
+    s.add_release(MANIFEST, b"torrent-bytes", 1.0)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def server(store: Store) -> ControlServer:
+    engine = Engine(store, seeder_bt=("127.0.0.1", 1), clock=Clock())
+
+    async def echo(params: dict[str, Any]) -> dict[str, Any]:
+        return {"echo": params}
+
+    async def refuse(params: dict[str, Any]) -> dict[str, Any]:
+        raise ConfigError(f"no such thing as {params['what']!r}")
+
+    async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
+        rollout = engine.start_rollout(params["release_id"], params.get("hosts", "all"))
+        return {"rollout_id": rollout.rollout_id}
+
+    methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start}
+    return ControlServer(store, engine, tracker_url=TRACKER, methods=methods)
+
+
+@asynccontextmanager
+async def connection(server: ControlServer) -> AsyncIterator[tuple[Channel, trio.Event]]:
+    """A client channel to ``server.handle``; the event is set when the handler returns."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    done = trio.Event()
+
+    async def handle() -> None:
+        try:
+            await server.handle(server_stream)
+        finally:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle)
+        client = Channel(client_stream, Role.CLIENT)
+        try:
+            yield client, done
+        finally:
+            await client.aclose()
+
+
+def hello(name: str = "web-1") -> m.Hello:
+    return m.Hello(name=name, address="127.0.0.11", bt_port=6881, labels={"zone": "a"})
+
+
+async def peer_connected(client: Channel, name: str = "web-1") -> None:
+    await client.send(hello(name))
+    assert await client.receive() == m.Welcome(
+        heartbeat_interval=HEARTBEAT_INTERVAL, tracker_url=TRACKER
+    )
+
+
+def host(store: Store, name: str) -> Any:
+    (record,) = (h for h in store.hosts() if h.name == name)
+    return record
+
+
+async def test_hello_gets_welcome_and_registers_the_host(
+    server: ControlServer, store: Store
+) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, done):
+            await peer_connected(client)
+            record = host(store, "web-1")
+            assert record.connected and record.labels == {"zone": "a"}
+            assert (record.address, record.bt_port) == ("127.0.0.11", 6881)
+            assert server.engine.connected() == {"web-1"}
+            await client.aclose()
+            await done.wait()
+    assert not host(store, "web-1").connected
+    assert server.engine.connected() == set()
+
+
+def start_rollout(server: ControlServer) -> str:
+    return server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+
+
+def stage_done(rollout_id: str, seq: int) -> m.StepReport:
+    return m.StepReport(
+        rollout_id=rollout_id,
+        host="web-1",
+        step="stage",
+        attempt=1,
+        state="succeeded",
+        result="succeeded",
+        at=5.0,
+        seq=seq,
+    )
+
+
+async def test_step_report_is_acked_and_recorded(server: ControlServer, store: Store) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, _):
+            await peer_connected(client)
+            rid = start_rollout(server)
+            await client.send(stage_done(rid, seq=41))
+            assert await client.receive() == m.Ack(seq=41)
+    (event,) = store.events(rid)
+    assert (event.host, event.step, event.state, event.result) == (
+        "web-1",
+        "stage",
+        "succeeded",
+        "succeeded",
+    )
+    rollout = store.rollout(rid)
+    assert rollout is not None and [t.state for t in rollout.targets] == ["staged"]
+
+
+async def test_the_same_report_twice_is_idempotent(server: ControlServer, store: Store) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, _):
+            await peer_connected(client)
+            rid = start_rollout(server)
+            await client.send(stage_done(rid, seq=7))
+            assert await client.receive() == m.Ack(seq=7)
+            before = store.rollout(rid)
+            # Re-sent after a reconnect (the ack was lost): acked again, applied once.
+            await client.send(stage_done(rid, seq=7))
+            assert await client.receive() == m.Ack(seq=7)
+    assert len(store.events(rid)) == 1
+    after = store.rollout(rid)
+    assert before is not None and after is not None
+    assert after.targets == before.targets  # same state, same updated_at: nothing rewritten
+    assert after.targets[0].state == "staged"
+
+
+async def test_garbage_ends_only_its_own_connection(server: ControlServer, store: Store) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (cli, _), connection(server) as (bad, bad_done):
+            await cli.send(m.ClientHello(client="test"))
+            await peer_connected(bad, "web-9")
+            await bad.stream.send_all(b"\xc1\xc1\xc1")  # not msgpack at all
+            with pytest.raises(ConnectionClosed, match="goodbye: undecodable"):
+                await bad.receive()
+            await bad_done.wait()
+            assert not host(store, "web-9").connected
+            # The other connection, handled concurrently all along, still works.
+            await cli.send(m.Request(id=1, method="echo", params={"x": 1}))
+            assert await cli.receive() == m.Response(id=1, ok=True, result={"echo": {"x": 1}})
+
+
+async def test_garbage_instead_of_hello_closes_without_goodbye(server: ControlServer) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, done):
+            await client.stream.send_all(b"\x92\x01\x02")  # msgpack, but not a message
+            await done.wait()
+            with pytest.raises(ConnectionClosed, match="closed the connection"):
+                await client.receive()
+
+
+async def test_unknown_method(server: ControlServer) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, _):
+            await client.send(m.ClientHello(client="test"))
+            await client.send(m.Request(id=3, method="launch", params={}))
+            reply = await client.receive()
+    assert isinstance(reply, m.Response)
+    assert (reply.id, reply.ok, reply.error_code) == (3, False, "unknown_method")
+    assert "launch" in reply.error
+
+
+async def test_handler_errors_become_error_responses(server: ControlServer) -> None:
+    with trio.fail_after(5):
+        async with connection(server) as (client, _):
+            await client.send(m.ClientHello(client="test"))
+            await client.send(m.Request(id=1, method="refuse", params={"what": "x"}))
+            await client.send(m.Request(id=2, method="rollout.start", params={"release_id": "no"}))
+            await client.send(m.Request(id=3, method="refuse", params={}))
+            await client.send(m.Request(id=4, method="echo", params={"still": "here"}))
+            replies = [await client.receive() for _ in range(4)]
+    assert replies[0] == m.Response(
+        id=1, ok=False, error_code="ConfigError", error="no such thing as 'x'"
+    )
+    assert replies[1] == m.Response(
+        id=2, ok=False, error_code="UnknownRelease", error="unknown release 'no'"
+    )
+    assert isinstance(replies[2], m.Response)
+    assert (replies[2].ok, replies[2].error_code) == (False, "bad_request")
+    assert "refuse" in replies[2].error and "what" in replies[2].error
+    assert replies[3] == m.Response(id=4, ok=True, result={"echo": {"still": "here"}})
+
+
+async def test_a_silent_peer_is_dropped(
+    server: ControlServer, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(HEARTBEAT_INTERVAL * 20):
+        async with connection(server) as (client, done):
+            await peer_connected(client)
+            start = trio.current_time()
+            for _ in range(6):  # heartbeats keep it alive well past the silence limit
+                await trio.sleep(HEARTBEAT_INTERVAL)
+                await client.send(m.Heartbeat(sent_at=0.0))
+            assert not done.is_set()
+            assert host(store, "web-1").connected
+            await done.wait()
+            silent = trio.current_time() - start - 6 * HEARTBEAT_INTERVAL
+            assert silent == pytest.approx(HEARTBEAT_INTERVAL * 4)
+            with pytest.raises(ConnectionClosed):
+                await client.receive()
+    assert not host(store, "web-1").connected
