@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeder-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--peer-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="JSON results (a PNG CDF plot goes next to it)")
+    p.add_argument("--logs", type=Path, help="copy the daemons' logs here before cleaning up")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the rollout may take")
     return p.parse_args(argv)
 
@@ -225,6 +227,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "down_mbit": h.down_mbit,
                     "staged_s": staged[h.name]["stage"],
                     "steps_s": staged[h.name],
+                    "download": next(
+                        s["detail"]
+                        for t in status["targets"]
+                        if t["host"] == h.name
+                        for s in t["steps"]
+                        if s["step"] == "download" and s["state"] == "succeeded"
+                    ),
                 }
                 for h in bed.peers
             },
@@ -238,6 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             result["sftp"] = run_sftp_baseline(bed, archive)
         result["bounds"] = bounds(bed, manifest["size"])
+        if args.logs:
+            shutil.copytree(logs, args.logs, dirs_exist_ok=True)
     return result
 
 

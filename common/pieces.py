@@ -6,9 +6,13 @@ piece only once some peer besides the seeder has it — at which point libtorren
 picker gets it from that peer, not from the seeder. This is the Kumar-Ross schedule: the seeder
 uploads each piece once, to its owner, and the owners forward it to everyone else.
 
-If a slice's owner is slow or gone, waiting forever would stall the rollout: when a peer has
-nothing left to fetch but locked pieces for ``patience`` seconds, it unlocks them all and gets
-them wherever it can (the seeder included).
+Once its own slice is in, a peer stops talking to the seeder (its caller blocks the seeder's
+address), so the seeder's upload goes only to slices still being fetched.
+
+Being idle is normal here (a peer downloads faster than new pieces appear), so a peer only gives
+up waiting when it is idle *and* no new piece has appeared in the swarm for ``patience`` seconds:
+then a slice owner is gone or stuck, and the peer unlocks everything and takes the pieces
+wherever it can (the seeder included).
 
 Pure logic: it is given the pieces the peer has, the swarm availability and ``now``.
 """
@@ -30,7 +34,9 @@ class SlicePlan:
     count: int
     patience: float = 1.0
     unlocked: list[bool] = field(default_factory=list)
+    gave_up: bool = False  # the swarm stalled and every piece was unlocked
     _idle_since: float | None = None
+    _last_unlock: float = float("-inf")
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.count:
@@ -47,20 +53,38 @@ class SlicePlan:
             for i, ok in enumerate(self.unlocked)
         ]
 
-    def update(self, have: Sequence[bool], availability: Sequence[int], now: float) -> bool:
-        """Unlock what the swarm now offers; True if the priorities changed."""
+    def own_done(self, have: Sequence[bool]) -> bool:
+        return all(have[self.index :: self.count])
+
+    def update(
+        self,
+        have: Sequence[bool],
+        availability: Sequence[int],
+        now: float,
+        *,
+        origin_counted: bool = True,
+    ) -> bool:
+        """Unlock what the swarm now offers; True if the priorities changed.
+
+        ``availability`` counts the connected peers that have each piece; ``origin_counted``
+        says whether the seeder (which has every piece) is among them.
+        """
         changed = False
+        enough = 2 if origin_counted else 1
         for i, ok in enumerate(self.unlocked):
-            if not ok and (have[i] or availability[i] >= 2):
+            if not ok and (have[i] or availability[i] >= enough):
                 self.unlocked[i] = changed = True
+        if changed:
+            self._last_unlock = now
         if not self.locked:
             return changed
-        if all(have[i] for i, ok in enumerate(self.unlocked) if ok):
-            if self._idle_since is None:
-                self._idle_since = now
-            elif now - self._idle_since >= self.patience:
-                self.unlocked = [True] * self.num_pieces
-                return True
-        else:
+        if not all(have[i] for i, ok in enumerate(self.unlocked) if ok):
             self._idle_since = None
+            return changed
+        if self._idle_since is None:
+            self._idle_since = now
+        if now - max(self._idle_since, self._last_unlock) >= self.patience:
+            self.unlocked = [True] * self.num_pieces
+            self.gave_up = True
+            return True
         return changed

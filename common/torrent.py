@@ -133,6 +133,9 @@ def datacenter_settings(listen_ip: str, port: int) -> dict[str, Any]:
         "announce_to_all_trackers": True,
         "min_announce_interval": 5,
         "stop_tracker_timeout": 1,
+        # The ip filter only pauses peer connections to the seeder (see SlicePlan), never the
+        # tracker that runs on the same address.
+        "apply_ip_filter_to_trackers": False,
         # ssrf_mitigation stays on: it only requires loopback trackers to use /announce paths.
         "alert_mask": _ALERT_MASK,
     }
@@ -242,6 +245,8 @@ class TorrentSession:
             self._ses = None
             raise TorrentError(f"cannot listen for peers on {listen_ip}:{port}")
         self._torrents: dict[str, _Torrent] = {}
+        self._origin_needs: dict[object, tuple[str, bool]] = {}  # download -> (origin IP, needed)
+        self._origin_blocked: frozenset[str] = frozenset()
         self._running = False
         self._removed = TransferStats(0, 0)
 
@@ -383,7 +388,8 @@ class TorrentSession:
         peers: Sequence[tuple[str, int]] = (),
         on_progress: Callable[[float], None] | None = None,
         piece_slice: tuple[int, int] | None = None,
-    ) -> None:
+        origin: str | None = None,
+    ) -> dict[str, int]:
         """Add (or re-attach to) `torrent`; wait until every piece is downloaded, verified and
         written to the file in `save_path`.
 
@@ -398,7 +404,11 @@ class TorrentSession:
 
         `piece_slice` ``(index, count)`` follows a :class:`~common.pieces.SlicePlan`: this
         peer's own slice first, other pieces once another peer has them, so the seeder sends
-        each piece about once.
+        each piece about once. With `origin` (the seeder's IP) the session also disconnects from
+        the seeder once this peer's own slice is in (and until the swarm stalls), so that the
+        seeder's upload is spent on pieces nobody has yet.
+
+        Returns the payload bytes received from each still-connected peer, by IP.
         """
         if not self._running:
             raise RuntimeError("TorrentSession.run() must be running to download")
@@ -410,6 +420,23 @@ class TorrentSession:
             assert info is not None
             plan = SlicePlan(info.num_pieces(), *piece_slice, patience=SLICE_PATIENCE)
             rec.handle.prioritize_pieces(plan.priorities())
+        token = object()
+        try:
+            return await self._wait(rec, ih, peers, on_progress, plan, origin, token)
+        finally:
+            if self._origin_needs.pop(token, None) is not None:
+                self._refresh_origin_filter()
+
+    async def _wait(
+        self,
+        rec: _Torrent,
+        ih: str,
+        peers: Sequence[tuple[str, int]],
+        on_progress: Callable[[float], None] | None,
+        plan: SlicePlan | None,
+        origin: str | None,
+        token: object,
+    ) -> dict[str, int]:
         reported = -1.0
         next_connect = trio.current_time()
         while True:
@@ -425,11 +452,33 @@ class TorrentSession:
                 # With locked pieces, "finished" only means every *wanted* piece: count them all.
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
                 now = trio.current_time()
-                if plan.locked and plan.update(pieces, rec.handle.piece_availability(), now):
+                counted = origin is None or self._origin_needs.get(token, (origin, True))[1]
+                if plan.locked and plan.update(
+                    pieces, rec.handle.piece_availability(), now, origin_counted=counted
+                ):
                     rec.handle.prioritize_pieces(plan.priorities())
+                    if plan.gave_up:
+                        log.warning(
+                            "%s: no new piece in the swarm for %.1fs; taking the %d "
+                            "missing pieces from anyone",
+                            ih[:12],
+                            plan.patience,
+                            pieces.count(False),
+                        )
                 complete = all(pieces)
+                if origin is not None:
+                    need = plan.gave_up or not plan.own_done(pieces)
+                    if self._origin_needs.get(token) != (origin, need):
+                        if not need:
+                            from_origin = self._sources(rec).get(origin, 0)
+                            log.info("%s: own slice in; %d bytes came from the seeder %s",
+                                     ih[:12], from_origin, origin)
+                        self._origin_needs[token] = (origin, need)
+                        self._refresh_origin_filter()
+                        if need:
+                            next_connect = now  # dial the seeder again right away
             if complete and rec.flushed:
-                return
+                return self._sources(rec)
             if complete and not rec.flushing:
                 # "finished" means hashed, not written: pread_disk_io hashes blocks from its
                 # write buffer, so the file can still be incomplete (or absent) at this point.
@@ -447,6 +496,28 @@ class TorrentSession:
                 wake = min(wake, trio.current_time() + SLICE_POLL_INTERVAL)
             with trio.move_on_at(wake):
                 await rec.changed.wait()
+
+    def _refresh_origin_filter(self) -> None:
+        """Block the origins no running download needs; libtorrent drops their connections."""
+        needed = {ip for ip, need in self._origin_needs.values() if need}
+        blocked = frozenset(ip for ip, _ in self._origin_needs.values()) - needed
+        if blocked == self._origin_blocked:
+            return
+        rules = lt.ip_filter()
+        for ip in blocked:
+            rules.add_rule(ip, ip, 1)
+        self._lt.set_ip_filter(rules)
+        self._origin_blocked = blocked
+        log.info("seeder connections %s", f"paused for {sorted(blocked)}" if blocked else "open")
+
+    @staticmethod
+    def _sources(rec: _Torrent) -> dict[str, int]:
+        """Payload bytes received from each connected peer, by IP (where the data came from)."""
+        sources: dict[str, int] = {}
+        for peer in rec.handle.get_peer_info():
+            ip = str(peer.ip[0])
+            sources[ip] = sources.get(ip, 0) + int(peer.total_download)
+        return sources
 
     def remove(self, infohash: str, *, delete_files: bool = False) -> None:
         """Stop and forget a torrent (no-op if unknown); pending downloads of it fail.

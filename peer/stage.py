@@ -40,17 +40,20 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         started = time.monotonic()
         peers = [(str(p[0]), int(p[1])) for p in cmd.peers]
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
-        await ctx.torrents.download(
-            cmd.torrent, ctx.layout.download_dir(rid), peers=peers, piece_slice=piece_slice
+        sources = await ctx.torrents.download(
+            cmd.torrent,
+            ctx.layout.download_dir(rid),
+            peers=peers,
+            piece_slice=piece_slice,
+            origin=peers[0][0] if peers and piece_slice else None,
         )
         took = time.monotonic() - started
-        report(
-            rollout_id,
-            step,
-            "succeeded",
-            result="succeeded",
-            detail=f"{manifest.size} bytes in {took:.2f}s",
+        origin = sources.get(peers[0][0], 0) if peers else 0
+        detail = (
+            f"{manifest.size} bytes in {took:.2f}s: {origin} from the seeder, "
+            f"{sum(sources.values()) - origin} from other peers"
         )
+        report(rollout_id, step, "succeeded", result="succeeded", detail=detail)
 
         step = "verify"
         report(rollout_id, step, "running")
