@@ -102,6 +102,7 @@ class Stage(Message):
     torrent: bytes
     peers: list[list[Any]] = field(default_factory=list)
     slice: list[int] = field(default_factory=list)  # [index, count]: see common.pieces
+    slice_seeds: list[list[Any]] = field(default_factory=list)  # [ip, port] of each slice seed
 
 
 @dataclass(frozen=True)

@@ -1,90 +1,63 @@
-"""Which pieces a peer may fetch, so that the origin sends each piece about once.
+"""How a release's pieces are split between the seeder's slice seeds, and when to give up waiting.
 
-The rollout gives every target a *slice*: piece ``i`` belongs to target ``i % count``. A peer
-fetches its own slice first (nobody else has it, so it comes from the seeder), and every other
-piece only once some peer besides the seeder has it — at which point libtorrent's rarest-first
-picker gets it from that peer, not from the seeder. This is the Kumar-Ross schedule: the seeder
-uploads each piece once, to its owner, and the owners forward it to everyone else.
+The seeder spends its upload so that each piece leaves it about once (the Kumar-Ross schedule):
+piece ``i`` belongs to slice ``i % count``, slice ``k`` is offered by its own *slice seed* (a
+seeder session that has only those pieces), and the rollout gives slice ``k`` to one target. That
+peer fetches its slice first and forwards it; every other piece it gets from the other peers.
+Because a slice seed cannot hand out anything but its slice, the seeder cannot be asked for the
+same piece twice, whatever libtorrent's piece picker decides.
 
-Once its own slice is in, a peer stops talking to the seeder (its caller blocks the seeder's
-address), so the seeder's upload goes only to slices still being fetched.
+If the swarm stalls (a slice's owner is slow or gone), a peer dials the slice seeds of the pieces
+it still misses: a stall costs extra seeder upload only for what is actually missing.
 
-Being idle is normal here (a peer downloads faster than new pieces appear), so a peer only gives
-up waiting when it is idle *and* no new piece has appeared in the swarm for ``patience`` seconds:
-then a slice owner is gone or stuck, and the peer unlocks everything and takes the pieces
-wherever it can (the seeder included).
-
-Pure logic: it is given the pieces the peer has, the swarm availability and ``now``.
+Pure logic, tested without libtorrent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-OWN = 7  # libtorrent's top priority
-OPEN = 4  # libtorrent's default priority
-LOCKED = 0  # "don't download"
+OWN = 7  # libtorrent's top piece priority
+NORMAL = 4  # libtorrent's default piece priority
+MAX_SLICES = 32  # slice seeds per release; more targets than this get no slice of their own
+
+
+def slice_count(targets: int) -> int:
+    return max(1, min(targets, MAX_SLICES))
+
+
+def slice_mask(num_pieces: int, index: int, count: int) -> list[bool]:
+    """The pieces slice ``index`` of ``count`` holds."""
+    if not 0 <= index < count:
+        raise ValueError(f"slice {index} of {count} does not exist")
+    return [i % count == index for i in range(num_pieces)]
+
+
+def own_slice_priorities(num_pieces: int, index: int, count: int) -> list[int]:
+    """Piece priorities for a peer: its own slice first (it is the only way in for those)."""
+    return [OWN if i % count == index else NORMAL for i in range(num_pieces)]
+
+
+def missing_slices(have: Sequence[bool], count: int) -> list[int]:
+    """The slices that hold at least one piece this peer still lacks."""
+    return sorted({i % count for i, got in enumerate(have) if not got})
 
 
 @dataclass
-class SlicePlan:
-    num_pieces: int
-    index: int
-    count: int
-    patience: float = 1.0
-    unlocked: list[bool] = field(default_factory=list)
-    gave_up: bool = False  # the swarm stalled and every piece was unlocked
-    _idle_since: float | None = None
-    _last_unlock: float = float("-inf")
+class StallDetector:
+    """Says when a value (a download's progress) has not moved for ``patience`` seconds;
+    fires again every ``patience`` seconds while the stall lasts."""
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise ValueError(f"slice {self.index} of {self.count} does not exist")
-        self.unlocked = [i % self.count == self.index for i in range(self.num_pieces)]
+    patience: float
+    _value: float | None = None
+    _since: float = 0.0
 
-    @property
-    def locked(self) -> int:
-        return self.unlocked.count(False)
-
-    def priorities(self) -> list[int]:
-        return [
-            OWN if i % self.count == self.index else OPEN if ok else LOCKED
-            for i, ok in enumerate(self.unlocked)
-        ]
-
-    def own_done(self, have: Sequence[bool]) -> bool:
-        return all(have[self.index :: self.count])
-
-    def update(
-        self,
-        have: Sequence[bool],
-        availability: Sequence[int],
-        now: float,
-        *,
-        origin_counted: bool = True,
-    ) -> bool:
-        """Unlock what the swarm now offers; True if the priorities changed.
-
-        ``availability`` counts the connected peers that have each piece; ``origin_counted``
-        says whether the seeder (which has every piece) is among them.
-        """
-        changed = False
-        enough = 2 if origin_counted else 1
-        for i, ok in enumerate(self.unlocked):
-            if not ok and (have[i] or availability[i] >= enough):
-                self.unlocked[i] = changed = True
-        if changed:
-            self._last_unlock = now
-        if not self.locked:
-            return changed
-        if not all(have[i] for i, ok in enumerate(self.unlocked) if ok):
-            self._idle_since = None
-            return changed
-        if self._idle_since is None:
-            self._idle_since = now
-        if now - max(self._idle_since, self._last_unlock) >= self.patience:
-            self.unlocked = [True] * self.num_pieces
-            self.gave_up = True
+    def update(self, value: float, now: float) -> bool:
+        if value != self._value:
+            self._value, self._since = value, now
+            return False
+        if now - self._since >= self.patience:
+            self._since = now
             return True
-        return changed
+        return False

@@ -40,15 +40,17 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         started = time.monotonic()
         peers = [(str(p[0]), int(p[1])) for p in cmd.peers]
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
+        seeds = [(str(p[0]), int(p[1])) for p in cmd.slice_seeds]
         sources = await ctx.torrents.download(
             cmd.torrent,
             ctx.layout.download_dir(rid),
             peers=peers,
             piece_slice=piece_slice,
-            origin=peers[0][0] if peers and piece_slice else None,
+            slice_seeds=seeds,
         )
         took = time.monotonic() - started
-        origin = sources.get(peers[0][0], 0) if peers else 0
+        seeder_ips = {ip for ip, _ in seeds} or {ip for ip, _ in peers[:1]}
+        origin = sum(n for ip, n in sources.items() if ip in seeder_ips)
         detail = (
             f"{manifest.size} bytes in {took:.2f}s: {origin} from the seeder, "
             f"{sum(sources.values()) - origin} from other peers"

@@ -55,9 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="let peers fetch any piece from the seeder (default: each its own slice)",
     )
     run.add_argument(
-        "--super-seed", action="store_true", help="hand each piece out about once (origin mode)"
-    )
-    run.add_argument(
         "--torrent-setting",
         action="append",
         default=[],
@@ -120,7 +117,6 @@ async def dispatch(args: argparse.Namespace) -> int:
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
             piece_size=args.piece_size,
-            super_seed=args.super_seed,
             slices=not args.no_slices,
             torrent_settings=parse_overrides(args.torrent_setting),
         )

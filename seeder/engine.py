@@ -13,7 +13,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -21,10 +21,14 @@ import trio
 from common import messages as m
 from common.channel import Channel
 from common.errors import ConnectionClosed, ShoalError
+from common.pieces import slice_count
 from seeder import rollout as plan
 from seeder.store import Rollout, StepEvent, Store
 
 log = logging.getLogger("shoal.seeder.engine")
+
+# (release id, slice count) -> the [ip, port] of each slice seed offering that release
+SliceProvider = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 
 SWARM_PEERS = 30
 
@@ -41,13 +45,13 @@ class Engine:
         seeder_bt: tuple[str, int],
         deadlines: plan.Deadlines | None = None,
         clock: Callable[[], float] = time.time,
-        slices: bool = True,
+        slice_seeds: SliceProvider | None = None,
     ) -> None:
         self.store = store
         self.seeder_bt = seeder_bt
         self.deadlines = deadlines or plan.Deadlines()
         self.clock = clock
-        self.slices = slices
+        self.slice_seeds = slice_seeds
         self._channels: dict[str, Channel] = {}
         self._sent: set[tuple[str, str, str, int]] = set()
         self._wake = trio.Event()
@@ -164,12 +168,25 @@ class Engine:
             found = self.store.release(rollout.release_id)
             assert found is not None
             manifest, torrent = found
+            names = [t.host for t in rollout.targets]
+            others = self._others(rollout, action.host)
+            if self.slice_seeds is None:
+                piece_slice: list[int] = []
+                seeds: list[tuple[str, int]] = []
+                peers = [[self.seeder_bt[0], self.seeder_bt[1]], *others]
+            else:
+                count = slice_count(len(names))
+                index = names.index(action.host)
+                piece_slice = [index, count] if index < count else []
+                seeds = await self.slice_seeds(rollout.release_id, count)
+                peers = others
             msg = m.Stage(
                 rollout_id=rollout.rollout_id,
                 manifest=manifest.to_dict(),
                 torrent=torrent,
-                peers=self._swarm_for(rollout, action.host),
-                slice=self._slice_for(rollout, action.host),
+                peers=peers,
+                slice=piece_slice,
+                slice_seeds=[[ip, port] for ip, port in seeds],
             )
         else:
             msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
@@ -182,15 +199,8 @@ class Engine:
         except ConnectionClosed:
             self.detach(action.host, channel)
 
-    def _slice_for(self, rollout: Rollout, host: str) -> list[int]:
-        """Which share of the pieces this host fetches from the seeder (see common.pieces)."""
-        if not self.slices:
-            return []
-        names = [t.host for t in rollout.targets]
-        return [names.index(host), len(names)]
-
-    def _swarm_for(self, rollout: Rollout, host: str) -> list[list[Any]]:
-        """Who a host should dial: the seeder first, then a random sample of its fellow targets."""
+    def _others(self, rollout: Rollout, host: str) -> list[list[Any]]:
+        """A random sample of a host's fellow targets for it to dial (the tracker adds more)."""
         records = {h.name: h for h in self.store.hosts()}
         others = [
             [records[t.host].address, records[t.host].bt_port]
@@ -198,4 +208,4 @@ class Engine:
             if t.host != host and t.host in records
         ]
         random.shuffle(others)
-        return [[self.seeder_bt[0], self.seeder_bt[1]], *others[:SWARM_PEERS]]
+        return others[:SWARM_PEERS]

@@ -17,7 +17,7 @@ import trio
 
 from common.addr import Address
 from common.errors import ConfigError
-from common.torrent import TorrentSession
+from common.torrent import SliceSeeds, TorrentSession
 from seeder import views
 from seeder.build import build_release
 from seeder.control import ControlServer, Handler
@@ -35,7 +35,6 @@ class SeederConfig:
     torrent_listen: Address | None = None
     tracker_listen: Address | None = None
     piece_size: int = 0
-    super_seed: bool = False
     slices: bool = True
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -71,15 +70,25 @@ async def run_seeder(
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
             for manifest, torrent, _ in store.releases():
-                torrents.seed(
-                    torrent, data / "releases" / manifest.release_id, super_seed=config.super_seed
-                )
+                torrents.seed(torrent, data / "releases" / manifest.release_id)
             tracker = Tracker()
             tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            engine = Engine(store, seeder_bt=(bt.host, bt.port), slices=config.slices)
+            slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
+            await nursery.start(slice_seeds.run)
+
+            async def offer_slices(release_id: str, count: int) -> list[tuple[str, int]]:
+                found = store.release(release_id)
+                assert found is not None, release_id
+                return await slice_seeds.endpoints(found[1], data / "releases" / release_id, count)
+
+            engine = Engine(
+                store,
+                seeder_bt=(bt.host, bt.port),
+                slice_seeds=offer_slices if config.slices else None,
+            )
             await nursery.start(engine.run)
-            methods = _methods(config, store, engine, torrents, tracker_url)
+            methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url)
             server = ControlServer(store, engine, tracker_url=tracker_url, methods=methods)
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -90,7 +99,12 @@ async def run_seeder(
 
 
 def _methods(
-    config: SeederConfig, store: Store, engine: Engine, torrents: TorrentSession, tracker_url: str
+    config: SeederConfig,
+    store: Store,
+    engine: Engine,
+    full_seed: TorrentSession,
+    slice_seeds: SliceSeeds,
+    tracker_url: str,
 ) -> dict[str, Handler]:
     releases_dir = config.data_dir / "releases"
 
@@ -107,7 +121,7 @@ def _methods(
             )
         )
         created = store.add_release(built.manifest, built.torrent, time.time())
-        torrents.seed(built.torrent, built.directory, super_seed=config.super_seed)
+        full_seed.seed(built.torrent, built.directory)
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
         return {"release": built.manifest.to_dict(), "created": created}
 
@@ -125,8 +139,11 @@ def _methods(
         return {"hosts": views.hosts(store, engine.connected())}
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:
-        stats = torrents.stats()
-        return {"uploaded": stats.uploaded, "downloaded": stats.downloaded}
+        totals = [full_seed.stats(), slice_seeds.stats()]
+        return {
+            "uploaded": sum(t.uploaded for t in totals),
+            "downloaded": sum(t.downloaded for t in totals),
+        }
 
     return {
         "seeder.stats": seeder_stats,

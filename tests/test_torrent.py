@@ -6,6 +6,7 @@ hosts of a fleet would; allow_multiple_connections_per_ip stays False as in prod
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 import socket
@@ -21,13 +22,13 @@ import trio
 
 from common.errors import TorrentError
 from common.torrent import (
-    MAX_PIECE_SIZE,
-    MIN_PIECE_SIZE,
+    SliceSeeds,
     TorrentSession,
     choose_piece_size,
     make_torrent,
     torrent_infohash,
 )
+from common.torrent.metainfo import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 
 DEAD_TRACKER = "http://127.0.0.1:1/announce"  # nothing listens there: must not hurt
 TIMEOUT = 60
@@ -183,21 +184,27 @@ async def test_swarm_download(tmp_path: Path, nursery: trio.Nursery) -> None:
 
 
 async def test_download_via_loopback_tracker(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """No peers given: the peer list comes from the torrent's tracker (ssrf_mitigation allows
-    a loopback tracker whose path starts with /announce)."""
+    """Seeds never announce (the rollout hands the seeder out); downloaders do, so a second
+    downloader given no peers at all finds the first one through the tracker alone
+    (ssrf_mitigation allows a loopback tracker whose path starts with /announce)."""
     payload = write_payload(tmp_path / "seed" / "release.bin", 1_000_000)
     with tracker() as (url, swarms, announced):
         torrent, infohash = make_torrent(payload, tracker_url=url)
         seeder = await start(nursery, "127.0.0.1")
         seeder.seed(torrent, payload.parent)
         with trio.fail_after(TIMEOUT):
-            await trio.to_thread.run_sync(announced.wait, TIMEOUT)  # the seeder's announce
+            first = await start(nursery, "127.0.0.2")
+            await first.download(
+                torrent, tmp_path / "first", peers=[("127.0.0.1", seeder.listen_port)]
+            )
+            await trio.to_thread.run_sync(announced.wait, TIMEOUT)
             # v2 torrents announce the first 20 bytes of the SHA-256 infohash
             assert list(swarms) == [bytes.fromhex(infohash)[:20]]
-            leecher = await start(nursery, "127.0.0.2")
-            await leecher.download(torrent, tmp_path / "leech")
-        assert (tmp_path / "leech" / "release.bin").read_bytes() == payload.read_bytes()
-        assert ("127.0.0.2", leecher.listen_port) in swarms[bytes.fromhex(infohash)[:20]]
+            assert ("127.0.0.1", seeder.listen_port) not in swarms[bytes.fromhex(infohash)[:20]]
+            second = await start(nursery, "127.0.0.3")
+            await second.download(torrent, tmp_path / "second")
+        assert (tmp_path / "second" / "release.bin").read_bytes() == payload.read_bytes()
+        assert ("127.0.0.3", second.listen_port) in swarms[bytes.fromhex(infohash)[:20]]
 
 
 async def test_cancelled_download_can_be_resumed(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -273,3 +280,36 @@ def test_listen_port_in_use_is_an_error() -> None:
     first = TorrentSession("127.0.0.1")
     with pytest.raises(TorrentError):
         TorrentSession("127.0.0.1", first.listen_port)
+
+
+async def test_slice_seeds_send_each_piece_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Two peers, two slice seeds and no full seed: each peer gets its own slice from the
+    seeder and the other slice from the other peer, so the seeder uploads the release once."""
+    size = 4_000_000
+    payload = write_payload(tmp_path / "seed" / "release.bin", size)
+    torrent, _ = make_torrent(payload, tracker_url=DEAD_TRACKER, piece_size=64 * 1024)
+    seeds = SliceSeeds("127.0.0.1")
+    await nursery.start(seeds.run)
+    endpoints = await seeds.endpoints(torrent, payload.parent, 2)
+    assert len({port for _, port in endpoints}) == 2
+    a, b = await start(nursery, "127.0.0.2"), await start(nursery, "127.0.0.3")
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as both:
+            for index, (peer, other) in enumerate([(a, b), (b, a)]):
+                both.start_soon(
+                    functools.partial(
+                        peer.download,
+                        torrent,
+                        tmp_path / f"peer{index}",
+                        peers=[(f"127.0.0.{3 - index}", other.listen_port)],
+                        piece_slice=(index, 2),
+                        slice_seeds=endpoints,
+                    )
+                )
+    for index in range(2):
+        assert (tmp_path / f"peer{index}" / "release.bin").read_bytes() == payload.read_bytes()
+    with trio.fail_after(TIMEOUT):
+        while seeds.stats().uploaded < size:  # libtorrent folds in transfers once a second
+            await trio.sleep(0.2)
+    assert seeds.stats().uploaded <= size * 1.05
+    assert min(a.stats().uploaded, b.stats().uploaded) > size * 0.4  # the peers traded halves

@@ -1,0 +1,91 @@
+"""Torrent files: deterministic v2 torrents of release archives, and reading them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import libtorrent as lt
+
+from common.errors import TorrentError
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+MIN_PIECE_SIZE: Final = 256 * KiB
+MAX_PIECE_SIZE: Final = 4 * MiB
+TARGET_PIECES: Final = 1024
+
+
+def choose_piece_size(size: int) -> int:
+    """Piece size for a payload of `size` bytes: about TARGET_PIECES pieces, a power of two
+    clamped to 256 KiB..4 MiB (256 KiB up to 256 MiB, 1 MiB at 1 GiB, 4 MiB from 4 GiB).
+
+    Fewer, bigger pieces mean fewer HAVE messages and hashes for GB releases; small payloads
+    keep 256 KiB so a handful of peers still have pieces to trade."""
+    wanted = max(1, -(-size // TARGET_PIECES))
+    return min(MAX_PIECE_SIZE, max(MIN_PIECE_SIZE, 1 << (wanted - 1).bit_length()))
+
+
+def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tuple[bytes, str]:
+    """Private, v2-only (SHA-256) single-file torrent of `payload` announcing to `tracker_url`.
+
+    Returns (bencoded torrent bytes, infohash hex). Deterministic: the same file bytes, file name
+    and arguments give byte-identical output (no creation date, creator or mtime), so a release
+    rebuilt from the same commit has the same infohash. `piece_size` 0 means
+    :func:`choose_piece_size`. Hashes the whole file: run it in a thread for big payloads.
+    """
+    if piece_size and (piece_size < 16 * KiB or piece_size & (piece_size - 1)):
+        raise TorrentError(f"piece size {piece_size} is not a power of two >= 16 KiB")
+    try:
+        if not payload.is_file():
+            raise TorrentError(f"cannot make a torrent of {payload}: not a regular file")
+        size = payload.stat().st_size
+        entry = lt.create_file_entry(payload.name, size)
+        piece_size = piece_size or choose_piece_size(size)
+        ct = lt.create_torrent([entry], piece_size, lt.create_torrent.v2_only)
+        ct.set_priv(True)
+        ct.add_tracker(tracker_url)
+        lt.set_piece_hashes(ct, str(payload.parent))
+        tree = ct.generate()
+    except (OSError, RuntimeError) as e:
+        raise TorrentError(f"cannot make a torrent of {payload}: {e}") from e
+    tree.pop(b"creation date", None)
+    tree.pop(b"created by", None)
+    data = lt.bencode(tree)  # generate_buf() raises UnicodeDecodeError in 2.1.1
+    return data, torrent_infohash(data)
+
+
+def torrent_infohash(torrent: bytes) -> str:
+    """Hex infohash of bencoded torrent bytes (the value :func:`make_torrent` returns).
+
+    For v2 torrents this is the 64-digit SHA-256 infohash; trackers see its first 20 bytes
+    (the first 40 hex digits), which is what BitTorrent v2 announces."""
+    return hexhash(load(torrent).info_hashes)
+
+
+def load(torrent: bytes) -> lt.add_torrent_params:
+    try:
+        return lt.load_torrent_buffer(torrent)
+    except RuntimeError as e:
+        raise TorrentError(f"not a valid torrent: {e}") from e
+
+
+def hexhash(ih: lt.info_hash_t) -> str:
+    return (ih.v2.to_bytes() if ih.has_v2() else ih.v1.to_bytes()).hex()
+
+
+def check_payload(ti: lt.torrent_info | None, save_path: Path) -> None:
+    """Refuse to seed files that are missing or of the wrong size (seed_mode would trust them)."""
+    if ti is None:
+        raise TorrentError("torrent has no metadata")
+    files = ti.layout()
+    for i in range(files.num_files()):
+        if files.file_flags(i) & lt.file_storage.flag_pad_file:
+            continue
+        path = save_path / files.file_path(i)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise TorrentError(f"cannot seed {path}: {e}") from e
+        if size != files.file_size(i):
+            raise TorrentError(f"cannot seed {path}: {size} bytes, expected {files.file_size(i)}")

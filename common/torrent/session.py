@@ -1,0 +1,355 @@
+"""A libtorrent session driven by trio: seeding, downloading, and the alert pump.
+
+A :class:`TorrentSession` only makes progress while its :meth:`TorrentSession.run` task runs
+(``await nursery.start(session.run)``); it wakes on libtorrent's alert fd instead of polling.
+libtorrent's exceptions and error alerts become :class:`~common.errors.TorrentError` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NoReturn, cast
+
+import libtorrent as lt
+import trio
+
+from common.errors import TorrentError
+from common.pieces import StallDetector, missing_slices, own_slice_priorities
+from common.torrent.metainfo import check_payload, hexhash, load
+from common.torrent.settings import datacenter_settings
+
+log = logging.getLogger("shoal.torrent")
+
+UPDATE_INTERVAL: Final = 1.0  # seconds between post_torrent_updates() (progress, completion)
+RECONNECT_INTERVAL: Final = 3.0  # seconds between connect_peer() rounds while downloading
+STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
+STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """Payload bytes moved by one session, summed over all its torrents (removed ones too)."""
+
+    uploaded: int
+    downloaded: int
+
+
+@dataclass(eq=False)
+class _Torrent:
+    """What the alert pump knows about one torrent; `changed` fires on every update."""
+
+    handle: lt.torrent_handle
+    done: bool = False  # every piece downloaded and hash-checked
+    flushing: bool = False  # flush_cache() requested
+    flushed: bool = False  # ... and done: the payload is in the file, not only in libtorrent
+    error: str | None = None
+    progress: float = 0.0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class TorrentSession:
+    """Owns one libtorrent session tuned for a datacenter (see :func:`datacenter_settings`).
+
+    `overrides` replaces individual settings (benchmarks, tuning) without touching the defaults.
+    Torrents are keyed by infohash hex. Run :meth:`run` in a nursery for the session's lifetime.
+    """
+
+    def __init__(
+        self, listen_ip: str, port: int = 0, *, overrides: Mapping[str, Any] | None = None
+    ) -> None:
+        settings = datacenter_settings(listen_ip, port)
+        settings.update(overrides or {})
+        try:
+            self._ses: lt.session | None = lt.session(
+                lt.session_params(cast("lt.settings_pack", settings))
+            )
+            self._port = self._ses.listen_port()
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise TorrentError(f"cannot start a torrent session on {listen_ip}:{port}: {e}") from e
+        if self._port == 0:
+            self._ses = None
+            raise TorrentError(f"cannot listen for peers on {listen_ip}:{port}")
+        self._torrents: dict[str, _Torrent] = {}
+        self._running = False
+        self._removed = TransferStats(0, 0)
+
+    @property
+    def listen_port(self) -> int:
+        """The TCP port peers connect to (the one libtorrent picked when constructed with 0)."""
+        return self._port
+
+    @property
+    def _lt(self) -> lt.session:
+        if self._ses is None:
+            raise TorrentError("the torrent session is closed")
+        return self._ses
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Alert pump: run until cancelled, then shut the session down.
+
+        Wakes when libtorrent writes to the alert fd (a socketpair; set_alert_notify would call
+        into Python from libtorrent's network thread), copies what it needs out of each alert at
+        once (the next pop_alerts() frees them) and wakes the waiting downloads. Every
+        UPDATE_INTERVAL it asks for torrent status updates (progress, completion)."""
+        if self._running or self._ses is None:
+            raise RuntimeError("TorrentSession.run() can only run once")
+        self._running = True
+        rsock, wsock = socket.socketpair()
+        with rsock, wsock:
+            rsock.setblocking(False)
+            wsock.setblocking(False)  # libtorrent must never block on a full socket
+            self._ses.set_alert_fd(wsock.fileno())
+            try:
+                task_status.started()
+                await self._pump(rsock)
+            finally:
+                self._close()
+
+    async def _pump(self, rsock: socket.socket) -> NoReturn:
+        # No local reference to the session: _close() must drop the last one.
+        next_update = trio.current_time()
+        while True:
+            if trio.current_time() >= next_update:
+                self._lt.post_torrent_updates(0)  # 0: the basic fields are enough
+                next_update = trio.current_time() + UPDATE_INTERVAL
+            with trio.move_on_at(next_update):
+                await trio.lowlevel.wait_readable(rsock)
+            try:
+                while rsock.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+            for alert in self._lt.pop_alerts():
+                self._dispatch(alert)
+
+    def _dispatch(self, alert: lt.alert) -> None:
+        """Apply one alert to the torrent records; must not keep any reference to `alert`."""
+        if isinstance(alert, lt.state_update_alert):
+            for st in alert.status:
+                rec = self._torrents.get(hexhash(st.info_hashes))
+                if rec is None:
+                    continue
+                rec.progress = st.progress
+                if st.state in (lt.torrent_status.finished, lt.torrent_status.seeding):
+                    rec.done = True
+                if st.errc.value() and rec.error is None:
+                    rec.error = st.errc.message()
+                rec.notify()
+            return
+        if not isinstance(alert, lt.torrent_alert):
+            if isinstance(alert, lt.listen_failed_alert):
+                log.error("libtorrent: %s", alert.message())
+            return
+        rec = self._torrents.get(hexhash(alert.handle.info_hashes()))
+        if isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
+            log.error("libtorrent: %s", alert.message())
+            if rec is not None and rec.error is None:
+                rec.error = alert.message()
+                rec.notify()
+        elif isinstance(alert, lt.torrent_finished_alert):
+            if rec is not None:
+                rec.done, rec.progress = True, 1.0
+                rec.notify()
+        elif isinstance(alert, lt.cache_flushed_alert):
+            if rec is not None and rec.flushing:
+                rec.flushed = True
+                rec.notify()
+        elif isinstance(alert, lt.hash_failed_alert | lt.performance_alert):
+            log.warning("libtorrent: %s", alert.message())
+        elif isinstance(alert, lt.tracker_error_alert):  # retried with backoff; say it once
+            log.log(
+                logging.WARNING if alert.times_in_row == 1 else logging.DEBUG, "%s", alert.message()
+            )
+
+    def _close(self) -> None:
+        """Fail the waiters, pause, and destroy the session (blocks up to stop_tracker_timeout)."""
+        for rec in self._torrents.values():
+            if not rec.flushed and rec.error is None:
+                rec.error = "the torrent session closed"
+            rec.notify()
+        self._torrents.clear()
+        ses, self._ses = self._ses, None
+        if ses is not None:
+            ses.pause()
+            del ses  # the last reference: ~session sends 'stopped' announces and joins threads
+
+    def _add(
+        self, torrent: bytes, save_path: Path, *, seed: bool, pieces: Sequence[bool] | None = None
+    ) -> str:
+        ses = self._lt
+        atp = load(torrent)
+        ih = hexhash(atp.info_hashes)
+        if ih in self._torrents:
+            return ih
+        if seed:
+            check_payload(atp.ti, save_path)
+            atp.trackers = []  # the seeder is handed out by the rollout, never by the tracker
+        atp.save_path = str(save_path)
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        if seed and pieces is None:
+            atp.flags |= lt.torrent_flags.seed_mode  # trust the files, verify pieces lazily
+        elif pieces is not None:
+            atp.have_pieces = list(pieces)
+            atp.flags |= lt.torrent_flags.upload_mode  # never fetch the pieces it lacks
+        try:
+            handle = ses.add_torrent(atp)
+        except RuntimeError as e:
+            raise TorrentError(f"cannot add torrent {ih}: {e}") from e
+        self._torrents[ih] = _Torrent(handle, done=seed, progress=1.0 if seed else 0.0)
+        return ih
+
+    def seed(self, torrent: bytes, save_path: Path, *, pieces: Sequence[bool] | None = None) -> str:
+        """Seed `torrent` whose file is already in `save_path`; returns its infohash.
+
+        Idempotent per infohash. seed_mode skips the full check (pieces are verified as they
+        are first uploaded), so the file is only checked for presence and size here. With
+        `pieces`, only those pieces are offered (a slice seed, see :mod:`common.torrent.slices`).
+        Seeds never announce: the seeder's addresses travel in the rollout's stage commands."""
+        return self._add(torrent, save_path, seed=True, pieces=pieces)
+
+    async def download(
+        self,
+        torrent: bytes,
+        save_path: Path,
+        *,
+        peers: Sequence[tuple[str, int]] = (),
+        on_progress: Callable[[float], None] | None = None,
+        piece_slice: tuple[int, int] | None = None,
+        slice_seeds: Sequence[tuple[str, int]] = (),
+    ) -> dict[str, int]:
+        """Add (or re-attach to) `torrent`; wait until every piece is downloaded, verified and
+        written to the file in `save_path`. Returns the payload bytes received from each peer
+        still connected at the end, by IP.
+
+        Dials `peers` now and every RECONNECT_INTERVAL until done (libtorrent drops a peer after
+        max_failcount failed connects); the torrent's tracker is used as well. Files already
+        complete in `save_path` (a restart) are found by libtorrent's check. `on_progress`
+        gets the fraction done (0.0..1.0) from this task when it changes. When done the torrent
+        keeps seeding until :meth:`remove`. Cancelling only stops the wait: the torrent stays.
+
+        With `piece_slice` ``(index, count)`` and the seeder's `slice_seeds`, this peer fetches
+        its own slice from its slice seed (first, at top priority) and everything else from the
+        other peers; only if the swarm stalls does it dial the slice seeds of what it misses
+        (see :mod:`common.pieces`).
+
+        Raises TorrentError on a file or torrent error (disk full, unwritable path, ...); the
+        torrent is then removed so that a retry starts afresh.
+        """
+        if not self._running:
+            raise RuntimeError("TorrentSession.run() must be running to download")
+        ih = self._add(torrent, save_path, seed=False)
+        rec = self._torrents[ih]
+        dial = list(peers)
+        count = piece_slice[1] if piece_slice else 0
+        if piece_slice is not None and not rec.done:
+            info = rec.handle.torrent_file()
+            assert info is not None
+            rec.handle.prioritize_pieces(own_slice_priorities(info.num_pieces(), *piece_slice))
+            if 0 <= piece_slice[0] < len(slice_seeds):
+                dial.insert(0, slice_seeds[piece_slice[0]])
+        stall = StallDetector(STALL_PATIENCE)
+        reported = -1.0
+        next_connect = trio.current_time()
+        while True:
+            if rec.error is not None:
+                if self._torrents.get(ih) is rec:
+                    self.remove(ih)
+                raise TorrentError(f"download of torrent {ih} failed: {rec.error}")
+            if on_progress is not None and rec.progress != reported:
+                reported = rec.progress
+                on_progress(reported)
+            if rec.done and rec.flushed:
+                return self._sources(rec)
+            if rec.done and not rec.flushing:
+                # "finished" means hashed, not written: pread_disk_io hashes blocks from its
+                # write buffer, so the file can still be incomplete (or absent) at this point.
+                rec.flushing = True
+                rec.handle.flush_cache()
+            now = trio.current_time()
+            if slice_seeds and not rec.done and stall.update(rec.progress, now):
+                pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
+                wanted = missing_slices(pieces, count or len(slice_seeds))
+                extra = [slice_seeds[k] for k in wanted if k < len(slice_seeds)]
+                log.warning(
+                    "%s: no progress for %.1fs; fetching %d slice(s) from the seeder",
+                    ih[:12],
+                    STALL_PATIENCE,
+                    len(extra),
+                )
+                dial += [a for a in extra if a not in dial]
+                next_connect = now
+            if now >= next_connect:
+                for ip, port in dial:
+                    try:
+                        rec.handle.connect_peer((ip, port))
+                    except RuntimeError as e:
+                        log.warning("cannot connect to peer %s:%d: %s", ip, port, e)
+                next_connect = now + RECONNECT_INTERVAL
+            with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
+                await rec.changed.wait()
+
+    @staticmethod
+    def _sources(rec: _Torrent) -> dict[str, int]:
+        """Payload bytes received from each connected peer, by IP (where the data came from)."""
+        sources: dict[str, int] = {}
+        for peer in rec.handle.get_peer_info():
+            ip = str(peer.ip[0])
+            sources[ip] = sources.get(ip, 0) + int(peer.total_download)
+        return sources
+
+    def remove(self, infohash: str, *, delete_files: bool = False) -> None:
+        """Stop and forget a torrent (no-op if unknown); pending downloads of it fail.
+
+        With `delete_files` libtorrent deletes the payload asynchronously, shortly after."""
+        rec = self._torrents.pop(infohash, None)
+        if rec is None:
+            return
+        try:
+            st = rec.handle.status(0)
+            self._removed = TransferStats(
+                self._removed.uploaded + st.total_payload_upload,
+                self._removed.downloaded + st.total_payload_download,
+            )
+            self._lt.remove_torrent(rec.handle, lt.session.delete_files if delete_files else 0)
+        except RuntimeError as e:
+            raise TorrentError(f"cannot remove torrent {infohash}: {e}") from e
+        finally:
+            if not rec.flushed and rec.error is None:
+                rec.error = "removed from the torrent session"
+            rec.notify()
+
+    def has(self, infohash: str) -> bool:
+        """Whether the torrent is in this session (downloading, seeding or failed)."""
+        return infohash in self._torrents
+
+    def stats(self) -> TransferStats:
+        """Payload bytes uploaded/downloaded by this session since it started (all torrents).
+
+        libtorrent adds transfers to these totals on its tick, so they may lag ~1 s behind."""
+        try:
+            done = [rec.handle.status(0) for rec in self._torrents.values()]
+        except RuntimeError as e:
+            raise TorrentError(f"cannot read torrent status: {e}") from e
+        return TransferStats(
+            self._removed.uploaded + sum(st.total_payload_upload for st in done),
+            self._removed.downloaded + sum(st.total_payload_download for st in done),
+        )
+
+    def peers_of(self, infohash: str) -> list[tuple[str, int]]:
+        """(ip, port) of the peers connected for a torrent, as the sockets see them (an
+        incoming peer shows its source port, not its listen port); [] if unknown."""
+        rec = self._torrents.get(infohash)
+        if rec is None:
+            return []
+        try:
+            return [(p.ip[0], p.ip[1]) for p in rec.handle.get_peer_info()]
+        except RuntimeError as e:
+            raise TorrentError(f"cannot list peers of torrent {infohash}: {e}") from e

@@ -1,0 +1,68 @@
+"""The seeder's slice seeds: one libtorrent session per slice, each offering only its pieces.
+
+See :mod:`common.pieces` for why. A session per slice (not a torrent per slice) keeps the
+release's one infohash, so peers verify against the same torrent and trade with each other
+normally; each slice session simply *has* only its share of the pieces. Sessions are created on
+first use, on their own ports of the seeder's IP, and hold the slice of every release rolled out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from common.pieces import slice_mask
+from common.torrent.metainfo import load, torrent_infohash
+from common.torrent.session import TorrentSession, TransferStats
+
+log = logging.getLogger("shoal.torrent.slices")
+
+# A slice session carries a fraction of the seeder's upload: a couple of disk threads will do.
+SLICE_SETTINGS: dict[str, Any] = {"aio_threads": 2, "hashing_threads": 1}
+
+
+class SliceSeeds:
+    def __init__(self, ip: str, overrides: dict[str, Any] | None = None) -> None:
+        self.ip = ip
+        self.overrides = {**SLICE_SETTINGS, **(overrides or {})}
+        self._sessions: list[TorrentSession] = []
+        self._offered: dict[tuple[int, str], int] = {}  # (slice, infohash) -> count offered
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def endpoints(self, torrent: bytes, save_path: Path, count: int) -> list[tuple[str, int]]:
+        """Offer slice k of ``count`` of a release on slice session k; their addresses."""
+        assert self._nursery is not None, "SliceSeeds.run() must be running"
+        info = load(torrent).ti
+        assert info is not None
+        num_pieces = info.num_pieces()
+        while len(self._sessions) < count:
+            session = TorrentSession(self.ip, 0, overrides=self.overrides)
+            await self._nursery.start(session.run)
+            self._sessions.append(session)
+        for k in range(count):
+            session = self._sessions[k]
+            ih = torrent_infohash(torrent)
+            if self._offered.get((k, ih)) == count:
+                continue
+            session.remove(ih)  # a different split of the same release: replace it
+            session.seed(torrent, save_path, pieces=slice_mask(num_pieces, k, count))
+            self._offered[(k, ih)] = count
+        log.info(
+            "release offered in %d slice(s) on ports %s",
+            count,
+            [s.listen_port for s in self._sessions[:count]],
+        )
+        return [(self.ip, s.listen_port) for s in self._sessions[:count]]
+
+    def stats(self) -> TransferStats:
+        totals = [s.stats() for s in self._sessions]
+        return TransferStats(sum(t.uploaded for t in totals), sum(t.downloaded for t in totals))
