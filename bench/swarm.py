@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeder-rate-mbit", type=float, help="the seeder's link (default: rate)")
     p.add_argument("--slow-fraction", type=float, default=0.0, help="share of slow hosts")
     p.add_argument("--slow-rate-mbit", type=float, help="their rate (default: rate / 4)")
+    p.add_argument("--queue-ms", type=float, default=50.0, help="shaped queue per link (ms)")
     p.add_argument("--baseline", choices=["sftp", "none"], default="none")
     p.add_argument("--piece-size", type=int, default=0, help="torrent piece size (0 = auto)")
     p.add_argument("--seeder-arg", action="append", default=[], help="extra seeder option")
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.rate_mbit,
         seeder_rate_mbit=args.seeder_rate_mbit,
         host_rates=dict(slow),
+        queue_ms=args.queue_ms,
         delay_ms=args.delay_ms,
     ) as bed:
         seeder = bed.seeder
