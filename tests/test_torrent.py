@@ -92,9 +92,10 @@ async def start(nursery: trio.Nursery, ip: str) -> TorrentSession:
 
 def test_choose_piece_size() -> None:
     assert choose_piece_size(0) == MIN_PIECE_SIZE
-    assert choose_piece_size(4_000_000) == 256 * 1024
-    assert choose_piece_size(1 << 30) == 1 << 20
-    assert choose_piece_size(2 << 30) == 2 << 20
+    assert choose_piece_size(4_000_000) == 32 * 1024
+    assert choose_piece_size(50_000_000) == 32 * 1024
+    assert choose_piece_size(1 << 30) == 512 * 1024
+    assert choose_piece_size(2 << 30) == 1 << 20
     assert choose_piece_size(100 << 30) == MAX_PIECE_SIZE
     for size in (1, 10**6, 3 * 10**8, 5 * 10**9):
         piece = choose_piece_size(size)
