@@ -343,6 +343,23 @@ def report(result: dict[str, Any]) -> str:
         f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
         f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB)",
     ]
+    groups: dict[float, list[float]] = {}
+    for h in result["hosts"].values():
+        groups.setdefault(h["down_mbit"] or 0.0, []).append(h["staged_s"])
+    if len(groups) > 1:  # mixed link rates: does the slow group drag the fast one?
+        summary["by_rate"] = {}
+        for mbit, group in sorted(groups.items(), reverse=True):
+            own = size * 8 / (mbit * 1e6)  # the group's own limit: F / its download rate
+            summary["by_rate"][str(mbit)] = {
+                "hosts": len(group),
+                "max_s": max(group),
+                "own_bound_s": own,
+                "ratio": max(group) / own,
+            }
+            lines.append(
+                f"hosts at {mbit:g} Mbit/s: {len(group)}, max {max(group):.2f}s = "
+                f"{max(group) / own:.2f} x their own F/d {own:.2f}s"
+            )
     speedup = "n/a"
     if "sftp" in result:
         sftp = result["sftp"]
