@@ -7,8 +7,13 @@ peer fetches its slice first and forwards it; every other piece it gets from the
 Because a slice seed cannot hand out anything but its slice, the seeder cannot be asked for the
 same piece twice, whatever libtorrent's piece picker decides.
 
-If the swarm stalls (a slice's owner is slow or gone), a peer dials the slice seeds of the pieces
-it still misses: a stall costs extra seeder upload only for what is actually missing.
+A slice can fall behind: its owner may be on a slow link (then the owner's own download link,
+shared with everything else it fetches, starves the one flow that brings the slice in), or gone.
+Every peer watches how far each slice has come on its side; a slice far behind the others for a
+while (:class:`LagWatch`) is fetched from its slice seed directly, by every peer that sees it lag.
+They pick rarest-first, so they mostly fetch different pieces of it and then trade them: the
+seeder's upload shifts to the lagging slice instead of being duplicated. If the whole download
+stalls (:class:`StallDetector`), a peer dials the slice seeds of everything it still misses.
 
 Pure logic, tested without libtorrent.
 """
@@ -42,6 +47,42 @@ def own_slice_priorities(num_pieces: int, index: int, count: int) -> list[int]:
 def missing_slices(have: Sequence[bool], count: int) -> list[int]:
     """The slices that hold at least one piece this peer still lacks."""
     return sorted({i % count for i, got in enumerate(have) if not got})
+
+
+def slice_fractions(have: Sequence[bool], count: int) -> list[float]:
+    """How much of each slice this peer has (0..1)."""
+    done, total = [0] * count, [0] * count
+    for i, got in enumerate(have):
+        total[i % count] += 1
+        done[i % count] += got
+    return [d / t if t else 1.0 for d, t in zip(done, total, strict=True)]
+
+
+@dataclass
+class LagWatch:
+    """Slices that have stayed far behind the median slice for ``patience`` seconds.
+
+    "Far behind": below ``ratio`` times the median progress and at least ``min_gap`` short of
+    it, so the noise of the first pieces never counts as lag.
+    """
+
+    count: int
+    patience: float = 2.0
+    ratio: float = 0.5
+    min_gap: float = 0.2
+    _since: dict[int, float] | None = None
+
+    def update(self, have: Sequence[bool], now: float) -> list[int]:
+        fractions = slice_fractions(have, self.count)
+        median = sorted(fractions)[len(fractions) // 2]
+        behind = {
+            k
+            for k, f in enumerate(fractions)
+            if f < self.ratio * median and median - f >= self.min_gap
+        }
+        since = self._since or {}
+        self._since = {k: since.get(k, now) for k in behind}
+        return sorted(k for k, t in self._since.items() if now - t >= self.patience)
 
 
 @dataclass

@@ -8,10 +8,12 @@ from common.pieces import (
     MAX_SLICES,
     NORMAL,
     OWN,
+    LagWatch,
     StallDetector,
     missing_slices,
     own_slice_priorities,
     slice_count,
+    slice_fractions,
     slice_mask,
 )
 
@@ -52,3 +54,24 @@ def test_stall_fires_after_patience_without_progress_and_rearms() -> None:
     assert not stall.update(0.2, now=4.5)  # progress resets the clock
     assert not stall.update(0.2, now=6.4)
     assert stall.update(0.2, now=6.5)
+
+
+def test_slice_fractions() -> None:
+    assert slice_fractions([True, False, True, True, False, False], 3) == [1.0, 0.0, 0.5]
+
+
+def test_lagging_slice_is_reported_after_patience() -> None:
+    watch = LagWatch(count=4, patience=2.0)
+    # slices 0..3 of 40 pieces; slice 3 has nothing while the others are 60% done
+    have = [(i % 4 != 3) and (i // 4 < 6) for i in range(40)]
+    assert watch.update(have, now=0.0) == []
+    assert watch.update(have, now=1.9) == []
+    assert watch.update(have, now=2.0) == [3]
+    have[3] = have[7] = have[11] = have[15] = True  # slice 3 catches up to 40%
+    assert watch.update(have, now=2.5) == []
+
+
+def test_early_noise_is_not_lag() -> None:
+    watch = LagWatch(count=4, patience=0.0)
+    have = [i in (0, 1, 2) for i in range(40)]  # three slices have one piece, one has none
+    assert watch.update(have, now=0.0) == []

@@ -18,7 +18,7 @@ import libtorrent as lt
 import trio
 
 from common.errors import TorrentError
-from common.pieces import StallDetector, missing_slices, own_slice_priorities
+from common.pieces import LagWatch, StallDetector, missing_slices, own_slice_priorities
 from common.torrent.metainfo import check_payload, hexhash, load
 from common.torrent.settings import datacenter_settings
 
@@ -256,6 +256,8 @@ class TorrentSession:
             if 0 <= piece_slice[0] < len(slice_seeds):
                 dial.insert(0, slice_seeds[piece_slice[0]])
         stall = StallDetector(STALL_PATIENCE)
+        lag = LagWatch(count or 1, patience=STALL_PATIENCE)
+        assisted: set[int] = set()
         reported = -1.0
         next_connect = trio.current_time()
         while True:
@@ -274,18 +276,18 @@ class TorrentSession:
                 rec.flushing = True
                 rec.handle.flush_cache()
             now = trio.current_time()
-            if slice_seeds and not rec.done and stall.update(rec.progress, now):
+            if slice_seeds and not rec.done:
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
-                wanted = missing_slices(pieces, count or len(slice_seeds))
-                extra = [slice_seeds[k] for k in wanted if k < len(slice_seeds)]
-                log.warning(
-                    "%s: no progress for %.1fs; fetching %d slice(s) from the seeder",
-                    ih[:12],
-                    STALL_PATIENCE,
-                    len(extra),
-                )
-                dial += [a for a in extra if a not in dial]
-                next_connect = now
+                wanted = set(lag.update(pieces, now)) if count else set()
+                if stall.update(rec.progress, now):
+                    wanted |= set(missing_slices(pieces, count or len(slice_seeds)))
+                    log.warning("%s: no progress for %.1fs", ih[:12], STALL_PATIENCE)
+                new = sorted(k for k in wanted - assisted if k < len(slice_seeds))
+                if new:
+                    log.info("%s: fetching lagging slice(s) %s from the seeder", ih[:12], new)
+                    assisted.update(new)
+                    dial += [slice_seeds[k] for k in new if slice_seeds[k] not in dial]
+                    next_connect = now
             if now >= next_connect:
                 for ip, port in dial:
                     try:
