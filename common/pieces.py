@@ -49,6 +49,13 @@ def missing_slices(have: Sequence[bool], count: int) -> list[int]:
     return sorted({i % count for i, got in enumerate(have) if not got})
 
 
+def assists(index: int, lagging: int, count: int, helpers: int) -> bool:
+    """Whether the owner of slice ``index`` is one of the ``helpers`` peers that fetch a
+    lagging slice from its seed (the owners of the next slices round the ring): a few helpers
+    are enough to carry a slice, and every extra one costs seeder upload in duplicates."""
+    return 0 < (index - lagging) % count <= helpers
+
+
 def slice_fractions(have: Sequence[bool], count: int) -> list[float]:
     """How much of each slice this peer has (0..1)."""
     done, total = [0] * count, [0] * count

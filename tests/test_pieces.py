@@ -10,6 +10,7 @@ from common.pieces import (
     OWN,
     LagWatch,
     StallDetector,
+    assists,
     missing_slices,
     own_slice_priorities,
     slice_count,
@@ -75,3 +76,9 @@ def test_early_noise_is_not_lag() -> None:
     watch = LagWatch(count=4, patience=0.0)
     have = [i in (0, 1, 2) for i in range(40)]  # three slices have one piece, one has none
     assert watch.update(have, now=0.0) == []
+
+
+def test_a_few_next_owners_assist_a_lagging_slice() -> None:
+    helpers = [k for k in range(8) if assists(k, lagging=6, count=8, helpers=3)]
+    assert helpers == [0, 1, 7]
+    assert not assists(6, lagging=6, count=8, helpers=3)  # the owner itself is not a helper

@@ -18,7 +18,13 @@ import libtorrent as lt
 import trio
 
 from common.errors import TorrentError
-from common.pieces import LagWatch, StallDetector, missing_slices, own_slice_priorities
+from common.pieces import (
+    LagWatch,
+    StallDetector,
+    assists,
+    missing_slices,
+    own_slice_priorities,
+)
 from common.torrent.metainfo import check_payload, hexhash, load
 from common.torrent.settings import datacenter_settings
 
@@ -27,6 +33,7 @@ log = logging.getLogger("shoal.torrent")
 UPDATE_INTERVAL: Final = 1.0  # seconds between post_torrent_updates() (progress, completion)
 RECONNECT_INTERVAL: Final = 3.0  # seconds between connect_peer() rounds while downloading
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
+LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
 
 
@@ -278,7 +285,11 @@ class TorrentSession:
             now = trio.current_time()
             if slice_seeds and not rec.done:
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
-                wanted = set(lag.update(pieces, now)) if count else set()
+                wanted = {
+                    k
+                    for k in lag.update(pieces, now)
+                    if piece_slice and assists(piece_slice[0], k, count, LAG_HELPERS)
+                }
                 if stall.update(rec.progress, now):
                     wanted |= set(missing_slices(pieces, count or len(slice_seeds)))
                     log.warning("%s: no progress for %.1fs", ih[:12], STALL_PATIENCE)
