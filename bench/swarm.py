@@ -25,17 +25,12 @@ from typing import Any
 
 from bench.bound import client_server_bound, p2p_bound, percentiles
 from bench.netns import Host, Testbed, netns_available, slow_host_rates
+from seeder.samplerepo import commit_all
 
 CONTROL_PORT = 7700
 TRACKER_PORT = 7701
 BT_PORT = 6881
 APPSPEC = "version: 0.0\nos: linux\n"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,13 +73,7 @@ def make_release_repo(root: Path, size: int) -> Path:
             f.write(chunk)
             left -= len(chunk)
     (repo / "appspec.yml").write_text(APPSPEC)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-q", "-m", "bench payload"],
-    ):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    commit_all(repo, "bench payload")
     return repo
 
 

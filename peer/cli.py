@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from common.addr import Address, parse_ip
+from common.cli import add_override_option
 from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
@@ -39,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--torrent-port", type=int, default=6881)
     run.add_argument("--labels", default="", help="k=v,k=v")
     run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
-    run.add_argument(
-        "--torrent-setting",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a libtorrent setting (repeatable)",
-    )
+    add_override_option(run)
     return parser
 
 

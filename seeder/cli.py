@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from common.addr import Address
+from common.cli import add_override_option
 from common.errors import ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
@@ -54,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let peers fetch any piece from the seeder (default: each its own slice)",
     )
-    run.add_argument(
-        "--torrent-setting",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a libtorrent setting (repeatable)",
-    )
+    add_override_option(run)
 
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True

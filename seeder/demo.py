@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,38 +19,22 @@ from common.errors import ShoalError
 from seeder import render
 from seeder.client import SeederClient, open_client
 from seeder.localfleet import LocalFleet
+from seeder.samplerepo import commit_all
 
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "deploy" / "example-app"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "shoal demo",
-    "GIT_AUTHOR_EMAIL": "demo@shoal.invalid",
-    "GIT_COMMITTER_NAME": "shoal demo",
-    "GIT_COMMITTER_EMAIL": "demo@shoal.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
 
 
 def make_example_repo(dest: Path) -> Path:
     if not EXAMPLE_APP.is_dir():
         raise ShoalError(f"the example app is missing at {EXAMPLE_APP}")
     shutil.copytree(EXAMPLE_APP, dest)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-q", "-m", "example app 1.0.0"],
-        ["git", "tag", "v1.0.0"],
-    ):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    commit_all(dest, "example app 1.0.0", tag="v1.0.0")
     return dest
 
 
 def _commit_version(repo: Path, tag: str) -> None:
     (repo / "VERSION").write_text(tag.lstrip("v") + "\n")
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "commit", "-qam", f"example app {tag}"], ["git", "tag", tag]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    commit_all(repo, f"example app {tag}", tag=tag)
 
 
 async def run_demo(*, peers: int = 3) -> int:

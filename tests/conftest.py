@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -11,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from seeder.localfleet import LocalFleet
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
+from seeder.samplerepo import commit_all
 
 HOOK = """#!/bin/sh
 set -eu
@@ -44,17 +35,6 @@ hooks:
 )
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=repo,
-        env={**os.environ, **GIT_ENV},
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
 def make_app_repo(path: Path, version: str = "1") -> Path:
     """A git repo whose every hook appends ``$LIFECYCLE_EVENT $RELEASE_ID`` to events.log."""
     (path / "hooks").mkdir(parents=True)
@@ -70,16 +50,13 @@ def make_app_repo(path: Path, version: str = "1") -> Path:
         script.write_text(HOOK)
         script.chmod(0o755)
     (path / "VERSION").write_text(version + "\n")
-    git(path, "init", "-q", "-b", "main")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", f"version {version}")
+    commit_all(path, f"version {version}")
     return path
 
 
 def commit_version(repo: Path, version: str) -> str:
     (repo / "VERSION").write_text(version + "\n")
-    git(repo, "commit", "-qam", f"version {version}")
-    return git(repo, "rev-parse", "HEAD")
+    return commit_all(repo, f"version {version}")
 
 
 def shoal(control: object, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
