@@ -18,6 +18,7 @@ DATA_DIR="$(dirname "$(dirname "$RELEASE_DIR")")"
 echo "$LIFECYCLE_EVENT $RELEASE_ID" >> "$DATA_DIR/events.log"
 echo "hook $LIFECYCLE_EVENT of $RELEASE_ID on $(hostname)"
 if [ -e "$DATA_DIR/fail-$LIFECYCLE_EVENT" ]; then echo "told to fail"; exit 3; fi
+if [ -e "$DATA_DIR/slow-$LIFECYCLE_EVENT" ]; then sleep 3; fi
 """
 
 APPSPEC = """version: 0.0

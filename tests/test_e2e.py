@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,39 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
             await fleet.wait_connected(client, ["web-1"], wait=60)
         assert status(fleet, before["rollout_id"]) == before
         assert events(fleet, "web-1") == [(e, rid) for e in ACTIVATE_ORDER], "a hook ran twice"
+
+
+async def test_peer_killed_during_a_hook_does_not_repeat_it(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(120):
+        await start(fleet, HOSTS[:1])
+        home = fleet.peer_dir("web-1")
+        (home / "slow-BeforeInstall").touch()  # the hook sleeps 3 s after logging
+        rid = await trio.to_thread.run_sync(build, fleet, repo, "main")
+        out = await trio.to_thread.run_sync(lambda: shoal(fleet.control, "rollout", "start", rid))
+        assert out.returncode == 0, out.stderr
+        while not (home / "events.log").exists():
+            await trio.sleep(0.05)
+        peer = next(d for d in fleet.daemons if d.name == "web-1")
+        await fleet.stop(peer, signal.SIGKILL)  # no chance to journal anything more
+        await trio.sleep(3.5)  # the orphaned hook finishes on its own
+        await fleet.start_peer("web-1", "127.0.0.2")
+        while status(fleet)["state"] not in ("succeeded", "failed"):
+            await trio.sleep(0.2)
+        target = status(fleet)["targets"][0]
+        assert target["state"] == "failed"
+        steps = {s["step"]: s for s in target["steps"]}
+        assert steps["BeforeInstall"]["result"] == "interrupted"
+        assert steps["activate"]["state"] == "failed"
+        assert events(fleet, "web-1") == [("BeforeInstall", rid)], "a hook ran twice"
+        assert not (home / "current").exists()
+
+        # The restarted peer takes the next rollout.
+        (home / "slow-BeforeInstall").unlink()
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", rid, "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert current(fleet, "web-1") == rid
