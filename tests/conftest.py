@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.appspec import LIFECYCLE_EVENTS
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
 
@@ -26,13 +27,7 @@ os: linux
 hooks:
 """ + "".join(
     f"  {event}:\n    - location: hooks/{event}.sh\n      timeout: 30\n"
-    for event in (
-        "ApplicationStop",
-        "BeforeInstall",
-        "AfterInstall",
-        "ApplicationStart",
-        "ValidateService",
-    )
+    for event in LIFECYCLE_EVENTS
 )
 
 
@@ -40,13 +35,7 @@ def make_app_repo(path: Path, version: str = "1") -> Path:
     """A git repo whose every hook appends ``$LIFECYCLE_EVENT $RELEASE_ID`` to events.log."""
     (path / "hooks").mkdir(parents=True)
     (path / "appspec.yml").write_text(APPSPEC)
-    for event in (
-        "ApplicationStop",
-        "BeforeInstall",
-        "AfterInstall",
-        "ApplicationStart",
-        "ValidateService",
-    ):
+    for event in LIFECYCLE_EVENTS:
         script = path / "hooks" / f"{event}.sh"
         script.write_text(HOOK)
         script.chmod(0o755)
