@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bound import client_server_bound, p2p_bound, percentiles
+from bench.cleanup import NetnsError
 from bench.netns import Host, Testbed, netns_available, slow_host_rates
 from seeder.samplerepo import commit_all
 
@@ -368,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     if reason := netns_available():
         print(f"bench.swarm: cannot build the testbed: {reason}", file=sys.stderr)
         return 2
-    result = run(args)
+    try:
+        result = run(args)
+    except NetnsError as exc:
+        print(f"bench.swarm: {exc}", file=sys.stderr)
+        return 2
     text = report(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
