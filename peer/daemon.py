@@ -27,7 +27,7 @@ from peer.journal import Journal
 from peer.layout import Layout
 from peer.lifecycle import activate
 from peer.reports import Reporter
-from peer.stage import stage
+from peer.stage import refresh, stage
 
 log = logging.getLogger("shoal.peer")
 
@@ -176,7 +176,9 @@ def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
     if isinstance(msg, m.Ack):
         ctx.journal.ack(msg.seq)
     elif isinstance(msg, m.Stage):
-        jobs.start(("stage", msg.rollout_id), lambda: stage(ctx, msg))
+        if ("stage", msg.rollout_id) in jobs.running:
+            refresh(ctx, msg)
+        else:
+            jobs.start(("stage", msg.rollout_id), lambda: stage(ctx, msg))
     elif isinstance(msg, m.Activate):
-        key = ("activate", msg.rollout_id, str(msg.attempt))
-        jobs.start(key, lambda: activate(ctx, msg))
+        jobs.start(("activate", msg.rollout_id, str(msg.attempt)), lambda: activate(ctx, msg))

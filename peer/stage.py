@@ -7,6 +7,7 @@ and an interrupted download resumes from what libtorrent already has on disk.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import trio
 
@@ -16,6 +17,18 @@ from common.errors import ShoalError
 from common.release import Manifest
 from common.torrent import torrent_infohash
 from peer.context import PeerContext
+
+
+def _addresses(pairs: list[list[Any]]) -> list[tuple[str, int]]:
+    return [(str(p[0]), int(p[1])) for p in pairs]
+
+
+def refresh(ctx: PeerContext, cmd: m.Stage) -> None:
+    """A repeated Stage for a download under way: take its (possibly new) addresses, e.g. the
+    slice seeds of a seeder that restarted mid-download."""
+    infohash = cmd.manifest.get("infohash")
+    if isinstance(infohash, str):
+        ctx.torrents.update_sources(infohash, _addresses(cmd.peers), _addresses(cmd.slice_seeds))
 
 
 async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
@@ -38,9 +51,9 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
             raise ShoalError("the torrent does not match the release manifest's infohash")
         report(rollout_id, step, "running")
         started = time.monotonic()
-        peers = [(str(p[0]), int(p[1])) for p in cmd.peers]
+        peers = _addresses(cmd.peers)
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
-        seeds = [(str(p[0]), int(p[1])) for p in cmd.slice_seeds]
+        seeds = _addresses(cmd.slice_seeds)
         sources = await ctx.torrents.download(
             cmd.torrent,
             ctx.layout.download_dir(rid),

@@ -314,3 +314,26 @@ async def test_slice_seeds_send_each_piece_once(tmp_path: Path, nursery: trio.Nu
             await trio.sleep(0.2)
     assert seeds.stats().uploaded <= size * 1.05
     assert min(a.stats().uploaded, b.stats().uploaded) > size * 0.4  # the peers traded halves
+
+
+async def test_running_download_takes_new_sources(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A download told about a dead slice seed (a seeder that since restarted elsewhere)
+    completes once update_sources() gives it the new address."""
+    payload = write_payload(tmp_path / "seed" / "release.bin", 1_000_000)
+    torrent, infohash = make_torrent(payload, tracker_url=DEAD_TRACKER)
+    seeds = SliceSeeds("127.0.0.1")
+    await nursery.start(seeds.run)
+    peer = await start(nursery, "127.0.0.2")
+    dead = [("127.0.0.1", 1)]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(
+                functools.partial(
+                    peer.download, torrent, tmp_path / "peer", piece_slice=(0, 1), slice_seeds=dead
+                )
+            )
+            await trio.sleep(0.5)
+            assert not (tmp_path / "peer" / "release.bin").exists()
+            live = await seeds.endpoints(torrent, payload.parent, 1)
+            peer.update_sources(infohash, [], live)
+    assert (tmp_path / "peer" / "release.bin").read_bytes() == payload.read_bytes()

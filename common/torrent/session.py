@@ -56,6 +56,10 @@ class _Torrent:
     error: str | None = None
     progress: float = 0.0
     changed: trio.Event = field(default_factory=trio.Event)
+    # where a download dials: other peers, and the seeder's slice seeds (see update_sources)
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    slice_seeds: list[tuple[str, int]] = field(default_factory=list)
+    redial: bool = False
 
     def notify(self) -> None:
         self.changed.set()
@@ -254,14 +258,13 @@ class TorrentSession:
             raise RuntimeError("TorrentSession.run() must be running to download")
         ih = self._add(torrent, save_path, seed=False)
         rec = self._torrents[ih]
-        dial = list(peers)
+        rec.peers, rec.slice_seeds = list(peers), list(slice_seeds)
         count = piece_slice[1] if piece_slice else 0
+        own = {piece_slice[0]} if piece_slice else set()
         if piece_slice is not None and not rec.done:
             info = rec.handle.torrent_file()
             assert info is not None
             rec.handle.prioritize_pieces(own_slice_priorities(info.num_pieces(), *piece_slice))
-            if 0 <= piece_slice[0] < len(slice_seeds):
-                dial.insert(0, slice_seeds[piece_slice[0]])
         stall = StallDetector(STALL_PATIENCE)
         lag = LagWatch(count or 1, patience=STALL_PATIENCE)
         assisted: set[int] = set()
@@ -283,7 +286,7 @@ class TorrentSession:
                 rec.flushing = True
                 rec.handle.flush_cache()
             now = trio.current_time()
-            if slice_seeds and not rec.done:
+            if rec.slice_seeds and not rec.done:
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
                 wanted = {
                     k
@@ -291,16 +294,21 @@ class TorrentSession:
                     if piece_slice and assists(piece_slice[0], k, count, LAG_HELPERS)
                 }
                 if stall.update(rec.progress, now):
-                    wanted |= set(missing_slices(pieces, count or len(slice_seeds)))
+                    wanted |= set(missing_slices(pieces, count or len(rec.slice_seeds)))
                     log.warning("%s: no progress for %.1fs", ih[:12], STALL_PATIENCE)
-                new = sorted(k for k in wanted - assisted if k < len(slice_seeds))
-                if new:
-                    log.info("%s: fetching lagging slice(s) %s from the seeder", ih[:12], new)
-                    assisted.update(new)
-                    dial += [slice_seeds[k] for k in new if slice_seeds[k] not in dial]
+                if new := wanted - assisted:
+                    log.info("%s: fetching slice(s) %s from the seeder", ih[:12], sorted(new))
+                    assisted |= new
                     next_connect = now
+            if rec.redial:
+                rec.redial, next_connect = False, now
             if now >= next_connect:
-                for ip, port in dial:
+                seeds = [
+                    rec.slice_seeds[k]
+                    for k in sorted(own | assisted)
+                    if 0 <= k < len(rec.slice_seeds)
+                ]
+                for ip, port in seeds + rec.peers:
                     try:
                         rec.handle.connect_peer((ip, port))
                     except RuntimeError as e:
@@ -308,6 +316,19 @@ class TorrentSession:
                 next_connect = now + RECONNECT_INTERVAL
             with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
                 await rec.changed.wait()
+
+    def update_sources(
+        self,
+        infohash: str,
+        peers: Sequence[tuple[str, int]],
+        slice_seeds: Sequence[tuple[str, int]],
+    ) -> None:
+        """New addresses for a running download (the seeder restarted and moved its slice
+        seeds, or the rollout sent a fresh peer list); dialled right away."""
+        rec = self._torrents.get(infohash)
+        if rec is not None:
+            rec.peers, rec.slice_seeds, rec.redial = list(peers), list(slice_seeds), True
+            rec.notify()
 
     @staticmethod
     def _sources(rec: _Torrent) -> dict[str, int]:
