@@ -237,8 +237,8 @@ class TorrentSession:
         slice_seeds: Sequence[tuple[str, int]] = (),
     ) -> dict[str, int]:
         """Add (or re-attach to) `torrent`; wait until every piece is downloaded, verified and
-        written to the file in `save_path`. Returns the payload bytes received from each peer
-        still connected at the end, by IP.
+        written to the file in `save_path`. Returns the bytes received from each peer still
+        connected at the end, by IP (diagnostics: peers that left are not counted).
 
         Dials `peers` now and every RECONNECT_INTERVAL until done (libtorrent drops a peer after
         max_failcount failed connects); the torrent's tracker is used as well. Files already
