@@ -30,8 +30,18 @@ from common.torrent.settings import datacenter_settings
 
 log = logging.getLogger("shoal.torrent")
 
+_STARTED = (
+    lt.torrent_status.downloading,
+    lt.torrent_status.finished,
+    lt.torrent_status.seeding,
+)
+
 UPDATE_INTERVAL: Final = 1.0  # seconds between post_torrent_updates() (progress, completion)
-RECONNECT_INTERVAL: Final = 3.0  # seconds between connect_peer() rounds while downloading
+# Seconds between connect_peer() rounds while downloading: fast at first, because fellow peers
+# that got the stage command a moment later refuse us until they have added the torrent, then
+# doubling up to the steady interval (libtorrent drops a peer after max_failcount failures).
+FIRST_RECONNECT: Final = 0.25
+RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
@@ -60,6 +70,7 @@ class _Torrent:
     peers: list[tuple[str, int]] = field(default_factory=list)
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
+    ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
 
     def notify(self) -> None:
         self.changed.set()
@@ -149,6 +160,8 @@ class TorrentSession:
                 if rec is None:
                     continue
                 rec.progress = st.progress
+                if not rec.ready and st.state in _STARTED:
+                    rec.ready = rec.redial = True
                 if st.state in (lt.torrent_status.finished, lt.torrent_status.seeding):
                     rec.done = True
                 if st.errc.value() and rec.error is None:
@@ -164,6 +177,10 @@ class TorrentSession:
             log.error("libtorrent: %s", alert.message())
             if rec is not None and rec.error is None:
                 rec.error = alert.message()
+                rec.notify()
+        elif isinstance(alert, lt.torrent_checked_alert):
+            if rec is not None and not rec.ready:
+                rec.ready = rec.redial = True
                 rec.notify()
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
@@ -240,7 +257,8 @@ class TorrentSession:
         written to the file in `save_path`. Returns the bytes received from each peer still
         connected at the end, by IP (diagnostics: peers that left are not counted).
 
-        Dials `peers` now and every RECONNECT_INTERVAL until done (libtorrent drops a peer after
+        Dials `peers` now, again after FIRST_RECONNECT and then at growing intervals up to
+        RECONNECT_INTERVAL until done (libtorrent drops a peer after
         max_failcount failed connects); the torrent's tracker is used as well. Files already
         complete in `save_path` (a restart) are found by libtorrent's check. `on_progress`
         gets the fraction done (0.0..1.0) from this task when it changes. When done the torrent
@@ -270,7 +288,9 @@ class TorrentSession:
         assisted: set[int] = set()
         reported = -1.0
         next_connect = trio.current_time()
+        interval = FIRST_RECONNECT
         while True:
+            changed = rec.changed  # taken before reading the state, so no update slips by
             if rec.error is not None:
                 if self._torrents.get(ih) is rec:
                     self.remove(ih)
@@ -302,7 +322,7 @@ class TorrentSession:
                     next_connect = now
             if rec.redial:
                 rec.redial, next_connect = False, now
-            if now >= next_connect:
+            if rec.ready and now >= next_connect:
                 seeds = [
                     rec.slice_seeds[k]
                     for k in sorted(own | assisted)
@@ -313,9 +333,10 @@ class TorrentSession:
                         rec.handle.connect_peer((ip, port))
                     except RuntimeError as e:
                         log.warning("cannot connect to peer %s:%d: %s", ip, port, e)
-                next_connect = now + RECONNECT_INTERVAL
+                next_connect = now + interval
+                interval = min(interval * 2, RECONNECT_INTERVAL)
             with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
-                await rec.changed.wait()
+                await changed.wait()
 
     def update_sources(
         self,

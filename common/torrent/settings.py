@@ -51,6 +51,13 @@ def datacenter_settings(listen_ip: str, port: int) -> dict[str, Any]:
         # measured 1.49x -> 1.23x of the bound on 16 hosts (bench/README.md). Raise it for
         # links with a large bandwidth-delay product (--torrent-setting request_queue_time=3).
         "request_queue_time": 0,
+        # libtorrent drops "redundant" connections, including a fresh seed that a leecher
+        # judged uninteresting a moment before the seed's HAVE arrived: the leecher then lost
+        # its only source for seconds (seen with slices; bench/README.md). Keep them.
+        "close_redundant_connections": False,
+        # libtorrent's housekeeping tick (unchoking new connections among it) every 100 ms
+        # instead of 500: the first piece of a release arrived after 0.5 s, now 0.1 s.
+        "tick_interval": 100,
         "max_failcount": 3,  # hps sets 1: one refused connect would drop a peer for good
         "peer_timeout": 60,
         "inactivity_timeout": 60,
