@@ -21,7 +21,7 @@ from common.torrent.session import TorrentSession, TransferStats
 log = logging.getLogger("shoal.torrent.slices")
 
 # A slice session carries a fraction of the seeder's upload: a couple of disk threads will do.
-SLICE_SETTINGS: dict[str, Any] = {"aio_threads": 2, "hashing_threads": 1}
+SLICE_SETTINGS: dict[str, Any] = {"aio_threads": 2, "hashing_threads": 1, "tick_interval": 500}
 
 
 class SliceSeeds:
