@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -71,13 +71,13 @@ class Reporter:
         await self._changed.wait()
         self._changed = trio.Event()
 
-    async def pump(self, send: Callable[[m.Message], object]) -> None:
+    async def pump(self, send: Callable[[m.Message], Awaitable[None]]) -> None:
         """Send every unacknowledged report, then new ones as they come (one connection)."""
         last = 0
         while True:
             batch = self.journal.unsent(after=last)
             for report in batch:
-                await send(report)  # type: ignore[misc]
+                await send(report)
                 last = report.seq
             if not batch:
                 await self.wait_changed()
