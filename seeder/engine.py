@@ -14,7 +14,6 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -138,7 +137,8 @@ class Engine:
     async def tick(self) -> None:
         now = self.clock()
         for rollout in self.store.rollouts(active_only=True):
-            for host in plan.overdue(rollout, now, self.deadlines):
+            late = plan.overdue(rollout, now, self.deadlines)
+            for host in late:
                 self.store.set_target(
                     rollout.rollout_id,
                     host,
@@ -146,51 +146,37 @@ class Engine:
                     state="failed",
                     error=f"no result within the {rollout.state} deadline",
                 )
-            rollout = self.store.rollout(rollout.rollout_id) or rollout
+            if late:
+                rollout = self.store.rollout(rollout.rollout_id) or rollout
             outcome = plan.phase_outcome(rollout)
             if outcome is not None:
                 state, error = outcome
                 self.store.set_rollout_state(rollout.rollout_id, state, now, error)
                 log.info("rollout %s: %s %s", rollout.rollout_id, state, error)
                 rollout.state = state
-            for action in plan.next_actions(rollout, self.connected()):
-                await self._send(rollout, action)
+            actions = [
+                a for a in plan.next_actions(rollout, self.connected()) if self._due(rollout, a)
+            ]
+            stage = None
+            if any(a.kind == "stage" for a in actions):
+                stage = await self._stage_plan(rollout)
+            for action in actions:
+                if action.kind == "stage" and stage is not None:
+                    msg: m.Message = stage(action.host)
+                else:
+                    msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
+                await self._send(rollout, action, msg)
 
-    async def _send(self, rollout: Rollout, action: plan.Action) -> None:
+    def _due(self, rollout: Rollout, action: plan.Action) -> bool:
+        """Not yet sent on the host's current connection (a new connection gets it again)."""
+        channel = self._channels[action.host]
+        return (rollout.rollout_id, action.host, action.kind, id(channel)) not in self._sent
+
+    async def _send(self, rollout: Rollout, action: plan.Action, msg: m.Message) -> None:
         channel = self._channels.get(action.host)
         if channel is None:
             return
-        key = (rollout.rollout_id, action.host, action.kind, id(channel))
-        if key in self._sent:
-            return
-        msg: m.Message
-        if action.kind == "stage":
-            found = self.store.release(rollout.release_id)
-            assert found is not None
-            manifest, torrent = found
-            names = [t.host for t in rollout.targets]
-            others = self._others(rollout, action.host)
-            if self.slice_seeds is None:
-                piece_slice: list[int] = []
-                seeds: list[tuple[str, int]] = []
-                peers = [[self.seeder_bt[0], self.seeder_bt[1]], *others]
-            else:
-                count = slice_count(len(names))
-                index = names.index(action.host)
-                piece_slice = [index, count] if index < count else []
-                seeds = await self.slice_seeds(rollout.release_id, count)
-                peers = others
-            msg = m.Stage(
-                rollout_id=rollout.rollout_id,
-                manifest=manifest.to_dict(),
-                torrent=torrent,
-                peers=peers,
-                slice=piece_slice,
-                slice_seeds=[[ip, port] for ip, port in seeds],
-            )
-        else:
-            msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
-        self._sent.add(key)
+        self._sent.add((rollout.rollout_id, action.host, action.kind, id(channel)))
         now = self.clock()
         state = "staging" if action.kind == "stage" else "activating"
         self.store.set_target(rollout.rollout_id, action.host, now, state=state)
@@ -199,13 +185,31 @@ class Engine:
         except ConnectionClosed:
             self.detach(action.host, channel)
 
-    def _others(self, rollout: Rollout, host: str) -> list[list[Any]]:
-        """A random sample of a host's fellow targets for it to dial (the tracker adds more)."""
+    async def _stage_plan(self, rollout: Rollout) -> Callable[[str], m.Stage]:
+        """What every target of a rollout is told to stage (the store is read once per tick)."""
+        found = self.store.release(rollout.release_id)
+        assert found is not None
+        manifest, torrent = found
         records = {h.name: h for h in self.store.hosts()}
-        others = [
-            [records[t.host].address, records[t.host].bt_port]
-            for t in rollout.targets
-            if t.host != host and t.host in records
-        ]
-        random.shuffle(others)
-        return others[:SWARM_PEERS]
+        names = [t.host for t in rollout.targets]
+        addresses = {n: [records[n].address, records[n].bt_port] for n in names if n in records}
+        count = slice_count(len(names))
+        seeds = await self.slice_seeds(rollout.release_id, count) if self.slice_seeds else []
+
+        def message(host: str) -> m.Stage:
+            others = [a for n, a in addresses.items() if n != host]
+            random.shuffle(others)
+            peers = others[:SWARM_PEERS]
+            index = names.index(host)
+            if self.slice_seeds is None:  # the seeder is one plain seed in the swarm
+                peers.insert(0, [self.seeder_bt[0], self.seeder_bt[1]])
+            return m.Stage(
+                rollout_id=rollout.rollout_id,
+                manifest=manifest.to_dict(),
+                torrent=torrent,
+                peers=peers,
+                slice=[index, count] if self.slice_seeds and index < count else [],
+                slice_seeds=[[ip, port] for ip, port in seeds],
+            )
+
+        return message
