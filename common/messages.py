@@ -19,6 +19,9 @@ from common.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 
+# The steps a step report can name, besides the appspec's lifecycle events and "Install".
+STAGE_STEPS = ("download", "verify", "unpack")  # inside "stage"
+
 
 @dataclass(frozen=True)
 class Message:
@@ -89,7 +92,6 @@ class OutputLine(Message):
 class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
     heartbeat_interval: float
-    tracker_url: str
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from peer.stage import refresh, stage
 
 log = logging.getLogger("shoal.peer")
 
-STAGE_STEPS = ("stage", "download", "verify", "unpack")
 HELLO_TIMEOUT = 10.0
 
 
@@ -97,7 +96,7 @@ async def run_peer(
 def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
     """Activation steps that were running when we stopped failed; staging simply resumes."""
     for step in journal.running_steps():
-        if step.step not in STAGE_STEPS:
+        if step.step not in ("stage", *m.STAGE_STEPS):
             reporter.step(
                 step.rollout_id,
                 step.step,

@@ -28,12 +28,9 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
-    def __init__(
-        self, store: Store, engine: Engine, *, tracker_url: str, methods: dict[str, Handler]
-    ) -> None:
+    def __init__(self, store: Store, engine: Engine, *, methods: dict[str, Handler]) -> None:
         self.store = store
         self.engine = engine
-        self.tracker_url = tracker_url
         self.methods = methods
 
     async def serve(
@@ -74,9 +71,7 @@ class ControlServer:
             last_seen=time.time(),
         )
         self.store.upsert_host(record, time.time())
-        await channel.send(
-            m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL, tracker_url=self.tracker_url)
-        )
+        await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("peer %s connected from %s", hello.name, hello.address)
         self.engine.attach(hello.name, channel)
         try:

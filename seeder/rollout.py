@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from common.errors import ShoalError
+from common.messages import STAGE_STEPS
 from seeder.store import HostRecord, Rollout, Target
 
-STAGE_STEPS = ("download", "verify", "unpack")
 ACTIVE_STATES = ("staging", "activating")
 
 

@@ -89,7 +89,7 @@ async def run_seeder(
             )
             await nursery.start(engine.run)
             methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url)
-            server = ControlServer(store, engine, tracker_url=tracker_url, methods=methods)
+            server = ControlServer(store, engine, methods=methods)
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
             log.info("seeder ready: control %s, tracker %s, bittorrent %s", *vars(addrs).values())

@@ -10,8 +10,20 @@ from pathlib import Path
 import pytest
 
 from common.appspec import LIFECYCLE_EVENTS
+from common.release import Manifest
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
+
+# A release record for tests of the seeder's bookkeeping (no archive behind it).
+MANIFEST = Manifest(
+    app="demo",
+    version="v1",
+    commit="c" * 40,
+    size=3,
+    digest="d" * 64,
+    infohash="ab" * 32,
+    archive="demo-v1.tar.zst",
+)
 
 HOOK = """#!/bin/sh
 set -eu

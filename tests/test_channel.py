@@ -35,7 +35,7 @@ async def test_messages_flow_both_ways() -> None:
     with trio.fail_after(5):
         await client.send(HELLO)
         assert await server.receive() == HELLO
-        welcome = m.Welcome(heartbeat_interval=5.0, tracker_url="http://127.0.0.1:1/announce")
+        welcome = m.Welcome(heartbeat_interval=5.0)
         await server.send(welcome)
         assert await client.receive() == welcome
         await client.send(REPORT)

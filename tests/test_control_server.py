@@ -15,21 +15,10 @@ from common import messages as m
 from common.channel import Channel
 from common.errors import ConfigError, ConnectionClosed
 from common.protocol import Role
-from common.release import Manifest
 from seeder.control import HEARTBEAT_INTERVAL, ControlServer
 from seeder.engine import Engine
 from seeder.store import Store
-
-TRACKER = "http://127.0.0.1:1/announce"
-MANIFEST = Manifest(
-    app="demo",
-    version="v1",
-    commit="c" * 40,
-    size=3,
-    digest="d" * 64,
-    infohash="ef" * 32,
-    archive="demo-v1.tar.zst",
-)
+from tests.conftest import MANIFEST
 
 
 class Clock:
@@ -68,7 +57,7 @@ def server(store: Store) -> ControlServer:
         return {"rollout_id": rollout.rollout_id}
 
     methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start}
-    return ControlServer(store, engine, tracker_url=TRACKER, methods=methods)
+    return ControlServer(store, engine, methods=methods)
 
 
 @asynccontextmanager
@@ -98,9 +87,7 @@ def hello(name: str = "web-1") -> m.Hello:
 
 async def peer_connected(client: Channel, name: str = "web-1") -> None:
     await client.send(hello(name))
-    assert await client.receive() == m.Welcome(
-        heartbeat_interval=HEARTBEAT_INTERVAL, tracker_url=TRACKER
-    )
+    assert await client.receive() == m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL)
 
 
 def host(store: Store, name: str) -> Any:

@@ -12,20 +12,11 @@ import trio.testing
 from common import messages as m
 from common.channel import Channel
 from common.protocol import Role
-from common.release import Manifest
 from seeder.engine import Engine
 from seeder.rollout import Deadlines
 from seeder.store import HostRecord, Store
+from tests.conftest import MANIFEST
 
-MANIFEST = Manifest(
-    app="demo",
-    version="v1",
-    commit="c" * 40,
-    size=3,
-    digest="d" * 64,
-    infohash="ab" * 32,
-    archive="demo-v1.tar.zst",
-)
 RELEASE = MANIFEST.release_id
 TORRENT = b"d4:infod6:lengthi3eee"
 SEEDER_BT = ("127.0.0.1", 1)

@@ -35,7 +35,7 @@ PEER_MESSAGES: list[m.Message] = [
     m.OutputLine(rollout_id="r1", host="web-1", step="BeforeInstall", line="hello"),
 ]
 SEEDER_MESSAGES: list[m.Message] = [
-    m.Welcome(heartbeat_interval=5.0, tracker_url="http://10.0.0.1:7701/announce"),
+    m.Welcome(heartbeat_interval=5.0),
     m.Stage(
         rollout_id="r1",
         manifest={"app": "x", "size": 3},
@@ -148,7 +148,7 @@ def test_local_errors_for_our_own_mistakes() -> None:
     with pytest.raises(LocalProtocolError, match="hello first"):
         client.send(m.Heartbeat(sent_at=0.0))
     with pytest.raises(LocalProtocolError, match="before the client's hello"):
-        server.send(m.Welcome(heartbeat_interval=1.0, tracker_url=""))
+        server.send(m.Welcome(heartbeat_interval=1.0))
     client.send(PEER_MESSAGES[0])
     with pytest.raises(LocalProtocolError, match="may not send"):
         client.send(m.Request(id=1, method="x"))
