@@ -261,23 +261,10 @@ def wait_connected(seeder: Host, control: str, n: int, procs: list[Any]) -> None
 
 
 def stats(seeder: Host, control: str) -> int:
-    out = seeder.run(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import trio, sys\n"
-                "from common.addr import Address\nfrom seeder.client import open_client\n"
-                "async def main():\n"
-                "    async with open_client(Address.parse(sys.argv[1])) as c:\n"
-                "        print((await c.call('seeder.stats'))['uploaded'])\n"
-                "trio.run(main)\n"
-            ),
-            control,
-        ],
-        timeout=30,
+    """Payload bytes the seeder (all its sessions) has uploaded: ``shoal seeder stats``."""
+    return int(
+        json.loads(shoal(seeder, "seeder", "stats", "--json", "--seeder", control))["uploaded"]
     )
-    return int(out.stdout)
 
 
 def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -306,13 +293,13 @@ def bounds(bed: Testbed, size: int) -> dict[str, float]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one run (stored in the JSON as ``summary``)."""
     size = result["size_bytes"]
     times = [h["staged_s"] for h in result["hosts"].values()]
     pct = percentiles(times)
     t_star = result["bounds"]["t_star"]
-    gb = len(times) * size / 1e9
-    result["summary"] = summary = {
+    summary: dict[str, Any] = {
         "p50_s": pct["p50"],
         "p99_s": pct["p99"],
         "max_s": pct["max"],
@@ -322,17 +309,8 @@ def report(result: dict[str, Any]) -> str:
         "p50_to_bound": pct["p50"] / t_star,
         "egress_over_size": result["seeder_payload_bytes"] / size,
         "wire_egress_over_size": result["seeder_wire_bytes"] / size,
-        "cpu_s_per_gb": result["cpu_seconds"] / gb,
+        "cpu_s_per_gb": result["cpu_seconds"] / (len(times) * size / 1e9),
     }
-    lines = [
-        f"release {size / 1e6:.1f} MB to {len(times)} hosts",
-        f"shoal staged: p50 {pct['p50']:.2f}s p99 {pct['p99']:.2f}s max {pct['max']:.2f}s",
-        f"bounds: T* {t_star:.2f}s, client-server {summary['client_server_s']:.2f}s",
-        f"seeder sent {result['seeder_payload_bytes'] / 1e6:.1f} MB payload "
-        f"({result['seeder_wire_bytes'] / 1e6:.1f} MB on the wire)",
-        f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
-        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB)",
-    ]
     groups: dict[float, list[float]] = {}
     for h in result["hosts"].values():
         groups.setdefault(h["down_mbit"] or 0.0, []).append(h["staged_s"])
@@ -340,22 +318,41 @@ def report(result: dict[str, Any]) -> str:
         summary["by_rate"] = {}
         for mbit, group in sorted(groups.items(), reverse=True):
             own = size * 8 / (mbit * 1e6)  # the group's own limit: F / its download rate
-            summary["by_rate"][str(mbit)] = {
+            summary["by_rate"][f"{mbit:g}"] = {
                 "hosts": len(group),
                 "max_s": max(group),
                 "own_bound_s": own,
                 "ratio": max(group) / own,
             }
-            lines.append(
-                f"hosts at {mbit:g} Mbit/s: {len(group)}, max {max(group):.2f}s = "
-                f"{max(group) / own:.2f} x their own F/d {own:.2f}s"
-            )
+    if "sftp" in result:
+        summary["sftp_max_s"] = result["sftp"]["max"]
+        summary["speedup_vs_sftp"] = result["sftp"]["max"] / pct["max"]
+    return summary
+
+
+def report(result: dict[str, Any]) -> str:
+    """The printed summary; the last line holds the three headline ratios."""
+    size, summary = result["size_bytes"], result["summary"]
+    gb = len(result["hosts"]) * size / 1e9
+    lines = [
+        f"release {size / 1e6:.1f} MB to {len(result['hosts'])} hosts",
+        f"shoal staged: p50 {summary['p50_s']:.2f}s p99 {summary['p99_s']:.2f}s "
+        f"max {summary['max_s']:.2f}s",
+        f"bounds: T* {summary['t_star_s']:.2f}s, client-server {summary['client_server_s']:.2f}s",
+        f"seeder sent {result['seeder_payload_bytes'] / 1e6:.1f} MB payload "
+        f"({result['seeder_wire_bytes'] / 1e6:.1f} MB on the wire)",
+        f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
+        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB)",
+    ]
+    for mbit, group in summary.get("by_rate", {}).items():
+        lines.append(
+            f"hosts at {mbit} Mbit/s: {group['hosts']}, max {group['max_s']:.2f}s = "
+            f"{group['ratio']:.2f} x their own F/d {group['own_bound_s']:.2f}s"
+        )
     speedup = "n/a"
     if "sftp" in result:
-        sftp = result["sftp"]
-        summary["sftp_max_s"] = sftp["max"]
-        summary["speedup_vs_sftp"] = sftp["max"] / pct["max"]
         speedup = f"{summary['speedup_vs_sftp']:.2f}"
+        sftp = result["sftp"]
         lines.append(f"sftp fan-out: p50 {sftp['p50']:.2f}s max {sftp['max']:.2f}s")
     lines.append(
         f"ratio_to_bound={summary['ratio_to_bound']:.3f} "
@@ -374,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     except NetnsError as exc:
         print(f"bench.swarm: {exc}", file=sys.stderr)
         return 2
-    text = report(result)
+    result["summary"] = summarize(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -391,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(result['hosts'])} hosts, {result['size_bytes'] / 1e6:.0f} MB, "
             f"{args.rate_mbit:g} Mbit/s",
         )
-    print(text)
+    print(report(result))
     return 0
 
 

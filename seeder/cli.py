@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    seeder = sub.add_parser("seeder", help="run the seeder service").add_subparsers(
+    seeder = sub.add_parser("seeder", help="run or query the seeder service").add_subparsers(
         dest="action", required=True
     )
+    stats = with_seeder(seeder.add_parser("stats", help="bytes the seeder has sent"))
+    stats.add_argument("--json", action="store_true")
     run = seeder.add_parser("run", help="run the seeder in the foreground")
     run.add_argument("--data-dir", type=Path, required=True)
     run.add_argument("--listen", default=DEFAULT_SEEDER, help="control HOST:PORT")
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "seeder":
+    if args.command == "seeder" and args.action == "run":
         from common.torrent import parse_overrides
         from seeder.service import SeederConfig, run_seeder
 
@@ -122,7 +124,10 @@ async def dispatch(args: argparse.Namespace) -> int:
 
         return await run_demo(peers=args.peers)
     async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
-        if args.command == "hosts":
+        if args.command == "seeder":
+            totals = await client.call("seeder.stats")
+            _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
+        elif args.command == "hosts":
             items = (await client.call("hosts.list"))["hosts"]
             _emit(items, args.json, render.hosts)
         elif args.command == "release" and args.action == "build":
