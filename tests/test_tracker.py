@@ -16,6 +16,7 @@ import libtorrent as lt
 import pytest
 import trio
 
+from common.torrent import datacenter_settings
 from seeder.tracker import Bencodable, SwarmFull, Swarms, Tracker, bencode
 
 IH = bytes(range(20))
@@ -314,20 +315,10 @@ async def test_connection_limit(nursery: trio.Nursery, connect: Connect) -> None
 
 
 def _session() -> lt.session:
-    return lt.session(
-        lt.session_params(
-            {
-                "listen_interfaces": "127.0.0.1:0",
-                "enable_dht": False,
-                "enable_lsd": False,
-                "enable_upnp": False,
-                "enable_natpmp": False,
-                "enable_outgoing_utp": False,
-                "enable_incoming_utp": False,
-                "alert_mask": lt.alert_category.error | lt.alert_category.status,
-            }
-        )
-    )
+    """A libtorrent session with shoal's own settings (see common.torrent.settings)."""
+    settings = datacenter_settings("127.0.0.1", 0)
+    settings["alert_mask"] = lt.alert_category.error | lt.alert_category.status
+    return lt.session(lt.session_params(settings))
 
 
 def _add(ses: lt.session, torrent: bytes, save_path: Path, *, seed: bool) -> lt.torrent_handle:
