@@ -30,11 +30,6 @@ from common.torrent.settings import datacenter_settings
 
 log = logging.getLogger("shoal.torrent")
 
-_STARTED = (
-    lt.torrent_status.downloading,
-    lt.torrent_status.finished,
-    lt.torrent_status.seeding,
-)
 
 UPDATE_INTERVAL: Final = 1.0  # seconds between post_torrent_updates() (progress, completion)
 # Seconds between connect_peer() rounds while downloading: fast at first, because fellow peers
@@ -160,8 +155,6 @@ class TorrentSession:
                 if rec is None:
                     continue
                 rec.progress = st.progress
-                if not rec.ready and st.state in _STARTED:
-                    rec.ready = rec.redial = True
                 if st.state in (lt.torrent_status.finished, lt.torrent_status.seeding):
                     rec.done = True
                 if st.errc.value() and rec.error is None:
