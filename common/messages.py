@@ -75,6 +75,26 @@ class StepReport(Message):
 
 
 @dataclass(frozen=True)
+class PreflightResult(Message):
+    """A peer's answer to :class:`Preflight`: one ``{"check", "ok", "detail"}`` per check."""
+
+    TYPE: ClassVar[str] = "preflight_result"
+    check_id: str
+    host: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    """A peer refused a command, e.g. one carrying an older rollout's fencing token."""
+
+    TYPE: ClassVar[str] = "refused"
+    rollout_id: str
+    token: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class OutputLine(Message):
     """One line a hook printed, streamed live (best effort; the step report keeps the tail)."""
 
@@ -105,6 +125,7 @@ class Stage(Message):
     peers: list[list[Any]] = field(default_factory=list)
     slice: list[int] = field(default_factory=list)  # [index, count]: see common.pieces
     slice_seeds: list[list[Any]] = field(default_factory=list)  # [ip, port] of each slice seed
+    token: int = 0  # the rollout's fencing token: a peer refuses tokens older than its newest
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,30 @@ class Activate(Message):
     rollout_id: str
     release_id: str
     attempt: int = 1
+    token: int = 0  # the rollout's fencing token (see Stage)
+
+
+@dataclass(frozen=True)
+class Abort(Message):
+    """Start nothing new for this rollout; with ``kill``, also kill its running hooks."""
+
+    TYPE: ClassVar[str] = "abort"
+    rollout_id: str
+    token: int = 0
+    kill: bool = False
+
+
+@dataclass(frozen=True)
+class Preflight(Message):
+    """Check, changing nothing, whether this host could stage and activate a release.
+
+    ``release`` is the manifest plus what the checks need from its appspec: ``hooks`` (a list of
+    ``{"event", "location", "runas"}``) and ``files`` (a list of destination directories).
+    """
+
+    TYPE: ClassVar[str] = "preflight"
+    check_id: str
+    release: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -154,6 +199,22 @@ class Response(Message):
 
 
 @dataclass(frozen=True)
+class RolloutEvent(Message):
+    """One entry of a rollout's event stream, pushed to a CLI that subscribed to it.
+
+    A CLI subscribes with the request ``rollout.subscribe``; after its response the seeder sends
+    ``RolloutEvent``s (``seq`` increasing per rollout) until the rollout ends or the client leaves.
+    """
+
+    TYPE: ClassVar[str] = "rollout_event"
+    rollout_id: str
+    seq: int
+    at: float
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Goodbye(Message):
     """Sent before closing on purpose, with the reason (e.g. a protocol error)."""
 
@@ -167,14 +228,19 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Hello,
         Heartbeat,
         StepReport,
+        PreflightResult,
+        Refused,
         OutputLine,
         Welcome,
         Stage,
         Activate,
+        Abort,
+        Preflight,
         Ack,
         ClientHello,
         Request,
         Response,
+        RolloutEvent,
         Goodbye,
     )
 }
