@@ -85,6 +85,18 @@ class PreflightResult(Message):
 
 
 @dataclass(frozen=True)
+class Progress(Message):
+    """How far a host's download of a rollout's release is (best effort, a few per second)."""
+
+    TYPE: ClassVar[str] = "progress"
+    rollout_id: str
+    host: str
+    done: int
+    total: int
+    rate: float = 0.0  # bytes per second, recent
+
+
+@dataclass(frozen=True)
 class Refused(Message):
     """A peer refused a command, e.g. one carrying an older rollout's fencing token."""
 
@@ -229,6 +241,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Heartbeat,
         StepReport,
         PreflightResult,
+        Progress,
         Refused,
         OutputLine,
         Welcome,

@@ -39,7 +39,15 @@ CLOSED: Final = Sentinel.CLOSED
 Event = m.Message | Sentinel
 
 # What each kind of client may say after its hello, and what the server may say back to it.
-_PEER_SENDS = (m.Heartbeat, m.StepReport, m.PreflightResult, m.Refused, m.OutputLine, m.Goodbye)
+_PEER_SENDS = (
+    m.Heartbeat,
+    m.StepReport,
+    m.PreflightResult,
+    m.Progress,
+    m.Refused,
+    m.OutputLine,
+    m.Goodbye,
+)
 _TO_PEER = (m.Welcome, m.Stage, m.Activate, m.Abort, m.Preflight, m.Ack, m.Goodbye)
 _CLI_SENDS = (m.Request, m.Goodbye)
 _TO_CLI = (m.Response, m.RolloutEvent, m.Goodbye)
