@@ -1,176 +1,43 @@
-"""The embedded BitTorrent tracker: HTTP announce (BEP 3) with compact peer lists (BEP 23).
+"""The embedded BitTorrent tracker: HTTP announce (BEP 3, compact BEP 23) and scrape (BEP 48).
 
 libtorrent ships no tracker server, and the releases are private torrents (no DHT, PEX or LSD), so
 the seeder runs this one to tell every peer about the others. It is split the way h11 is:
 
-* :class:`Swarms` is the pure state: who is in which swarm, who has expired, whom to hand out. It
-  takes ``now`` as an argument and does no IO, so it is tested without sockets or sleeps.
+* :class:`~seeder.swarms.Swarms` is the pure state: who is in which swarm, who has expired, whom
+  to hand out. It takes ``now`` as an argument and does no IO.
 * :class:`Tracker` is the IO shell: a trio TCP server that speaks HTTP through ``h11``, turns a
-  ``GET /announce?...`` into one :meth:`Swarms.announce` call and bencodes the answer.
+  ``GET /announce?...`` into one :meth:`Swarms.announce` call (``GET /scrape?...`` into one
+  :meth:`Swarms.scrape`) and bencodes the answer.
 
 libtorrent announces a v2-only torrent under its SHA-256 info-hash truncated to 20 bytes, and a
-hybrid torrent twice (v1 hash and truncated v2 hash), so the tracker may see two swarms for one
-release; it does not care what the 20 bytes mean.
+hybrid torrent twice (v1 hash and truncated v2 hash), so the tracker sees two swarms for one
+hybrid release; it does not care what the 20 bytes mean. v1-only clients (aria2, Transmission)
+announce the v1 hash and meet libtorrent peers there.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 import struct
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeAlias
 
 import h11
 import trio
 
-log = logging.getLogger(__name__)
+from common.torrent import Bencodable, bencode
+from seeder.swarms import DEFAULT_INTERVAL, EXPIRY_INTERVALS, Addr, SwarmFull, Swarms
 
-Addr: TypeAlias = tuple[str, int]
-Bencodable: TypeAlias = "int | bytes | str | list[Bencodable] | dict[bytes, Bencodable]"
+log = logging.getLogger(__name__)
 
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200  # what libtorrent asks for by default; more only makes the response bigger
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
 MAX_REQUEST_HEAD = 8 * 1024  # an announce line from libtorrent is ~400 bytes
 MAX_QUERY_FIELDS = 64
+MAX_SCRAPE_HASHES = 50  # info_hash fields one scrape may ask for
 RECEIVE_SIZE = 4096
-
-
-class SwarmFull(Exception):
-    """An announce would grow the tracker beyond its limits; the client is told to go away."""
-
-
-@dataclass(slots=True)
-class PeerEntry:
-    """What the tracker remembers about one peer: bytes still missing, time of last announce."""
-
-    left: int
-    last_seen: float
-
-
-class Swarms:
-    """Pure swarm state: info_hash → {(ip, port): PeerEntry}. No clock reads, no IO.
-
-    A peer is forgotten ``ttl`` seconds after its last announce (crashed hosts don't announce
-    ``stopped``), and at once when it announces ``stopped``.
-
-    Handout policy (:meth:`announce`): the requester never gets itself. A *seed* (``left == 0``)
-    gets only peers that still need pieces, because two seeds have nothing to trade (libtorrent
-    drops seed-to-seed connections anyway). A *leecher* gets a mix: up to ``seed_share`` of its
-    ``numwant`` are seeds (at least one when any exists, so it can always finish) and the rest
-    are other leechers, so that leechers trade pieces among themselves and the central seeder
-    uploads each piece about once instead of once per host. If one kind runs short the other
-    fills the gap. Within each kind the choice is random, to spread load over all seeds and to
-    give every host a different neighbourhood; pass a seeded ``rng`` for reproducible tests.
-    """
-
-    def __init__(
-        self,
-        *,
-        ttl: float = 15.0,
-        seed_share: float = 0.5,
-        max_swarms: int = 10_000,
-        max_peers_per_swarm: int = 10_000,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.ttl = ttl
-        self.seed_share = seed_share
-        self.max_swarms = max_swarms
-        self.max_peers_per_swarm = max_peers_per_swarm
-        self._rng = rng or random.Random()
-        self._swarms: dict[bytes, dict[Addr, PeerEntry]] = {}
-        self._last_sweep: float | None = None
-
-    def announce(
-        self,
-        info_hash: bytes,
-        ip: str,
-        port: int,
-        event: str,
-        left: int,
-        numwant: int,
-        now: float,
-    ) -> list[Addr]:
-        """Record one announce and return up to ``numwant`` other peers (see the class policy).
-
-        Raises :class:`SwarmFull` when a new swarm or a new peer would exceed the limits.
-        """
-        self._maybe_sweep(now)
-        me = (ip, port)
-        swarm = self._live(info_hash, now)
-        if event == "stopped":
-            swarm.pop(me, None)
-            self._drop_if_empty(info_hash)
-            return []
-        if me not in swarm:
-            if info_hash not in self._swarms and len(self._swarms) >= self.max_swarms:
-                raise SwarmFull("too many swarms")
-            if len(swarm) >= self.max_peers_per_swarm:
-                raise SwarmFull("swarm is full")
-        swarm[me] = PeerEntry(left=left, last_seen=now)
-        self._swarms[info_hash] = swarm
-        return self._select(swarm, me, left, numwant)
-
-    def __len__(self) -> int:
-        """Number of swarms currently tracked (expired ones may linger until the next sweep)."""
-        return len(self._swarms)
-
-    def peers(self, info_hash: bytes, now: float) -> list[Addr]:
-        """Every live peer of one swarm, sorted (diagnostics and tests)."""
-        return sorted(self._live(info_hash, now))
-
-    def counts(self, info_hash: bytes, now: float) -> tuple[int, int]:
-        """(complete, incomplete): live seeds and live leechers of one swarm."""
-        swarm = self._live(info_hash, now)
-        seeds = sum(1 for entry in swarm.values() if entry.left == 0)
-        return seeds, len(swarm) - seeds
-
-    def expire(self, now: float) -> None:
-        """Forget every peer older than ``ttl`` and every swarm left empty."""
-        for info_hash in list(self._swarms):
-            self._live(info_hash, now)
-            self._drop_if_empty(info_hash)
-        self._last_sweep = now
-
-    def _maybe_sweep(self, now: float) -> None:
-        # Swarms nobody announces to any more are only dropped by a full sweep; doing one at
-        # most once per ttl keeps the cost amortised without a timer task.
-        if self._last_sweep is None:
-            self._last_sweep = now
-        elif now - self._last_sweep >= self.ttl:
-            self.expire(now)
-
-    def _live(self, info_hash: bytes, now: float) -> dict[Addr, PeerEntry]:
-        """The swarm with expired peers removed (an empty, unregistered dict if unknown)."""
-        swarm = self._swarms.get(info_hash, {})
-        for addr in [a for a, e in swarm.items() if now - e.last_seen > self.ttl]:
-            del swarm[addr]
-        return swarm
-
-    def _drop_if_empty(self, info_hash: bytes) -> None:
-        if info_hash in self._swarms and not self._swarms[info_hash]:
-            del self._swarms[info_hash]
-
-    def _select(
-        self, swarm: dict[Addr, PeerEntry], me: Addr, left: int, numwant: int
-    ) -> list[Addr]:
-        if numwant <= 0:
-            return []
-        seeds = [a for a, e in swarm.items() if e.left == 0 and a != me]
-        leechers = [a for a, e in swarm.items() if e.left != 0 and a != me]
-        if left == 0:
-            return self._sample(leechers, numwant)
-        seed_quota = min(len(seeds), max(1, int(numwant * self.seed_share)))
-        chosen_leechers = self._sample(leechers, numwant - seed_quota)
-        chosen_seeds = self._sample(seeds, numwant - len(chosen_leechers))
-        return chosen_seeds + chosen_leechers
-
-    def _sample(self, pool: list[Addr], k: int) -> list[Addr]:
-        return self._rng.sample(pool, min(k, len(pool))) if k > 0 else []
 
 
 class AnnounceRejected(Exception):
@@ -178,34 +45,50 @@ class AnnounceRejected(Exception):
 
 
 class Tracker:
-    """HTTP tracker serving ``GET /announce`` from a :class:`Swarms`, over trio and h11.
+    """HTTP tracker serving ``GET /announce`` and ``GET /scrape`` from :class:`Swarms`.
 
-    ``interval`` is what clients are told to wait between announces; a :class:`Swarms` created
-    here forgets a peer after three missed intervals. ``clock`` gives ``now`` for the swarms
-    (``trio.current_time``, so the autojump clock works in tests). Each connection gets one task,
-    at most ``max_connections`` at once; each request must arrive and be answered within
-    ``timeout`` seconds (idle keep-alive included), so a slow client can't hold a task forever.
+    ``interval`` is what clients are told to wait between announces and ``min_interval`` the
+    least they must wait (default a quarter of it); a :class:`Swarms` created here forgets a peer
+    after ``EXPIRY_INTERVALS`` intervals without an announce, and treats ``origins`` (the
+    seeder's full seeds) as described there. ``origin_ok(ip)`` says whether a requester may be
+    handed an origin. ``clock`` gives ``now`` for the swarms (``trio.current_time``, so the
+    autojump clock works in tests). Each connection gets one task, at most ``max_connections``
+    at once; each request must arrive and be answered within ``timeout`` seconds (idle
+    keep-alive included), so a slow client can't hold a task forever.
     """
 
     def __init__(
         self,
         swarms: Swarms | None = None,
         *,
-        interval: int = 5,
+        interval: int = DEFAULT_INTERVAL,
+        min_interval: int | None = None,
+        origins: frozenset[Addr] = frozenset(),
+        origin_ok: Callable[[str], bool] = lambda ip: True,
         clock: Callable[[], float] = trio.current_time,
         timeout: float = 10.0,
         max_connections: int = 1024,
     ) -> None:
-        self.swarms = swarms if swarms is not None else Swarms(ttl=3.0 * interval)
+        if interval < 1:
+            raise ValueError(f"tracker interval {interval} must be at least 1 second")
+        self.swarms = (
+            swarms
+            if swarms is not None
+            else Swarms(ttl=EXPIRY_INTERVALS * interval, origins=origins)
+        )
         self.interval = interval
+        self.min_interval = min_interval if min_interval is not None else max(1, interval // 4)
         self.timeout = timeout
+        self._origin_ok = origin_ok
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_connections)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen on ``host:port`` (0 = ephemeral), report the bound port, serve until cancelled."""
+        """Listen on ``host:port`` (0 = ephemeral), report the bound port, serve until cancelled.
+
+        OSError if the address cannot be bound (taken, or not this host's)."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         if port == 0:  # several addresses would each get a different port: keep one
             for extra in listeners[1:]:
@@ -224,29 +107,31 @@ class Tracker:
     def respond(self, ip: str, target: bytes) -> tuple[int, bytes]:
         """Answer one GET for ``target`` from ``ip``: (HTTP status, body). No IO."""
         parts = urllib.parse.urlsplit(target.decode("latin-1"))
-        if parts.path != "/announce":
+        if parts.path not in ("/announce", "/scrape"):
             return 404, b"not found\n"
         try:
-            body = self._announce(ip, parts.query)
+            fields = urllib.parse.parse_qsl(
+                parts.query,
+                encoding="latin-1",
+                keep_blank_values=True,
+                max_num_fields=MAX_QUERY_FIELDS,
+            )
+        except ValueError:
+            return 200, bencode({b"failure reason": "too many query fields"})
+        try:
+            if parts.path == "/scrape":
+                body = self._scrape(fields)
+            else:
+                body = self._announce(ip, dict(fields))
         except AnnounceRejected as exc:
             body = bencode({b"failure reason": str(exc)})
         return 200, body
 
-    def _announce(self, ip: str, query: str) -> bytes:
-        try:
-            fields = dict(
-                urllib.parse.parse_qsl(
-                    query,
-                    encoding="latin-1",
-                    keep_blank_values=True,
-                    max_num_fields=MAX_QUERY_FIELDS,
-                )
-            )
-        except ValueError:
-            raise AnnounceRejected("too many query fields") from None
-        info_hash = fields.get("info_hash", "").encode("latin-1")
-        if len(info_hash) != 20:
-            raise AnnounceRejected("missing or invalid info_hash (need 20 bytes)")
+    def _announce(self, ip: str, fields: dict[str, str]) -> bytes:
+        info_hash = _hash_field(fields.get("info_hash", ""))
+        peer_id = fields.get("peer_id", "").encode("latin-1")
+        if len(peer_id) != 20:
+            raise AnnounceRejected("missing or invalid peer_id (need 20 bytes)")
         port = _int_field(fields, "port", None, 1, 65535)
         left = _int_field(fields, "left", 1, 0, None)  # unknown: assume it still needs pieces
         numwant = min(_int_field(fields, "numwant", DEFAULT_NUMWANT, 0, None), MAX_NUMWANT)
@@ -255,24 +140,50 @@ class Tracker:
             raise AnnounceRejected(f"invalid event {event!r}")
         now = self._clock()
         try:
-            peers = self.swarms.announce(info_hash, ip, port, event, left, numwant, now)
+            peers = self.swarms.announce(
+                info_hash,
+                ip,
+                port,
+                event,
+                left,
+                numwant,
+                now,
+                peer_id=peer_id,
+                origin_ok=self._origin_ok(ip),
+            )
         except SwarmFull as exc:
             raise AnnounceRejected(str(exc)) from None
         complete, incomplete = self.swarms.counts(info_hash, now)
         response: dict[bytes, Bencodable] = {
             b"interval": self.interval,
-            b"min interval": self.interval,
+            b"min interval": self.min_interval,
             b"complete": complete,
             b"incomplete": incomplete,
         }
         if fields.get("compact", "1") == "0":
-            response[b"peers"] = [{b"ip": peer_ip, b"port": p} for peer_ip, p in peers]
+            with_ids = fields.get("no_peer_id", "0") != "1"
+            response[b"peers"] = [
+                _peer_dict(peer_ip, p, self.swarms.peer_id(info_hash, (peer_ip, p)), with_ids)
+                for peer_ip, p in peers
+            ]
         else:
             v4, v6 = _compact(peers)
             response[b"peers"] = v4
             if v6:
                 response[b"peers6"] = v6
         return bencode(response)
+
+    def _scrape(self, fields: list[tuple[str, str]]) -> bytes:
+        """BEP 48: ``files`` maps each known info_hash asked for (all, if none) to its figures."""
+        wanted = [_hash_field(value) for key, value in fields if key == "info_hash"]
+        if len(wanted) > MAX_SCRAPE_HASHES:
+            raise AnnounceRejected(f"too many info_hash fields (at most {MAX_SCRAPE_HASHES})")
+        stats = self.swarms.scrape(wanted, self._clock())
+        files: dict[bytes, Bencodable] = {
+            ih: {b"complete": s.complete, b"incomplete": s.incomplete, b"downloaded": s.downloaded}
+            for ih, s in stats.items()
+        }
+        return bencode({b"files": files, b"flags": {b"min_request_interval": self.min_interval}})
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         """One client connection: requests in, responses out, until close, error or timeout."""
@@ -351,6 +262,21 @@ async def _send(
     await stream.send_all(b"".join(chunk for chunk in chunks if chunk))
 
 
+def _hash_field(text: str) -> bytes:
+    info_hash = text.encode("latin-1")
+    if len(info_hash) != 20:
+        raise AnnounceRejected("missing or invalid info_hash (need 20 bytes)")
+    return info_hash
+
+
+def _peer_dict(ip: str, port: int, peer_id: bytes, with_id: bool) -> Bencodable:
+    """One entry of a non-compact peer list (BEP 3), with its ``peer id`` unless declined."""
+    entry: dict[bytes, Bencodable] = {b"ip": ip, b"port": port}
+    if with_id:
+        entry[b"peer id"] = peer_id
+    return entry
+
+
 def _int_field(
     fields: dict[str, str], name: str, default: int | None, low: int, high: int | None
 ) -> int:
@@ -383,36 +309,3 @@ def _compact(peers: list[Addr]) -> tuple[bytes, bytes]:
         packed = ipaddress.ip_address(ip).packed
         (v4 if len(packed) == 4 else v6).extend(packed + struct.pack(">H", port))
     return bytes(v4), bytes(v6)
-
-
-def bencode(value: Bencodable) -> bytes:
-    """Bencode ints, strings (UTF-8), bytes, lists and dicts with bytes keys (sorted, per BEP 3).
-
-    Only an encoder: shoal never parses bencoding itself (libtorrent does that).
-    """
-    out: list[bytes] = []
-    _bencode_into(value, out)
-    return b"".join(out)
-
-
-def _bencode_into(value: Bencodable, out: list[bytes]) -> None:
-    if isinstance(value, bool):
-        raise TypeError("bencode has no booleans")
-    if isinstance(value, int):
-        out.append(b"i%de" % value)
-    elif isinstance(value, str | bytes):
-        raw = value.encode() if isinstance(value, str) else value
-        out += [b"%d:" % len(raw), raw]
-    elif isinstance(value, list):
-        out.append(b"l")
-        for item in value:
-            _bencode_into(item, out)
-        out.append(b"e")
-    elif isinstance(value, dict):
-        out.append(b"d")
-        for key in sorted(value):
-            _bencode_into(key, out)
-            _bencode_into(value[key], out)
-        out.append(b"e")
-    else:
-        raise TypeError(f"cannot bencode {type(value).__name__}")

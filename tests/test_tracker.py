@@ -16,8 +16,10 @@ import libtorrent as lt
 import pytest
 import trio
 
-from common.torrent import datacenter_settings
-from seeder.tracker import Bencodable, SwarmFull, Swarms, Tracker, bencode
+from common.errors import TorrentError
+from common.torrent import Bencodable, bdecode, bencode, datacenter_settings
+from seeder.swarms import DEFAULT_INTERVAL, SwarmFull, Swarms
+from seeder.tracker import Tracker
 
 IH = bytes(range(20))
 OTHER = b"\xff" * 20
@@ -138,7 +140,98 @@ def test_limits() -> None:
         swarms.announce(OTHER, "10.0.0.1", 1, "started", 5, 50, now=1)
 
 
-def test_bencode_matches_libtorrent() -> None:
+ORIGIN = ("10.0.0.100", 7702)
+
+
+def test_origin_is_listed_but_handed_out_only_where_allowed() -> None:
+    swarms = Swarms(origins={ORIGIN}, rng=random.Random(6))
+    assert swarms.announce(IH, *ORIGIN, "started", 0, 50, now=0) == []
+    swarms.announce(IH, "10.0.0.1", 1, "started", 0, 50, now=0)  # a peer that has it all
+    assert swarms.counts(IH, now=0) == (2, 0)
+    rollout_host = swarms.announce(IH, "10.0.0.2", 1, "started", 9, 50, now=0, origin_ok=False)
+    assert rollout_host == [("10.0.0.1", 1)]
+    outsider = swarms.announce(IH, "10.0.0.3", 1, "started", 9, 50, now=0, origin_ok=True)
+    assert set(outsider) == {ORIGIN, ("10.0.0.1", 1), ("10.0.0.2", 1)}
+    # the origin never dials out, so it is given nobody, leechers included
+    assert swarms.announce(IH, *ORIGIN, "", 0, 50, now=1) == []
+    assert ORIGIN in swarms.peers(IH, now=1)
+
+
+def test_scrape_counts_seeds_leechers_and_completions() -> None:
+    swarms = Swarms()
+    swarms.announce(IH, "10.0.0.1", 1, "started", 0, 50, now=0)
+    swarms.announce(IH, "10.0.0.2", 1, "started", 9, 50, now=0)
+    swarms.announce(IH, "10.0.0.2", 1, "completed", 0, 50, now=1)
+    swarms.announce(IH, "10.0.0.3", 1, "started", 9, 50, now=1)
+    swarms.announce(OTHER, "10.0.0.1", 1, "started", 9, 50, now=1)
+    got = swarms.scrape([IH], now=2)
+    assert {ih: (s.complete, s.incomplete, s.downloaded) for ih, s in got.items()} == {
+        IH: (2, 1, 1)
+    }
+    assert set(swarms.scrape([], now=2)) == {IH, OTHER}  # no info_hash: every swarm
+    assert swarms.scrape([b"\x01" * 20], now=2) == {}  # unknown swarms are left out
+    assert swarms.scrape([OTHER], now=2 + swarms.ttl + 1) == {}  # expired
+
+
+def test_http_scrape() -> None:
+    tracker = Tracker(interval=40, clock=lambda: 0.0)
+    tracker.respond("127.0.0.1", _query(port=1, left=0))
+    tracker.respond("127.0.0.2", _query(OTHER, port=1, left=3))
+    both = b"/scrape?info_hash=" + urllib.parse.quote_from_bytes(IH).encode()
+    both += b"&info_hash=" + urllib.parse.quote_from_bytes(OTHER).encode()
+    status, body = tracker.respond("127.0.0.9", both)
+    assert status == 200
+    assert _bdecode(body) == {
+        b"files": {
+            IH: {b"complete": 1, b"incomplete": 0, b"downloaded": 0},
+            OTHER: {b"complete": 0, b"incomplete": 1, b"downloaded": 0},
+        },
+        b"flags": {b"min_request_interval": 10},
+    }
+    assert set(_bdecode(tracker.respond("127.0.0.9", b"/scrape")[1])[b"files"]) == {IH, OTHER}
+    bad = _bdecode(tracker.respond("127.0.0.9", b"/scrape?info_hash=abc")[1])
+    assert b"info_hash" in bad[b"failure reason"]
+
+
+def test_default_expiry_outlasts_libtorrent_default_announce_interval() -> None:
+    """Interval, min interval and expiry agree: a client that waits the longest interval any
+    libtorrent-based client uses by default (300 s) is never forgotten between announces."""
+    tracker = Tracker(clock=lambda: 0.0)
+    body = _bdecode(tracker.respond("127.0.0.1", _query(port=1))[1])
+    assert body[b"interval"] == DEFAULT_INTERVAL
+    assert body[b"min interval"] <= body[b"interval"]
+    assert tracker.swarms.ttl >= 3 * DEFAULT_INTERVAL
+    assert tracker.swarms.ttl > 300 + 30  # libtorrent's default min_announce_interval + slack
+
+
+async def test_peers_stay_listed_over_hours_and_expire_after_silence(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Over simulated hours on trio's autojump clock: a peer that re-announces every interval
+    (and one every 300 s, like a stock libtorrent client) is always listed; a peer that goes
+    silent is gone once the expiry has passed, and not before."""
+    tracker = Tracker()  # default interval, clock=trio.current_time
+    keep_up, stock, silent = ("127.0.0.1", 1), ("127.0.0.2", 2), ("127.0.0.3", 3)
+    start = trio.current_time()
+    for ip, port in (keep_up, stock, silent):
+        tracker.respond(ip, _query(port=port, event="started"))
+    next_at = {keep_up: start + DEFAULT_INTERVAL, stock: start + 300.0}
+    listed_silent_until = start
+    while trio.current_time() - start < 4 * 3600:
+        await trio.sleep(10)
+        now = trio.current_time()
+        for addr, due in next_at.items():
+            if now >= due:
+                tracker.respond(addr[0], _query(port=addr[1]))
+                next_at[addr] = due + (DEFAULT_INTERVAL if addr == keep_up else 300.0)
+        listed = tracker.swarm_peers(IH)
+        assert keep_up in listed and stock in listed, now - start
+        if silent in listed:
+            listed_silent_until = now
+    assert tracker.swarms.ttl - 10 <= listed_silent_until - start <= tracker.swarms.ttl
+
+
+def test_bencode_is_strict() -> None:
     value: Bencodable = {b"b": [1, -2, b"\x00\xff", "h\u00e9"], b"a": {b"x": 0}, b"peers": b""}
     encoded = bencode(value)
     assert encoded.startswith(b"d1:ad1:xi0ee1:bli1ei-2e2:\x00\xff3:h\xc3\xa9e")
@@ -149,10 +242,21 @@ def test_bencode_matches_libtorrent() -> None:
     }
     with pytest.raises(TypeError):
         bencode(True)
+    with pytest.raises(TypeError):
+        bencode({b"x": 1.5})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        bencode({"key": 1})  # type: ignore[dict-item]
+    assert bdecode(encoded) == _bdecode(encoded)
+    with pytest.raises(TorrentError):
+        bdecode(b"d1:a")
 
 
-def _query(info_hash: bytes = IH, **fields: str | int) -> bytes:
+PEER_ID = b"-LT2110-\x00\xffabcdefghij"
+
+
+def _query(info_hash: bytes = IH, peer_id: bytes = PEER_ID, **fields: str | int) -> bytes:
     q = "info_hash=" + urllib.parse.quote_from_bytes(info_hash, safe="")
+    q += "&peer_id=" + urllib.parse.quote_from_bytes(peer_id, safe="")
     q += "".join(f"&{k}={v}" for k, v in fields.items())
     return f"/announce?{q}".encode()
 
@@ -168,25 +272,32 @@ def test_respond_rejects_bad_announces_with_failure_reason() -> None:
         _query(port=1, left=-1): b"out of range",
         _query(port=1, event="exploded"): b"invalid event",
         _query(port=1) + b"&a=1" * 70: b"too many",
+        _query(port=1, peer_id=b"short"): b"peer_id",
+        _query(port=1).replace(b"&peer_id=", b"&peer_idx="): b"peer_id",
     }
     for target, reason in cases.items():
         status, body = tracker.respond("127.0.0.1", target)
         decoded = _bdecode(body)
         assert status == 200 and reason in decoded[b"failure reason"], target
-    assert tracker.respond("127.0.0.1", b"/scrape")[0] == 404
+    assert tracker.respond("127.0.0.1", b"/scrapes")[0] == 404
 
 
 def test_respond_non_compact_and_ipv6() -> None:
     tracker = Tracker(clock=lambda: 0.0)
     tracker.respond("::1", _query(port=7, left=0))
     tracker.respond("127.0.0.2", _query(port=8, left=0))
+    tracker.respond("127.0.0.3", _query(port=10, left=5, peer_id=b"B" * 20))
     body = _bdecode(tracker.respond("127.0.0.1", _query(port=9, compact=0))[1])
     assert sorted(body[b"peers"], key=lambda p: p[b"port"]) == [
-        {b"ip": b"::1", b"port": 7},
-        {b"ip": b"127.0.0.2", b"port": 8},
+        {b"ip": b"::1", b"port": 7, b"peer id": PEER_ID},
+        {b"ip": b"127.0.0.2", b"port": 8, b"peer id": PEER_ID},
+        {b"ip": b"127.0.0.3", b"port": 10, b"peer id": b"B" * 20},
     ]
+    body = _bdecode(tracker.respond("127.0.0.1", _query(port=9, compact=0, no_peer_id=1))[1])
+    assert {b"ip": b"127.0.0.3", b"port": 10} in body[b"peers"]
+    assert all(b"peer id" not in p for p in body[b"peers"])
     body = _bdecode(tracker.respond("127.0.0.1", _query(port=9))[1])
-    assert body[b"peers"] == bytes([127, 0, 0, 2]) + struct.pack(">H", 8)
+    assert sorted(_compact_peers(body[b"peers"])) == [("127.0.0.2", 8), ("127.0.0.3", 10)]
     assert body[b"peers6"] == bytes(15) + b"\x01" + struct.pack(">H", 7)
 
 
@@ -242,7 +353,7 @@ async def test_http_announce_over_loopback(nursery: trio.Nursery, connect: Conne
         first = await connect(port)
         literal = (
             _query(binary_hash, port=6881, left=0, event="started", numwant=10, compact=1)
-            + b"&peer_id=-LT2110-abcdefghijkl&supportcrypto=1"
+            + b"&supportcrypto=1"
         )
         raw = b"GET " + literal + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         status, body = await _exchange(first, h11.Connection(h11.CLIENT), literal, raw=raw)
@@ -250,7 +361,7 @@ async def test_http_announce_over_loopback(nursery: trio.Nursery, connect: Conne
         assert status == 200
         assert reply == {
             b"interval": 7,
-            b"min interval": 7,
+            b"min interval": 1,
             b"complete": 1,
             b"incomplete": 0,
             b"peers": b"",

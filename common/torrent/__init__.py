@@ -3,21 +3,26 @@
 Callers see infohashes as hex strings and plain Python values, never libtorrent objects, and
 :class:`~common.errors.TorrentError` for anything libtorrent reports (translated here, once).
 
-- :mod:`.metainfo`: deterministic v2 torrents of release archives
+- :mod:`.metainfo`: deterministic hybrid (v1+v2) torrents of release archives
+- :mod:`.bencoding`: bencode/bdecode with strict types (the tracker's replies)
 - :mod:`.settings`: the session settings for a datacenter, and operator overrides
 - :mod:`.session`: a libtorrent session driven by trio (seeding, downloading, alerts)
 - :mod:`.slices`: the seeder's slice seeds (each piece leaves the seeder about once)
 """
 
+from common.torrent.bencoding import Bencodable, bdecode, bencode
 from common.torrent.metainfo import choose_piece_size, make_torrent, torrent_infohash
 from common.torrent.session import TorrentSession, TransferStats
 from common.torrent.settings import datacenter_settings, parse_overrides
 from common.torrent.slices import SliceSeeds
 
 __all__ = [
+    "Bencodable",
     "SliceSeeds",
     "TorrentSession",
     "TransferStats",
+    "bdecode",
+    "bencode",
     "choose_piece_size",
     "datacenter_settings",
     "make_torrent",
