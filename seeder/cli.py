@@ -8,21 +8,26 @@ problem and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from common.addr import Address
+from common.addr import Address, parse_ip
 from common.cli import add_override_option
-from common.errors import ShoalError
+from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
+from common.torrent import torrent_hashes
 from seeder import render
 from seeder.client import open_client
+from seeder.swarms import DEFAULT_INTERVAL
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
 FINAL = ("succeeded", "failed")
@@ -48,9 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     run = seeder.add_parser("run", help="run the seeder in the foreground")
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--listen", default=DEFAULT_SEEDER, help="control HOST:PORT")
-    run.add_argument("--torrent-listen", help="BitTorrent IP:PORT (default: listen IP, any port)")
-    run.add_argument("--tracker-listen", help="tracker IP:PORT (default: listen IP, any port)")
+    run.add_argument(
+        "--listen", default=DEFAULT_SEEDER, help="control HOST:PORT (default: %(default)s)"
+    )
+    run.add_argument(
+        "--tracker-listen", help="tracker IP:PORT (default: listen IP, control port + 1)"
+    )
+    run.add_argument(
+        "--torrent-listen", help="BitTorrent IP:PORT (default: listen IP, control port + 2)"
+    )
+    run.add_argument(
+        "--tracker-interval",
+        type=_positive_int,
+        default=DEFAULT_INTERVAL,
+        help="seconds between announces the tracker asks for; it forgets a peer after 3"
+        " (default: %(default)s)",
+    )
     run.add_argument("--piece-size", type=int, default=0, help="torrent piece size in bytes")
     run.add_argument(
         "--no-slices",
@@ -69,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     with_seeder(release.add_parser("list", help="list releases")).add_argument(
         "--json", action="store_true"
     )
+    export = with_seeder(release.add_parser("torrent", help="export a release's .torrent"))
+    export.add_argument("release_id")
+    export.add_argument("--out", type=Path, help="write it to FILE (default: binary to stdout)")
+    export.add_argument("--json", action="store_true")
+    fetch = with_seeder(
+        release.add_parser("fetch", help="download a release through the swarm and verify it")
+    )
+    fetch.add_argument("release_id")
+    fetch.add_argument("--to", type=Path, required=True, help="empty or new directory")
+    fetch.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the swarm (600)"
+    )
+    fetch.add_argument(
+        "--bind", help="IP to download from (default: the one that reaches the seeder)"
+    )
+    fetch.add_argument("--json", action="store_true")
 
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
@@ -113,6 +147,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             listen=Address.parse(args.listen),
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
+            tracker_interval=args.tracker_interval,
             piece_size=args.piece_size,
             slices=not args.no_slices,
             torrent_settings=parse_overrides(args.torrent_setting),
@@ -141,6 +176,10 @@ async def dispatch(args: argparse.Namespace) -> int:
                 f"infohash {mf['infohash'][:16]}"
             )
             print(mf["release_id"])
+        elif args.command == "release" and args.action == "torrent":
+            _export_torrent(await client.call("release.torrent", release_id=args.release_id), args)
+        elif args.command == "release" and args.action == "fetch":
+            await _fetch(client, args)
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
@@ -179,6 +218,81 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
         return 1
     print(render.summary(r, trio.current_time() - started))
     return 0 if r["state"] == "succeeded" else 1
+
+
+def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write the .torrent to --out (atomically) or, binary-safe, to stdout."""
+    torrent = bytes(result["torrent"])
+    mf = result["release"]
+    info: dict[str, Any] = {
+        "release_id": mf["release_id"],
+        "bytes": len(torrent),
+        "infohash": mf["infohash"],
+        "info_hashes": torrent_hashes(torrent),
+    }
+    if args.out is None:
+        if args.json:
+            info["torrent_base64"] = base64.b64encode(torrent).decode()
+            _emit(info, True, None)
+            return
+        if sys.stdout.isatty():
+            raise ConfigError("a .torrent is binary: pass --out FILE or redirect stdout")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(torrent)
+        sys.stdout.buffer.flush()
+        return
+    out: Path = args.out
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as f:
+            f.write(torrent)
+        os.replace(f.name, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(f.name)
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
+    info["file"] = str(out)
+    _emit(info, args.json, lambda i: f"wrote {i['file']}: {i['release_id']}, {i['bytes']} bytes")
+
+
+async def _fetch(client: Any, args: argparse.Namespace) -> None:
+    from seeder.fetch import check_destination, fetch_release
+
+    dest: Path = args.to.absolute()
+    check_destination(dest)  # before asking the seeder anything
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be positive")
+    info = await client.call("release.fetch", release_id=args.release_id)
+    bind = parse_ip(args.bind) if args.bind else client.channel.stream.socket.getsockname()[0]
+    steps = [0]
+
+    def progress(fraction: float) -> None:
+        if not args.json and int(fraction * 10) > steps[0]:
+            steps[0] = int(fraction * 10)
+            print(f"{fraction:.0%}", file=sys.stderr, flush=True)
+
+    fetched = await fetch_release(
+        info, dest, bind=bind, patience=args.timeout, on_progress=progress
+    )
+    _emit(
+        fetched.to_dict(),
+        args.json,
+        lambda f: (
+            f"fetched {f['release_id']}: {f['archive']} ({f['size']} bytes, digest"
+            f" verified) in {f['seconds']:.1f}s"
+        ),
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
 
 def _emit(data: Any, as_json: bool, fmt: Any) -> None:

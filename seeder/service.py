@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,23 @@ from typing import Any
 import trio
 
 from common.addr import Address
-from common.errors import ConfigError
+from common.errors import ConfigError, TorrentError
+from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession
 from seeder import views
 from seeder.build import build_release
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
 from seeder.store import Store
+from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tracker import Tracker
 
 log = logging.getLogger("shoal.seeder")
+
+
+DEFAULT_CONTROL_PORT = 7700
+TRACKER_PORT_OFFSET = 1  # default tracker port: the control port + 1 (7701)
+TORRENT_PORT_OFFSET = 2  # default BitTorrent port of the full seed: the control port + 2 (7702)
 
 
 @dataclass(frozen=True)
@@ -34,9 +42,32 @@ class SeederConfig:
     listen: Address
     torrent_listen: Address | None = None
     tracker_listen: Address | None = None
+    tracker_interval: int = DEFAULT_INTERVAL
     piece_size: int = 0
     slices: bool = True
     torrent_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def default_addresses(config: SeederConfig) -> tuple[Address, Address]:
+    """(tracker, BitTorrent) listen addresses: as configured, else the control address with its
+    port + 1 and + 2. Fixed ports matter: every torrent carries the tracker's URL for good, so a
+    tracker on another port after a restart would orphan every release built before it. Only a
+    control port of 0 (tests) gives ephemeral ports for all three."""
+    listen = config.listen
+
+    def derived(offset: int, option: str) -> Address:
+        if listen.port == 0:
+            return listen
+        if listen.port + offset > 65535:
+            raise ConfigError(
+                f"--listen port {listen.port} leaves no port {listen.port + offset} for {option};"
+                f" pass {option} explicitly"
+            )
+        return listen.with_port(listen.port + offset)
+
+    tracker = config.tracker_listen or derived(TRACKER_PORT_OFFSET, "--tracker-listen")
+    torrent = config.torrent_listen or derived(TORRENT_PORT_OFFSET, "--torrent-listen")
+    return _public(tracker, "--tracker-listen"), _public(torrent, "--torrent-listen")
 
 
 @dataclass(frozen=True)
@@ -60,20 +91,33 @@ async def run_seeder(
     data = config.data_dir
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
-    bt = _public(config.torrent_listen or listen.with_port(0), "--torrent-listen")
-    tracker_at = _public(config.tracker_listen or listen.with_port(0), "--tracker-listen")
+    tracker_at, bt = default_addresses(config)
     store = Store(data / "seeder.db")
     store.mark_all_disconnected()
     try:
-        torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
+        try:
+            torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
+        except TorrentError as exc:
+            raise ConfigError(f"BitTorrent port {bt} (--torrent-listen): {exc}") from None
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
+            tracker = Tracker(
+                interval=config.tracker_interval,
+                origins=frozenset({(bt.host, bt.port)}),
+                origin_ok=_origin_policy(store, config.slices),
+            )
+            try:
+                tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"tracker cannot listen on {tracker_at} (--tracker-listen): {exc.strerror}"
+                ) from None
+            tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
+            # The full seed announces (it is the swarm's origin, listed by the tracker), after
+            # the tracker listens, so the first announce of a restart is not refused.
             for manifest, torrent, _ in store.releases():
                 torrents.seed(torrent, data / "releases" / manifest.release_id)
-            tracker = Tracker()
-            tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
-            tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
             slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
             await nursery.start(slice_seeds.run)
 
@@ -88,7 +132,7 @@ async def run_seeder(
                 slice_seeds=offer_slices if config.slices else None,
             )
             await nursery.start(engine.run)
-            methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url)
+            methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url, bt)
             server = ControlServer(store, engine, methods=methods)
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -98,6 +142,20 @@ async def run_seeder(
         store.close()
 
 
+def _origin_policy(store: Store, slices: bool) -> Callable[[str], bool]:
+    """Whom the tracker may hand the seeder's full seed: anyone but the fleet's own hosts while
+    slices are on (a rollout gives each host its slice seed instead; the full seed would hand it
+    any piece and the seeder would send pieces twice). Operators' fetches and other clients
+    get it, so a release nobody has staged can still be fetched."""
+    if not slices:
+        return lambda ip: True
+
+    def origin_ok(ip: str) -> bool:
+        return all(host.address != ip for host in store.hosts())
+
+    return origin_ok
+
+
 def _methods(
     config: SeederConfig,
     store: Store,
@@ -105,8 +163,32 @@ def _methods(
     full_seed: TorrentSession,
     slice_seeds: SliceSeeds,
     tracker_url: str,
+    full_seed_at: Address,
 ) -> dict[str, Handler]:
     releases_dir = config.data_dir / "releases"
+
+    def known_release(params: dict[str, Any]) -> tuple[Manifest, bytes]:
+        release_id = str(params["release_id"])
+        found = store.release(release_id)
+        if found is None:
+            raise views.NotFound(
+                f"no release {release_id!r} on this seeder (`shoal release list` shows them)"
+            )
+        return found
+
+    async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
+        manifest, torrent = known_release(params)
+        return {"release": manifest.to_dict(), "torrent": torrent}
+
+    async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
+        """What a hand fetch needs: the torrent, and the full seed to dial besides the tracker."""
+        manifest, torrent = known_release(params)
+        return {
+            "release": manifest.to_dict(),
+            "torrent": torrent,
+            "tracker": tracker_url,
+            "seeds": [[full_seed_at.host, full_seed_at.port]],
+        }
 
     async def release_build(params: dict[str, Any]) -> dict[str, Any]:
         repo, ref, app = Path(params["repo"]), str(params["ref"]), params.get("app")
@@ -149,6 +231,8 @@ def _methods(
         "seeder.stats": seeder_stats,
         "release.build": release_build,
         "release.list": release_list,
+        "release.torrent": release_torrent,
+        "release.fetch": release_fetch,
         "rollout.start": rollout_start,
         "rollout.status": rollout_status,
         "hosts.list": hosts_list,

@@ -27,6 +27,7 @@ from common.torrent import (
     choose_piece_size,
     make_torrent,
     torrent_infohash,
+    tracker_hashes,
 )
 from common.torrent.metainfo import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 
@@ -108,10 +109,11 @@ def test_make_torrent_is_deterministic(tmp_path: Path) -> None:
     again, infohash_again = make_torrent(payload, tracker_url=DEAD_TRACKER)
     assert data == again
     assert infohash == infohash_again == torrent_infohash(data)
-    assert len(infohash) == 64  # v2: SHA-256
+    assert len(infohash) == 64  # the v2 (SHA-256) infohash names the release
     assert b"7:privatei1e" in data
     assert b"12:meta versioni2e" in data
-    assert b"6:pieces" not in data  # no v1 part
+    assert b"6:pieces" in data  # hybrid: the v1 part that v1-only clients read
+    assert len(tracker_hashes(data)) == 2
     assert b"creation date" not in data
     assert b"created by" not in data
 
@@ -186,22 +188,24 @@ async def test_swarm_download(tmp_path: Path, nursery: trio.Nursery) -> None:
 
 
 async def test_download_via_loopback_tracker(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """Seeds never announce (the rollout hands the seeder out); downloaders do, so a second
-    downloader given no peers at all finds the first one through the tracker alone
-    (ssrf_mitigation allows a loopback tracker whose path starts with /announce)."""
+    """Seeds and downloaders announce, so a second downloader given no peers at all finds the
+    others through the tracker alone (ssrf_mitigation allows a loopback tracker whose path
+    starts with /announce); a seed added with announce=False (a slice seed) stays unlisted."""
     payload = write_payload(tmp_path / "seed" / "release.bin", 1_000_000)
     with tracker() as (url, swarms, announced):
         torrent, infohash = make_torrent(payload, tracker_url=url)
         seeder = await start(nursery, "127.0.0.1")
-        seeder.seed(torrent, payload.parent)
+        seeder.seed(torrent, payload.parent, announce=False)
         with trio.fail_after(TIMEOUT):
             first = await start(nursery, "127.0.0.2")
             await first.download(
                 torrent, tmp_path / "first", peers=[("127.0.0.1", seeder.listen_port)]
             )
             await trio.to_thread.run_sync(announced.wait, TIMEOUT)
-            # v2 torrents announce the first 20 bytes of the SHA-256 infohash
-            assert list(swarms) == [bytes.fromhex(infohash)[:20]]
+            # hybrid torrents announce the v1 hash and the first 20 bytes of the v2 one
+            assert bytes.fromhex(infohash)[:20] in tracker_hashes(torrent)
+            while sorted(swarms) != sorted(tracker_hashes(torrent)):  # two announces
+                await trio.sleep(0.05)
             assert ("127.0.0.1", seeder.listen_port) not in swarms[bytes.fromhex(infohash)[:20]]
             second = await start(nursery, "127.0.0.3")
             await second.download(torrent, tmp_path / "second")

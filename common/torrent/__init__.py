@@ -11,7 +11,13 @@ Callers see infohashes as hex strings and plain Python values, never libtorrent 
 """
 
 from common.torrent.bencoding import Bencodable, bdecode, bencode
-from common.torrent.metainfo import choose_piece_size, make_torrent, torrent_infohash
+from common.torrent.metainfo import (
+    choose_piece_size,
+    make_torrent,
+    torrent_hashes,
+    torrent_infohash,
+    tracker_hashes,
+)
 from common.torrent.session import TorrentSession, TransferStats
 from common.torrent.settings import datacenter_settings, parse_overrides
 from common.torrent.slices import SliceSeeds
@@ -27,5 +33,7 @@ __all__ = [
     "datacenter_settings",
     "make_torrent",
     "parse_overrides",
+    "torrent_hashes",
     "torrent_infohash",
+    "tracker_hashes",
 ]

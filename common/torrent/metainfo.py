@@ -1,4 +1,11 @@
-"""Torrent files: deterministic v2 torrents of release archives, and reading them back."""
+"""Torrent files: deterministic hybrid (v1+v2) torrents of release archives, and reading them.
+
+Hybrid, not v2-only: v1-only clients (aria2, Transmission 3, rtorrent, ctorrent) refuse v2-only
+torrents but download hybrid ones, and an operator may use any of them on a release. The extra
+SHA-1 pass costs little at build time (figures in bench/README.md, from
+``python -m bench.torrent_build``) and changes nothing for the slice plan: a single-file hybrid
+torrent has the same pieces and no pad files. The release keeps its v2 infohash as its id.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ MiB: Final = 1024 * KiB
 MIN_PIECE_SIZE: Final = 32 * KiB
 MAX_PIECE_SIZE: Final = 4 * MiB
 TARGET_PIECES: Final = 2048
+HYBRID: Final = 0  # libtorrent's create_torrent flags: neither v1_only nor v2_only
 
 
 def choose_piece_size(size: int) -> int:
@@ -29,7 +37,8 @@ def choose_piece_size(size: int) -> int:
 
 
 def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tuple[bytes, str]:
-    """Private, v2-only (SHA-256) single-file torrent of `payload` announcing to `tracker_url`.
+    """Private, hybrid (v1 SHA-1 + v2 SHA-256) single-file torrent of `payload` announcing to
+    `tracker_url`.
 
     Returns (bencoded torrent bytes, infohash hex). Deterministic: the same file bytes, file name
     and arguments give byte-identical output (no creation date, creator or mtime), so a release
@@ -44,7 +53,7 @@ def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tup
         size = payload.stat().st_size
         entry = lt.create_file_entry(payload.name, size)
         piece_size = piece_size or choose_piece_size(size)
-        ct = lt.create_torrent([entry], piece_size, lt.create_torrent.v2_only)
+        ct = lt.create_torrent([entry], piece_size, HYBRID)
         ct.set_priv(True)
         ct.add_tracker(tracker_url)
         lt.set_piece_hashes(ct, str(payload.parent))
@@ -60,9 +69,25 @@ def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tup
 def torrent_infohash(torrent: bytes) -> str:
     """Hex infohash of bencoded torrent bytes (the value :func:`make_torrent` returns).
 
-    For v2 torrents this is the 64-digit SHA-256 infohash; trackers see its first 20 bytes
-    (the first 40 hex digits), which is what BitTorrent v2 announces."""
+    For v2 and hybrid torrents this is the 64-digit SHA-256 infohash; trackers see its first
+    20 bytes (the first 40 hex digits), and the v1 hash as well for a hybrid torrent
+    (:func:`tracker_hashes`)."""
     return hexhash(load(torrent).info_hashes)
+
+
+def tracker_hashes(torrent: bytes) -> list[bytes]:
+    """The 20-byte info-hashes a torrent is announced (and scraped) under: the v1 hash, then the
+    v2 hash truncated to 20 bytes (both for a hybrid torrent)."""
+    ih = load(torrent).info_hashes
+    hashes = [ih.v1.to_bytes()] if ih.has_v1() else []
+    return hashes + ([ih.v2.to_bytes()[:20]] if ih.has_v2() else [])
+
+
+def torrent_hashes(torrent: bytes) -> dict[str, str]:
+    """The torrent's full info-hashes in hex, by version: ``{"v1": ..., "v2": ...}`` (hybrid)."""
+    ih = load(torrent).info_hashes
+    hashes = {"v1": ih.v1.to_bytes().hex()} if ih.has_v1() else {}
+    return hashes | ({"v2": ih.v2.to_bytes().hex()} if ih.has_v2() else {})
 
 
 def load(torrent: bytes) -> lt.add_torrent_params:

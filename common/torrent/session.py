@@ -203,7 +203,13 @@ class TorrentSession:
             del ses  # the last reference: ~session sends 'stopped' announces and joins threads
 
     def _add(
-        self, torrent: bytes, save_path: Path, *, seed: bool, pieces: Sequence[bool] | None = None
+        self,
+        torrent: bytes,
+        save_path: Path,
+        *,
+        seed: bool,
+        pieces: Sequence[bool] | None = None,
+        announce: bool = True,
     ) -> str:
         ses = self._lt
         atp = load(torrent)
@@ -212,7 +218,8 @@ class TorrentSession:
             return ih
         if seed:
             check_payload(atp.ti, save_path)
-            atp.trackers = []  # the seeder is handed out by the rollout, never by the tracker
+        if not announce:
+            atp.trackers = []
         atp.save_path = str(save_path)
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed and pieces is None:
@@ -227,14 +234,22 @@ class TorrentSession:
         self._torrents[ih] = _Torrent(handle, done=seed, progress=1.0 if seed else 0.0)
         return ih
 
-    def seed(self, torrent: bytes, save_path: Path, *, pieces: Sequence[bool] | None = None) -> str:
+    def seed(
+        self,
+        torrent: bytes,
+        save_path: Path,
+        *,
+        pieces: Sequence[bool] | None = None,
+        announce: bool = True,
+    ) -> str:
         """Seed `torrent` whose file is already in `save_path`; returns its infohash.
 
         Idempotent per infohash. seed_mode skips the full check (pieces are verified as they
         are first uploaded), so the file is only checked for presence and size here. With
         `pieces`, only those pieces are offered (a slice seed, see :mod:`common.torrent.slices`).
-        Seeds never announce: the seeder's addresses travel in the rollout's stage commands."""
-        return self._add(torrent, save_path, seed=True, pieces=pieces)
+        The seed announces to the torrent's tracker (re-announcing at the tracker's interval)
+        unless `announce` is False (slice seeds: only the rollout hands those out)."""
+        return self._add(torrent, save_path, seed=True, pieces=pieces, announce=announce)
 
     async def download(
         self,

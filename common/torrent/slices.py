@@ -2,8 +2,10 @@
 
 See :mod:`common.pieces` for why. A session per slice (not a torrent per slice) keeps the
 release's one infohash, so peers verify against the same torrent and trade with each other
-normally; each slice session simply *has* only its share of the pieces. Sessions are created on
-first use, on their own ports of the seeder's IP, and hold the slice of every release rolled out.
+normally; each slice session simply *has* only its share of the pieces. Slice seeds never
+announce: a slice is worth fetching only to the target the rollout gave it to. Sessions are
+created on first use, on their own ports of the seeder's IP, and hold the slice of every release
+rolled out.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class SliceSeeds:
             if self._offered.get((k, ih)) == count:
                 continue
             session.remove(ih)  # a different split of the same release: replace it
-            session.seed(torrent, save_path, pieces=slice_mask(num_pieces, k, count))
+            session.seed(
+                torrent, save_path, pieces=slice_mask(num_pieces, k, count), announce=False
+            )
             self._offered[(k, ih)] = count
         log.info(
             "release offered in %d slice(s) on ports %s",
