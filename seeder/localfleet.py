@@ -42,8 +42,8 @@ class LocalFleet:
 
     async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
         """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
-        if self.control is None:
-            self.control = Address(self.seeder_ip, free_port(self.seeder_ip))
+        if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
+            self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -146,7 +146,21 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def free_port(ip: str) -> int:
+def free_port(ip: str, *, block: int = 1) -> int:
+    """A TCP port of ``ip`` that is free now, and so are the ``block - 1`` ports after it."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            port = int(s.getsockname()[1])
+        if port + block <= 65536 and all(_free(ip, p) for p in range(port + 1, port + block)):
+            return port
+    raise ShoalError(f"no block of {block} free ports on {ip}")
+
+
+def _free(ip: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((ip, port))
+        except OSError:
+            return False
+        return True

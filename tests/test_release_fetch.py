@@ -1,0 +1,240 @@
+"""The swarm as an operator and other BitTorrent software see it, with real processes: stable
+tracker addresses across seeder restarts, peers and the seeder on the tracker, `shoal release
+torrent` and `shoal release fetch`, and a non-libtorrent client (aria2) on a hybrid torrent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from common.torrent import bdecode, make_torrent, torrent_infohash, tracker_hashes
+from seeder.client import open_client
+from seeder.fetch import FetchTimeout, fetch_release
+from seeder.localfleet import LocalFleet, free_port
+from tests.conftest import make_app_repo, shoal
+
+pytestmark = pytest.mark.integration
+
+FETCH_IP = "127.0.0.50"  # not an enrolled host: the tracker may hand it the seeder
+
+
+def build(fleet: LocalFleet, repo: Path) -> str:
+    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def export(fleet: LocalFleet, release_id: str, out: Path) -> bytes:
+    done = shoal(fleet.control, "release", "torrent", release_id, "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["release_id"] == release_id and info["file"] == str(out)
+    return out.read_bytes()
+
+
+def announce_url(torrent: bytes) -> str:
+    return bytes(bdecode(torrent)[b"announce"]).decode()
+
+
+def scrape(url: str, info_hashes: list[bytes]) -> dict[bytes, dict[bytes, int]]:
+    """BEP 48 scrape, URL derived from the announce URL the way clients derive it."""
+    query = "&".join("info_hash=" + urllib.parse.quote_from_bytes(ih) for ih in info_hashes)
+    target = url.replace("/announce", "/scrape") + "?" + query
+    with urllib.request.urlopen(target, timeout=5) as reply:
+        files: dict[bytes, dict[bytes, int]] = bdecode(reply.read())[b"files"]
+        return files
+
+
+async def seeds_on_tracker(url: str, torrent: bytes) -> int:
+    """Live seeds the tracker lists for the release (the fewest over its two swarms)."""
+    hashes = tracker_hashes(torrent)
+    files = await trio.to_thread.run_sync(scrape, url, hashes)
+    return min(files.get(ih, {}).get(b"complete", 0) for ih in hashes)
+
+
+async def until_seeds(url: str, torrent: bytes, count: int) -> None:
+    while await seeds_on_tracker(url, torrent) != count:
+        await trio.sleep(0.2)
+
+
+async def test_torrents_built_before_a_seeder_restart_still_work(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """Build, restart the seeder, and a new peer stages the old release; the tracker URL in
+    the old torrent is the restarted tracker's (the default port follows the control port),
+    and the seeder and the peer are listed there, also after the peer restarts."""
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(180):
+        control = await fleet.start_seeder()
+        release_id = await trio.to_thread.run_sync(build, fleet, repo)
+        torrent = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "r.torrent")
+        url = announce_url(torrent)
+        assert url == f"http://{control.host}:{control.port + 1}/announce"
+        await until_seeds(url, torrent, 1)  # the seeder's full seed announces itself
+
+        assert fleet.seeder is not None
+        await fleet.stop(fleet.seeder)
+        with pytest.raises(OSError):
+            await trio.to_thread.run_sync(scrape, url, tracker_hashes(torrent))
+        await fleet.start_seeder()
+        await until_seeds(url, torrent, 1)  # same URL, and the seeder announced again
+
+        await fleet.start_peer("web-1", "127.0.0.2")
+        async with open_client(control) as client:
+            await fleet.wait_connected(client, ["web-1"])
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(control, "rollout", "start", release_id, "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        await until_seeds(url, torrent, 2)  # the peer announced through the old torrent's URL
+
+        peer = next(d for d in fleet.daemons if d.name == "web-1")
+        await fleet.stop(peer)  # a clean stop announces "stopped"
+        await until_seeds(url, torrent, 1)
+        await fleet.start_peer("web-1", "127.0.0.2")
+        await until_seeds(url, torrent, 2)  # a restarted peer seeds and announces again
+
+
+async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path: Path) -> None:
+    """Export the .torrent (file and stdout agree), fetch the release onto an outside IP from
+    the seeder alone, verified; then the documented errors."""
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(180):
+        control = await fleet.start_seeder()
+        release_id = await trio.to_thread.run_sync(build, fleet, repo)
+        torrent = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "r.torrent")
+        raw = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "seeder.cli",
+                    "release",
+                    "torrent",
+                    release_id,
+                    "--seeder",
+                    str(control),
+                ],  # fmt: skip
+                capture_output=True,
+                timeout=60,
+            )
+        )
+        assert raw.returncode == 0 and raw.stdout == torrent  # binary-safe on stdout
+
+        dest = tmp_path / "fetched"
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(
+                control, "release", "fetch", release_id, "--to", str(dest), "--bind", FETCH_IP,
+                "--timeout", "60", "--json",
+            )
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        result = json.loads(out.stdout)
+        manifest = json.loads((dest / "manifest.json").read_text())
+        archive = dest / manifest["archive"]
+        assert result["archive"] == str(archive) and result["verified"] is True
+        digest = "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert digest == manifest["digest"] == result["digest"]
+        assert manifest["release_id"] == release_id and manifest["infohash"] == (
+            torrent_infohash(torrent)
+        )
+        assert (dest / "release.torrent").read_bytes() == torrent
+        assert sorted(p.name for p in dest.iterdir()) == sorted(
+            [archive.name, "manifest.json", "release.torrent"]
+        )
+
+        again = await trio.to_thread.run_sync(
+            lambda: shoal(control, "release", "fetch", release_id, "--to", str(dest))
+        )
+        assert again.returncode == 1 and "not empty" in again.stderr
+        unknown = await trio.to_thread.run_sync(
+            lambda: shoal(control, "release", "fetch", "web-nope", "--to", str(tmp_path / "x"))
+        )
+        assert unknown.returncode == 1 and "no release 'web-nope'" in unknown.stderr
+        assert not (tmp_path / "x").exists()
+        missing = await trio.to_thread.run_sync(
+            lambda: shoal(control, "release", "torrent", "web-nope", "--out", str(tmp_path / "t"))
+        )
+        assert missing.returncode == 1 and "no release 'web-nope'" in missing.stderr
+        assert not (tmp_path / "t").exists()
+
+
+async def test_fetch_from_an_unreachable_swarm_times_out_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    payload = tmp_path / "src" / "web-1.tar.zst"
+    payload.parent.mkdir()
+    payload.write_bytes(b"x" * 300_000)
+    dead = free_port("127.0.0.1")
+    torrent, infohash = make_torrent(payload, tracker_url=f"http://127.0.0.1:{dead}/announce")
+    info: dict[str, Any] = {
+        "release": {
+            "app": "web",
+            "version": "1",
+            "commit": "c" * 40,
+            "size": 300_000,
+            "digest": "sha256:" + hashlib.sha256(payload.read_bytes()).hexdigest(),
+            "infohash": infohash,
+            "archive": payload.name,
+        },
+        "torrent": torrent,
+        "tracker": f"http://127.0.0.1:{dead}/announce",
+        "seeds": [["127.0.0.1", dead]],
+    }
+    dest = tmp_path / "dest"
+    with trio.fail_after(30), pytest.raises(FetchTimeout, match="no data from the swarm"):
+        await fetch_release(info, dest, bind=FETCH_IP, patience=2.0)
+    assert not dest.exists()
+    dest.mkdir()  # an empty directory given by the operator stays, empty
+    with trio.fail_after(30), pytest.raises(FetchTimeout):
+        await fetch_release(info, dest, bind=FETCH_IP, patience=1.0)
+    assert dest.is_dir() and not any(dest.iterdir())
+
+
+ARIA2C = shutil.which("aria2c")
+
+
+@pytest.mark.skipif(ARIA2C is None, reason="aria2c is not installed (apt-get install -y aria2)")
+async def test_aria2_downloads_a_hybrid_release_through_the_tracker(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """aria2 (v1 only) reads shoal's hybrid torrent, learns the seeder from shoal's tracker
+    alone (no peer addresses given) and downloads the release intact."""
+    assert ARIA2C is not None
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(180):
+        await fleet.start_seeder()
+        release_id = await trio.to_thread.run_sync(build, fleet, repo)
+        torrent = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "r.torrent")
+        dest = tmp_path / "aria2"
+        port = free_port(FETCH_IP)
+        done = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [
+                    ARIA2C, "--dir", str(dest), "--seed-time=0", "--enable-dht=false",
+                    "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+                    f"--interface={FETCH_IP}", f"--listen-port={port}", "--bt-stop-timeout=60",
+                    "--console-log-level=warn", "--summary-interval=0", str(tmp_path / "r.torrent"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        files = bdecode(torrent)[b"info"]
+        archive = dest / bytes(files[b"name"]).decode()
+        listed = (await trio.to_thread.run_sync(lambda: shoal(fleet.control, "release", "list",
+                                                               "--json"))).stdout  # fmt: skip
+        manifest = next(r for r in json.loads(listed) if r["release_id"] == release_id)
+        assert "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest() == manifest["digest"]
