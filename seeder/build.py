@@ -19,6 +19,7 @@ from common.release import Manifest, check_app_name
 from common.torrent import make_torrent
 
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
+V1_TORRENT = "release-v1.torrent"  # the v1-only copy, made on first export (release torrent --v1)
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,18 @@ def _check_appspec(repo: Path, commit: str) -> None:
     spec = parse_appspec(decoded, source=name)
     tree = list_tree(repo, commit)
     check_hook_locations(spec, lambda path: path in tree)
+
+
+def v1_torrent(directory: Path, archive: str, tracker_url: str, piece_size: int) -> bytes:
+    """The v1-only torrent of a release's archive, made (deterministically) and kept in its
+    directory on first use, for BitTorrent clients that read neither v2 nor hybrid torrents."""
+    path = directory / V1_TORRENT
+    if path.is_file():
+        return path.read_bytes()
+    torrent, _ = make_torrent(
+        directory / archive, tracker_url=tracker_url, piece_size=piece_size, kind="v1"
+    )
+    partial = path.with_name(f".{V1_TORRENT}.tmp")
+    partial.write_bytes(torrent)
+    partial.rename(path)
+    return torrent

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = with_seeder(release.add_parser("torrent", help="export a release's .torrent"))
     export.add_argument("release_id")
     export.add_argument("--out", type=Path, help="write it to FILE (default: binary to stdout)")
+    export.add_argument(
+        "--v1",
+        action="store_true",
+        help="a v1-only copy, for clients that read no v2 or hybrid torrent (the seeder seeds it)",
+    )
     export.add_argument("--json", action="store_true")
     fetch = with_seeder(
         release.add_parser("fetch", help="download a release through the swarm and verify it")
@@ -177,7 +182,9 @@ async def dispatch(args: argparse.Namespace) -> int:
             )
             print(mf["release_id"])
         elif args.command == "release" and args.action == "torrent":
-            _export_torrent(await client.call("release.torrent", release_id=args.release_id), args)
+            kind = "v1" if args.v1 else "hybrid"
+            result = await client.call("release.torrent", release_id=args.release_id, kind=kind)
+            _export_torrent(result, args)
         elif args.command == "release" and args.action == "fetch":
             await _fetch(client, args)
         elif args.command == "release":
@@ -226,6 +233,7 @@ def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:
     mf = result["release"]
     info: dict[str, Any] = {
         "release_id": mf["release_id"],
+        "kind": result["kind"],
         "bytes": len(torrent),
         "infohash": mf["infohash"],
         "info_hashes": torrent_hashes(torrent),

@@ -19,9 +19,9 @@ import trio
 from common.addr import Address
 from common.errors import ConfigError, TorrentError
 from common.release import Manifest
-from common.torrent import SliceSeeds, TorrentSession
+from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from seeder import views
-from seeder.build import build_release
+from seeder.build import V1_TORRENT, build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
 from seeder.store import Store
@@ -117,7 +117,10 @@ async def run_seeder(
             # The full seed announces (it is the swarm's origin, listed by the tracker), after
             # the tracker listens, so the first announce of a restart is not refused.
             for manifest, torrent, _ in store.releases():
-                torrents.seed(torrent, data / "releases" / manifest.release_id)
+                directory = data / "releases" / manifest.release_id
+                torrents.seed(torrent, directory)
+                if (directory / V1_TORRENT).is_file():
+                    torrents.seed((directory / V1_TORRENT).read_bytes(), directory)
             slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
             await nursery.start(slice_seeds.run)
 
@@ -132,7 +135,9 @@ async def run_seeder(
                 slice_seeds=offer_slices if config.slices else None,
             )
             await nursery.start(engine.run)
-            methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url, bt)
+            methods = _methods(
+                config, store, engine, torrents, slice_seeds, tracker, tracker_url, bt
+            )
             server = ControlServer(store, engine, methods=methods)
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -140,6 +145,17 @@ async def run_seeder(
             task_status.started(addrs)
     finally:
         store.close()
+
+
+LISTED_WAIT = 3.0  # seconds a build waits for the full seed's first announces
+
+
+async def _until_listed(tracker: Tracker, torrent: bytes, origin: Address) -> None:
+    """Wait (briefly) until the tracker lists the full seed in every swarm of a new release,
+    so a client handed the torrent right after the build finds the seeder on its first
+    announce instead of one interval later."""
+    with trio.move_on_after(LISTED_WAIT):
+        await tracker.wait_listed((origin.host, origin.port), tracker_hashes(torrent))
 
 
 def _origin_policy(store: Store, slices: bool) -> Callable[[str], bool]:
@@ -162,6 +178,7 @@ def _methods(
     engine: Engine,
     full_seed: TorrentSession,
     slice_seeds: SliceSeeds,
+    tracker: Tracker,
     tracker_url: str,
     full_seed_at: Address,
 ) -> dict[str, Handler]:
@@ -178,7 +195,21 @@ def _methods(
 
     async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
         manifest, torrent = known_release(params)
-        return {"release": manifest.to_dict(), "torrent": torrent}
+        kind = str(params.get("kind", "hybrid"))
+        if kind == "v1":
+            torrent = await _v1_copy(manifest, torrent)
+            full_seed.seed(torrent, releases_dir / manifest.release_id)
+            await _until_listed(tracker, torrent, full_seed_at)
+        elif kind != "hybrid":
+            raise ConfigError(f"unknown torrent kind {kind!r} (hybrid or v1)")
+        return {"release": manifest.to_dict(), "torrent": torrent, "kind": kind}
+
+    async def _v1_copy(manifest: Manifest, torrent: bytes) -> bytes:
+        """The release's v1-only torrent: same archive, tracker and piece size (made once)."""
+        directory = releases_dir / manifest.release_id
+        return await trio.to_thread.run_sync(
+            lambda: v1_torrent(directory, manifest.archive, tracker_url, piece_size_of(torrent))
+        )
 
     async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
         """What a hand fetch needs: the torrent, and the full seed to dial besides the tracker."""
@@ -204,6 +235,7 @@ def _methods(
         )
         created = store.add_release(built.manifest, built.torrent, time.time())
         full_seed.seed(built.torrent, built.directory)
+        await _until_listed(tracker, built.torrent, full_seed_at)
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
         return {"release": built.manifest.to_dict(), "created": created}
 

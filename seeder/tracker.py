@@ -82,6 +82,7 @@ class Tracker:
         self._origin_ok = origin_ok
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_connections)
+        self._announced = trio.Event()  # set (and replaced) after every accepted announce
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -103,6 +104,14 @@ class Tracker:
     def swarm_peers(self, info_hash: bytes) -> list[Addr]:
         """The live peers of one swarm, sorted (diagnostics)."""
         return self.swarms.peers(info_hash, self._clock())
+
+    async def wait_listed(self, addr: Addr, info_hashes: list[bytes]) -> None:
+        """Return once every swarm of ``info_hashes`` lists ``addr`` (woken by announces)."""
+        while True:
+            announced = self._announced
+            if all(addr in self.swarm_peers(ih) for ih in info_hashes):
+                return
+            await announced.wait()
 
     def respond(self, ip: str, target: bytes) -> tuple[int, bytes]:
         """Answer one GET for ``target`` from ``ip``: (HTTP status, body). No IO."""
@@ -153,6 +162,8 @@ class Tracker:
             )
         except SwarmFull as exc:
             raise AnnounceRejected(str(exc)) from None
+        self._announced.set()
+        self._announced = trio.Event()
         complete, incomplete = self.swarms.counts(info_hash, now)
         response: dict[bytes, Bencodable] = {
             b"interval": self.interval,

@@ -4,9 +4,12 @@ torrent` and `shoal release fetch`, and a non-libtorrent client (aria2) on a hyb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -124,7 +127,7 @@ async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path:
                     release_id,
                     "--seeder",
                     str(control),
-                ],  # fmt: skip
+                ],
                 capture_output=True,
                 timeout=60,
             )
@@ -202,20 +205,44 @@ async def test_fetch_from_an_unreachable_swarm_times_out_and_leaves_nothing(
 
 
 ARIA2C = shutil.which("aria2c")
+TRANSMISSION = shutil.which("transmission-cli")
+
+
+async def fleet_with_v1_torrent(fleet: LocalFleet, tmp_path: Path) -> tuple[Path, str]:
+    """A seeder with one release and its v1-only torrent exported: (torrent file, digest)."""
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    await fleet.start_seeder()
+    release_id = await trio.to_thread.run_sync(build, fleet, repo)
+    path = tmp_path / "v1.torrent"
+    out = await trio.to_thread.run_sync(
+        lambda: shoal(fleet.control, "release", "torrent", release_id, "--v1", "--out", str(path))
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"file tree" not in path.read_bytes() and len(tracker_hashes(path.read_bytes())) == 1
+    listed = await trio.to_thread.run_sync(
+        lambda: shoal(fleet.control, "release", "list", "--json")
+    )
+    manifest = next(r for r in json.loads(listed.stdout) if r["release_id"] == release_id)
+    return path, str(manifest["digest"])
+
+
+def digest_of(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def payload_name(torrent: Path) -> str:
+    return bytes(bdecode(torrent.read_bytes())[b"info"][b"name"]).decode()
 
 
 @pytest.mark.skipif(ARIA2C is None, reason="aria2c is not installed (apt-get install -y aria2)")
-async def test_aria2_downloads_a_hybrid_release_through_the_tracker(
+async def test_aria2_downloads_a_release_through_the_tracker(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
-    """aria2 (v1 only) reads shoal's hybrid torrent, learns the seeder from shoal's tracker
-    alone (no peer addresses given) and downloads the release intact."""
+    """aria2 1.36 reads the v1 export, learns the seeder from shoal's tracker alone (it is
+    given no peer address) and downloads the release intact."""
     assert ARIA2C is not None
-    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     with trio.fail_after(180):
-        await fleet.start_seeder()
-        release_id = await trio.to_thread.run_sync(build, fleet, repo)
-        torrent = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "r.torrent")
+        torrent, digest = await fleet_with_v1_torrent(fleet, tmp_path)
         dest = tmp_path / "aria2"
         port = free_port(FETCH_IP)
         done = await trio.to_thread.run_sync(
@@ -224,7 +251,7 @@ async def test_aria2_downloads_a_hybrid_release_through_the_tracker(
                     ARIA2C, "--dir", str(dest), "--seed-time=0", "--enable-dht=false",
                     "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
                     f"--interface={FETCH_IP}", f"--listen-port={port}", "--bt-stop-timeout=60",
-                    "--console-log-level=warn", "--summary-interval=0", str(tmp_path / "r.torrent"),
+                    "--console-log-level=warn", "--summary-interval=0", str(torrent),
                 ],
                 capture_output=True,
                 text=True,
@@ -232,9 +259,52 @@ async def test_aria2_downloads_a_hybrid_release_through_the_tracker(
             )
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        files = bdecode(torrent)[b"info"]
-        archive = dest / bytes(files[b"name"]).decode()
-        listed = (await trio.to_thread.run_sync(lambda: shoal(fleet.control, "release", "list",
-                                                               "--json"))).stdout  # fmt: skip
-        manifest = next(r for r in json.loads(listed) if r["release_id"] == release_id)
-        assert "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest() == manifest["digest"]
+        assert digest_of(dest / payload_name(torrent)) == digest
+
+
+@pytest.mark.skipif(
+    TRANSMISSION is None,
+    reason="transmission-cli is not installed (apt-get install -y transmission-cli)",
+)
+async def test_transmission_downloads_a_release_through_the_tracker(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """Transmission 3.00 (which refuses v2 and hybrid torrents) downloads the v1 export through
+    shoal's tracker; it never exits by itself, so a finish script marks the end."""
+    assert TRANSMISSION is not None
+    with trio.fail_after(180):
+        torrent, digest = await fleet_with_v1_torrent(fleet, tmp_path)
+        config, dest, marker = tmp_path / "tr-config", tmp_path / "tr", tmp_path / "finished"
+        config.mkdir()
+        settings = {
+            "bind-address-ipv4": FETCH_IP,
+            "dht-enabled": False,
+            "lpd-enabled": False,
+            "pex-enabled": False,
+            "utp-enabled": False,
+            "port-forwarding-enabled": False,
+            "encryption": 0,
+        }
+        (config / "settings.json").write_text(json.dumps(settings))
+        finish = tmp_path / "finish.sh"
+        finish.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        finish.chmod(0o755)
+        port = free_port(FETCH_IP)
+        args = ["-g", str(config), "-w", str(dest), "-p", str(port), "-et", "-f", str(finish)]
+        with (tmp_path / "tr.log").open("wb") as log:
+            process = await trio.lowlevel.open_process(
+                [TRANSMISSION, *args, str(torrent)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            with trio.fail_after(120):
+                while not marker.exists():
+                    assert process.returncode is None, (tmp_path / "tr.log").read_text()
+                    await trio.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        assert digest_of(dest / payload_name(torrent)) == digest

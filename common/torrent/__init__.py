@@ -14,6 +14,7 @@ from common.torrent.bencoding import Bencodable, bdecode, bencode
 from common.torrent.metainfo import (
     choose_piece_size,
     make_torrent,
+    piece_size_of,
     torrent_hashes,
     torrent_infohash,
     tracker_hashes,
@@ -33,6 +34,7 @@ __all__ = [
     "datacenter_settings",
     "make_torrent",
     "parse_overrides",
+    "piece_size_of",
     "torrent_hashes",
     "torrent_infohash",
     "tracker_hashes",

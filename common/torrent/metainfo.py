@@ -21,7 +21,10 @@ MiB: Final = 1024 * KiB
 MIN_PIECE_SIZE: Final = 32 * KiB
 MAX_PIECE_SIZE: Final = 4 * MiB
 TARGET_PIECES: Final = 2048
-HYBRID: Final = 0  # libtorrent's create_torrent flags: neither v1_only nor v2_only
+# libtorrent's create_torrent flags per kind of torrent. Releases are hybrid. A v1-only copy is
+# for clients whose parsers choke on the v2 "file tree" (its empty-string keys): Transmission
+# 3.00 refuses hybrid torrents and aria2 1.36 drops those keys and so announces a wrong v1 hash.
+KINDS: Final = {"hybrid": 0, "v1": lt.create_torrent.v1_only, "v2": lt.create_torrent.v2_only}
 
 
 def choose_piece_size(size: int) -> int:
@@ -36,15 +39,19 @@ def choose_piece_size(size: int) -> int:
     return min(MAX_PIECE_SIZE, max(MIN_PIECE_SIZE, 1 << (wanted - 1).bit_length()))
 
 
-def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tuple[bytes, str]:
+def make_torrent(
+    payload: Path, *, tracker_url: str, piece_size: int = 0, kind: str = "hybrid"
+) -> tuple[bytes, str]:
     """Private, hybrid (v1 SHA-1 + v2 SHA-256) single-file torrent of `payload` announcing to
-    `tracker_url`.
+    `tracker_url`; with `kind` "v1" or "v2", a v1-only or v2-only one (see :data:`KINDS`).
 
     Returns (bencoded torrent bytes, infohash hex). Deterministic: the same file bytes, file name
     and arguments give byte-identical output (no creation date, creator or mtime), so a release
     rebuilt from the same commit has the same infohash. `piece_size` 0 means
     :func:`choose_piece_size`. Hashes the whole file: run it in a thread for big payloads.
     """
+    if kind not in KINDS:
+        raise TorrentError(f"unknown torrent kind {kind!r} (one of {', '.join(KINDS)})")
     if piece_size and (piece_size < 16 * KiB or piece_size & (piece_size - 1)):
         raise TorrentError(f"piece size {piece_size} is not a power of two >= 16 KiB")
     try:
@@ -53,7 +60,7 @@ def make_torrent(payload: Path, *, tracker_url: str, piece_size: int = 0) -> tup
         size = payload.stat().st_size
         entry = lt.create_file_entry(payload.name, size)
         piece_size = piece_size or choose_piece_size(size)
-        ct = lt.create_torrent([entry], piece_size, HYBRID)
+        ct = lt.create_torrent([entry], piece_size, KINDS[kind])
         ct.set_priv(True)
         ct.add_tracker(tracker_url)
         lt.set_piece_hashes(ct, str(payload.parent))
@@ -81,6 +88,14 @@ def tracker_hashes(torrent: bytes) -> list[bytes]:
     ih = load(torrent).info_hashes
     hashes = [ih.v1.to_bytes()] if ih.has_v1() else []
     return hashes + ([ih.v2.to_bytes()[:20]] if ih.has_v2() else [])
+
+
+def piece_size_of(torrent: bytes) -> int:
+    """The piece size of bencoded torrent bytes."""
+    info = load(torrent).ti
+    if info is None:
+        raise TorrentError("torrent has no metadata")
+    return int(info.piece_length())
 
 
 def torrent_hashes(torrent: bytes) -> dict[str, str]:
