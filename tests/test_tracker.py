@@ -17,7 +17,15 @@ import pytest
 import trio
 
 from common.errors import TorrentError
-from common.torrent import Bencodable, bdecode, bencode, datacenter_settings
+from common.torrent import (
+    Bencodable,
+    TorrentSession,
+    bdecode,
+    bencode,
+    datacenter_settings,
+    make_torrent,
+    tracker_hashes,
+)
 from seeder.swarms import DEFAULT_INTERVAL, SwarmFull, Swarms
 from seeder.tracker import Tracker
 
@@ -478,3 +486,30 @@ async def test_libtorrent_swarm_through_the_tracker(nursery: trio.Nursery, tmp_p
         seeder.remove_torrent(seed_handle)
         leecher.remove_torrent(leech_handle)
         await _until(lambda: tracker.swarm_peers(info_hash) == [])
+
+
+@pytest.mark.integration
+async def test_a_libtorrent_seed_stays_listed_past_the_old_window(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """shoal's own seed (TorrentSession.seed) announces a hybrid torrent under both hashes and
+    keeps re-announcing at the tracker's interval: with a 2 s interval (expiry 6 s) it is listed
+    at every check for 17 s, past the 15 s after which the old tracker forgot every peer."""
+    tracker = Tracker(interval=2)
+    port = await nursery.start(tracker.serve, "127.0.0.1", 0)
+    payload = tmp_path / "seed" / "payload.bin"
+    payload.parent.mkdir()
+    payload.write_bytes(os.urandom(100_000))
+    torrent, _ = make_torrent(payload, tracker_url=f"http://127.0.0.1:{port}/announce")
+    session = TorrentSession("127.0.0.1", 0, overrides={"min_announce_interval": 1})
+    await nursery.start(session.run)
+    session.seed(torrent, payload.parent)
+    me = ("127.0.0.1", session.listen_port)
+    hashes = tracker_hashes(torrent)
+    with trio.fail_after(TIMEOUT):
+        await tracker.wait_listed(me, hashes)
+    start = trio.current_time()
+    while trio.current_time() - start < 17:
+        assert all(me in tracker.swarm_peers(ih) for ih in hashes), trio.current_time() - start
+        await trio.sleep(0.5)
+    assert tracker.swarms.counts(hashes[0], trio.current_time()) == (1, 0)
