@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,10 @@ from tests.conftest import make_app_repo, shoal
 
 pytestmark = pytest.mark.integration
 
-FETCH_IP = "127.0.0.50"  # not an enrolled host: the tracker may hand it the seeder
+# Loopback addresses of this run (other test runs on the machine may use 127.0.0.x at once):
+# a peer, and a machine that is not an enrolled host (the tracker may hand it the seeder).
+_NET = random.Random().randrange(64, 250)
+PEER_IP, FETCH_IP = f"127.{_NET}.0.2", f"127.{_NET}.0.50"
 
 
 def build(fleet: LocalFleet, repo: Path) -> str:
@@ -89,7 +93,7 @@ async def test_torrents_built_before_a_seeder_restart_still_work(
         await fleet.start_seeder()
         await until_seeds(url, torrent, 1)  # same URL, and the seeder announced again
 
-        await fleet.start_peer("web-1", "127.0.0.2")
+        await fleet.start_peer("web-1", PEER_IP)
         async with open_client(control) as client:
             await fleet.wait_connected(client, ["web-1"])
         out = await trio.to_thread.run_sync(
@@ -101,7 +105,7 @@ async def test_torrents_built_before_a_seeder_restart_still_work(
         peer = next(d for d in fleet.daemons if d.name == "web-1")
         await fleet.stop(peer)  # a clean stop announces "stopped"
         await until_seeds(url, torrent, 1)
-        await fleet.start_peer("web-1", "127.0.0.2")
+        await fleet.start_peer("web-1", PEER_IP)
         await until_seeds(url, torrent, 2)  # a restarted peer seeds and announces again
 
 
