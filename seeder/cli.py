@@ -138,8 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:  # a ShoalError from inside a nursery (seeder run)
+        inner = _only_error(group)
+        if not isinstance(inner, ShoalError):
+            raise
+        print(f"shoal: error: {inner}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _only_error(exc: BaseException) -> BaseException:
+    """The one exception at the bottom of nested single-exception groups (else the group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def dispatch(args: argparse.Namespace) -> int:
