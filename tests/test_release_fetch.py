@@ -4,10 +4,13 @@ torrent` and `shoal release fetch`, and a non-libtorrent client (aria2) on a hyb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -295,3 +298,50 @@ async def test_transmission_reads_the_v1_export_but_not_the_hybrid_torrent(
     assert (
         "Error parsing" in show(tmp_path / "h.torrent").stderr + show(tmp_path / "h.torrent").stdout
     )
+
+
+CTORRENT = shutil.which("ctorrent")
+
+
+@pytest.mark.skipif(
+    CTORRENT is None, reason="ctorrent is not installed (apt-get install -y ctorrent)"
+)
+async def test_ctorrent_downloads_the_hybrid_release_through_the_tracker(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """ctorrent (v1 only, refuses v2-only torrents) reads shoal's hybrid torrent itself, joins
+    the v1 swarm through shoal's tracker alone and downloads the release intact from the
+    seeder. It lingers after finishing, so the test stops it once the file verifies."""
+    assert CTORRENT is not None
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    with trio.fail_after(180):
+        await fleet.start_seeder()
+        release_id = await trio.to_thread.run_sync(build, fleet, repo)
+        torrent = tmp_path / "r.torrent"
+        await trio.to_thread.run_sync(export, fleet, release_id, torrent)
+        listed = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "release", "list", "--json")
+        )
+        digest = next(r for r in json.loads(listed.stdout) if r["release_id"] == release_id)[
+            "digest"
+        ]
+        (tmp_path / "ct").mkdir()
+        target = tmp_path / "ct" / payload_name(torrent)
+        args = ["-e", "0", "-i", FETCH_IP, "-p", str(free_port(FETCH_IP)), "-s", str(target)]
+        with (tmp_path / "ct.log").open("wb") as log:
+            process = await trio.lowlevel.open_process(
+                [CTORRENT, *args, str(torrent)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path / "ct",
+                start_new_session=True,
+            )
+        try:
+            with trio.fail_after(120):
+                while not (target.exists() and digest_of(target) == digest):
+                    assert process.returncode is None, (tmp_path / "ct.log").read_text()[-2000:]
+                    await trio.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
