@@ -111,6 +111,17 @@ async def test_torrents_built_before_a_seeder_restart_still_work(
         await fleet.start_peer("web-1", PEER_IP)
         await until_seeds(url, torrent, 2)  # a restarted peer seeds and announces again
 
+        # an enrolled machine can fetch by hand too (the tracker withholds the seeder from it;
+        # the fetch dials the seeder itself, and the tracker names the host's own peer)
+        dest = tmp_path / "by-hand"
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(
+                control, "release", "fetch", release_id, "--to", str(dest), "--bind", PEER_IP
+            )
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"fetched {release_id}" in out.stdout and "digest verified" in out.stdout
+
 
 async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path: Path) -> None:
     """Export the .torrent (file and stdout agree), fetch the release onto an outside IP from
