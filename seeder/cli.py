@@ -282,8 +282,8 @@ async def _fetch(client: Any, args: argparse.Namespace) -> None:
 
     dest: Path = args.to.absolute()
     check_destination(dest)  # before asking the seeder anything
-    if args.timeout <= 0:
-        raise ConfigError("--timeout must be positive")
+    if not args.timeout > 0:  # NaN too
+        raise ConfigError(f"--timeout {args.timeout} must be a positive number of seconds")
     info = await client.call("release.fetch", release_id=args.release_id)
     bind = parse_ip(args.bind) if args.bind else client.channel.stream.socket.getsockname()[0]
     steps = [0]

@@ -31,7 +31,6 @@ from seeder.tracker import Tracker
 log = logging.getLogger("shoal.seeder")
 
 
-DEFAULT_CONTROL_PORT = 7700
 TRACKER_PORT_OFFSET = 1  # default tracker port: the control port + 1 (7701)
 TORRENT_PORT_OFFSET = 2  # default BitTorrent port of the full seed: the control port + 2 (7702)
 
