@@ -1,0 +1,264 @@
+"""Following a rollout or a host's hook output from the CLI: subscribe, fold events, print.
+
+Three outputs for one stream of events: a live terminal view that redraws in place (``rich``;
+when stdout is a terminal), plain appended lines (pipes, CI logs, tests), or JSON lines
+(``--json``). A stream that ends because this client lagged is resubscribed at once, with a fresh
+snapshot (plain output then says so and prints what changed meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, Literal, TextIO
+
+import trio
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from common import messages as m
+from seeder.client import SeederClient
+from seeder.events import LAGGED
+from seeder.watch import WatchModel, transfer_text
+
+Mode = Literal["live", "plain", "json"]
+REDRAW = 0.25  # seconds between redraws of the live view
+
+STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "halted": "red",
+    "aborted": "yellow",
+    "paused": "yellow",
+    "staged": "cyan",
+}
+
+
+def choose_mode(as_json: bool, out: TextIO = sys.stdout) -> Mode:
+    if as_json:
+        return "json"
+    return "live" if out.isatty() else "plain"
+
+
+def event_json(event: m.RolloutEvent) -> str:
+    return json.dumps(
+        {
+            "rollout_id": event.rollout_id,
+            "seq": event.seq,
+            "at": event.at,
+            "kind": event.kind,
+            "data": event.data,
+        },
+        sort_keys=True,
+    )
+
+
+async def watch_rollout(
+    client: SeederClient,
+    rollout_id: str | None,
+    *,
+    mode: Mode,
+    wait_for: float,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Follow a rollout to its end; 0 only if it succeeded (1 otherwise, or on timeout)."""
+    model: WatchModel | None = None
+    started = trio.current_time()
+    console = Console(file=out)
+    with trio.move_on_after(wait_for) as scope:
+        live = (
+            Live(console=console, auto_refresh=False, transient=False) if mode == "live" else None
+        )
+        with live if live is not None else _nothing():
+            while model is None or model.ended == LAGGED:
+                snapshot, events = await client.subscribe(
+                    "rollout.subscribe", rollout_id=rollout_id
+                )
+                model = _resync(model, snapshot, mode, out)
+                rollout_id = model.rollout_id
+                if live is not None:
+                    await _live(model, events, live)
+                else:
+                    await _appended(model, events, mode, out)
+    if model is None:
+        print("shoal: error: gave up before the seeder answered", file=sys.stderr)
+        return 1
+    if mode != "json":
+        print(model.report(), file=out, flush=True)
+    if scope.cancelled_caught:
+        print(f"gave up waiting after {wait_for:.0f}s; the rollout goes on", file=sys.stderr)
+        return 1
+    if mode != "json":
+        print(model.summary(trio.current_time() - started), file=out, flush=True)
+    return 0 if model.succeeded else 1
+
+
+def _resync(
+    old: WatchModel | None, snapshot: dict[str, Any], mode: Mode, out: TextIO
+) -> WatchModel:
+    new = WatchModel(snapshot)
+    if mode == "json":
+        print(json.dumps({"kind": "snapshot", **snapshot}, sort_keys=True), file=out, flush=True)
+    elif mode == "plain":
+        if old is not None:
+            print("(fell behind the seeder's events; resynced)", file=out)
+        lines = _changes(old, new)
+        if lines:
+            print("\n".join(lines), file=out, flush=True)
+    return new
+
+
+def _changes(old: WatchModel | None, new: WatchModel) -> list[str]:
+    """Plain lines for what a (re)subscription shows that ``old`` had not."""
+    from seeder import render
+
+    lines = []
+    if old is None or old.state != new.state:
+        lines.append(
+            f"rollout {new.rollout_id} {new.state}" + (f": {new.error}" if new.error else "")
+        )
+    for host, t in sorted(new.targets.items()):
+        before = old.targets.get(host) if old else None
+        if before is None or (before.state, before.step) != (t.state, t.step):
+            lines.append(render.progress_line(host, t.state, t.step))
+    return lines
+
+
+async def _appended(model: WatchModel, events: Any, mode: Mode, out: TextIO) -> None:
+    async for event in events:
+        if mode == "json":
+            print(event_json(event), file=out, flush=True)
+            model.apply(event)
+            continue
+        lines = model.apply(event)
+        if lines:
+            print("\n".join(lines), file=out, flush=True)
+
+
+async def _live(model: WatchModel, events: Any, live: Live) -> None:
+    dirty = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def draw() -> None:
+            while True:
+                live.update(view(model), refresh=True)
+                with trio.move_on_after(REDRAW * 4):
+                    await dirty.wait()
+                await trio.sleep(REDRAW)
+
+        nursery.start_soon(draw)
+        async for event in events:
+            model.apply(event)
+            dirty.set()
+            dirty = trio.Event()
+        nursery.cancel_scope.cancel()
+    live.update(view(model), refresh=True)
+
+
+def view(model: WatchModel) -> RenderableType:
+    """The live terminal view of a rollout: state, transfer bar, counts per wave, failures."""
+    style = STATE_STYLE.get(model.state, "bold")
+    head = Text.assemble(
+        ("rollout ", "bold"),
+        model.rollout_id,
+        "  release ",
+        model.release_id,
+        "  ",
+        (model.state, style),
+    )
+    parts: list[RenderableType] = [head]
+    if model.error:
+        parts.append(Text(model.error, style="red"))
+    tr = model.transfer()
+    if model.staging() and tr.total:
+        parts.append(ProgressBar(total=tr.total, completed=tr.done, width=50))
+        parts.append(Text(f"transfer {transfer_text(tr)} ({tr.hosts} host(s) reporting)"))
+    parts.append(_counts_table(model))
+    for t, tail in model.failures():
+        title = f"{t.host} failed" + (f" in {t.failed_step}" if t.failed_step else "")
+        body = "\n".join(tail) if tail else (t.error or "(no output)")
+        parts.append(Panel(body, title=title, border_style="red", expand=False))
+    return Group(*parts)
+
+
+def _counts_table(model: WatchModel) -> Table:
+    states = sorted({s for _, _, counts in model.wave_counts() for s in counts})
+    table = Table(box=None, pad_edge=False)
+    table.add_column("WAVE")
+    table.add_column("STATE")
+    for s in states:
+        table.add_column(s.upper(), justify="right", style=STATE_STYLE.get(s, ""))
+    for label, state, counts in model.wave_counts():
+        table.add_row(label, state or "-", *(str(counts.get(s, 0)) for s in states))
+    return table
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --- hook output ------------------------------------------------------------------------------
+
+
+def line_text(line: dict[str, Any]) -> str:
+    return f"[{line.get('step', '')}] {line.get('line', '')}"
+
+
+async def show_logs(
+    client: SeederClient,
+    host: str,
+    rollout_id: str | None,
+    *,
+    follow: bool,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print a host's hook output; with ``follow``, then its new lines as they come."""
+    emit: Callable[[dict[str, Any]], str] = (
+        (lambda d: json.dumps(d, sort_keys=True)) if as_json else line_text
+    )
+    if not follow:
+        result = await client.call("logs.get", host=host, rollout_id=rollout_id)
+        _print_lines(result, emit, out)
+        return 0
+    seen: set[tuple[Any, ...]] = set()  # lines printed, so that a resync repeats none
+    while True:
+        snapshot, events = await client.subscribe(
+            "logs.subscribe", host=host, rollout_id=rollout_id
+        )
+        _print_lines(snapshot, emit, out, seen)
+        ended = ""
+        async for event in events:
+            if event.kind == "output":
+                line = {"rollout_id": event.rollout_id, "at": event.at, **event.data}
+                _print_lines({"lines": [line]}, emit, out, seen)
+            elif event.kind == "end":
+                ended = str(event.data.get("reason", ""))
+        if ended != LAGGED:
+            return 0
+        print("(fell behind the seeder's output; resynced)", file=sys.stderr)
+
+
+def _print_lines(
+    result: dict[str, Any],
+    emit: Callable[[dict[str, Any]], str],
+    out: TextIO,
+    seen: set[tuple[Any, ...]] | None = None,
+) -> None:
+    for line in result.get("lines", []):
+        key = tuple(line.get(k) for k in ("rollout_id", "step", "at", "line"))
+        if seen is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        print(emit(line), file=out)
+    out.flush()
