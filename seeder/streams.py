@@ -128,15 +128,22 @@ class Watching:
         if rollout is None:
             return {"host": host, "rollout_id": "", "state": "", "lines": []}
         rid = rollout.rollout_id
-        live_steps = self.live.steps_with_lines(host, rid)
-        lines = [line.to_dict() for line in self.live.lines(host, rid)]
+        # Steps in the order the host reported them (a hook reports "running" before printing);
+        # steps the seeder has only live lines of (no report yet) come last.
+        live: dict[str, list[dict[str, Any]]] = {}
+        for line in self.live.lines(host, rid):
+            live.setdefault(line.step, []).append(line.to_dict())
+        lines: list[dict[str, Any]] = []
         for ev in self.store.events(rid, host):
-            if ev.step not in live_steps:
+            if ev.step in live:
+                lines += live.pop(ev.step)
+            else:
                 lines += [
                     {"rollout_id": rid, "host": host, "step": ev.step, "line": text, "at": ev.at}
                     for text in ev.output
                 ]
-        lines.sort(key=lambda d: float(d["at"]))
+        for rest in live.values():
+            lines += rest
         return {"host": host, "rollout_id": rid, "state": rollout.state, "lines": lines}
 
     def _check_host(self, host: str) -> None:
