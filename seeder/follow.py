@@ -94,7 +94,7 @@ async def watch_rollout(
         print(f"gave up waiting after {wait_for:.0f}s; the rollout goes on", file=sys.stderr)
         return 1
     if mode != "json":
-        print(model.summary(trio.current_time() - started), file=out, flush=True)
+        print(model.summary(model.elapsed() or trio.current_time() - started), file=out, flush=True)
     return 0 if model.succeeded else 1
 
 

@@ -76,6 +76,9 @@ class WatchModel:
                 wave=t.get("wave"),
                 error=str(t.get("error") or ""),
                 output=list(t.get("output") or []),
+                failed_step=next(
+                    (str(x["step"]) for x in t.get("steps", []) if x.get("state") == "failed"), ""
+                ),
             )
             self.targets[tv.host] = tv
         for w in self.waves.values():
