@@ -28,6 +28,7 @@ from seeder.watch import WatchModel, transfer_text
 
 Mode = Literal["live", "plain", "json"]
 REDRAW = 0.25  # seconds between redraws of the live view
+PANELS = 4  # failed hosts whose last output the live view shows
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -179,10 +180,13 @@ def view(model: WatchModel) -> RenderableType:
         parts.append(ProgressBar(total=tr.total, completed=tr.done, width=50))
         parts.append(Text(f"transfer {transfer_text(tr)} ({tr.hosts} host(s) reporting)"))
     parts.append(_counts_table(model))
-    for t, tail in model.failures():
+    failures = model.failures()
+    for t, tail in failures[:PANELS]:
         title = f"{t.host} failed" + (f" in {t.failed_step}" if t.failed_step else "")
         body = "\n".join(tail) if tail else (t.error or "(no output)")
         parts.append(Panel(body, title=title, border_style="red", expand=False))
+    if len(failures) > PANELS:
+        parts.append(Text(f"... and {len(failures) - PANELS} more failed host(s)", style="red"))
     return Group(*parts)
 
 

@@ -19,6 +19,7 @@ from common import messages as m
 from seeder import render
 
 OUTPUT_LINES = 10  # last output lines shown per failed host
+FAILED_SHOWN = 20  # failed hosts whose output the final report shows (the rest: shoal logs)
 MILESTONE = 10  # percent: a plain transfer line each time the total crosses a multiple of it
 
 
@@ -239,10 +240,13 @@ class WatchModel:
             for t in sorted(self.targets.values(), key=lambda t: t.host)
         ]
         out = head + "\n" + render.table(["HOST", "WAVE", "STATE", "STEP", "ERROR"], rows)
-        for t, tail in self.failures():
-            if tail:
-                step = f" ({t.failed_step})" if t.failed_step else ""
-                out += f"\n--- last output of {t.host}{step} ---\n" + "\n".join(tail)
+        failures = [(t, tail) for t, tail in self.failures() if tail]
+        for t, tail in failures[:FAILED_SHOWN]:
+            step = f" ({t.failed_step})" if t.failed_step else ""
+            out += f"\n--- last output of {t.host}{step} ---\n" + "\n".join(tail)
+        if len(failures) > FAILED_SHOWN:
+            more = len(failures) - FAILED_SHOWN
+            out += f"\n... and {more} more failed host(s) with output: shoal logs HOST"
         return out
 
     def summary(self, elapsed: float) -> str:

@@ -167,3 +167,17 @@ def test_progress_meter_throttles_and_always_sends_first_and_last() -> None:
     last = meter.update(1.0, now=11.1)  # the end is never held back
     assert last is not None and (last.done, last.rate) == (1000, 0.0)
     assert meter.update(1.0, now=12.0) is None  # and sent once
+
+
+def test_many_failures_are_capped_in_the_report_and_the_view() -> None:
+    targets = [
+        {"host": f"h{i:02}", "state": "failed", "output": [f"out {i}"], "steps": []}
+        for i in range(30)
+    ]
+    w = WatchModel({"rollout": {"rollout_id": "r", "state": "failed", "targets": targets}})
+    report = w.report()
+    assert report.count("--- last output of") == 20
+    assert report.endswith("... and 10 more failed host(s) with output: shoal logs HOST")
+    console = Console(file=io.StringIO(), width=100, record=True)
+    console.print(view(w))
+    assert "... and 26 more failed host(s)" in console.export_text()
