@@ -22,7 +22,7 @@ from common.errors import ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from seeder import follow, render
-from seeder.client import open_client
+from seeder.client import connect_client, open_client
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
 
@@ -164,9 +164,12 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.action == "start":
             return await _start(client, args)
         elif args.action == "watch":
-            mode = follow.choose_mode(args.json)
             return await follow.watch_rollout(
-                client, args.rollout_id, mode=mode, wait_for=args.timeout
+                client,
+                args.rollout_id,
+                mode=follow.choose_mode(args.json),
+                wait_for=args.timeout,
+                reconnect=lambda: connect_client(Address.parse(args.seeder, default_port=7700)),
             )
         else:
             r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
@@ -187,8 +190,13 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
         return 0
     if not args.json:
         print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
-    mode = follow.choose_mode(args.json)
-    return await follow.watch_rollout(client, r["rollout_id"], mode=mode, wait_for=args.timeout)
+    return await follow.watch_rollout(
+        client,
+        r["rollout_id"],
+        mode=follow.choose_mode(args.json),
+        wait_for=args.timeout,
+        reconnect=lambda: connect_client(Address.parse(args.seeder, default_port=7700)),
+    )
 
 
 def _emit(data: Any, as_json: bool, fmt: Any) -> None:

@@ -57,9 +57,19 @@ class SeederClient:
         return reply.result
 
 
+async def connect_client(address: Address) -> SeederClient:
+    """A client on a new connection; the caller closes it (``client.channel.aclose()``)."""
+    channel = await connect(address)
+    try:
+        await channel.send(m.ClientHello(client="shoal-cli"))
+    except BaseException:
+        await channel.aclose()
+        raise
+    return SeederClient(channel)
+
+
 @asynccontextmanager
 async def open_client(address: Address) -> AsyncIterator[SeederClient]:
-    channel = await connect(address)
-    async with channel:
-        await channel.send(m.ClientHello(client="shoal-cli"))
-        yield SeederClient(channel)
+    client = await connect_client(address)
+    async with client.channel:
+        yield client

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TextIO
 
 import trio
@@ -22,11 +22,15 @@ from rich.table import Table
 from rich.text import Text
 
 from common import messages as m
+from common.errors import ConnectionClosed, ShoalError
 from seeder.client import SeederClient
-from seeder.events import LAGGED
+from seeder.events import FINAL, LAGGED
 from seeder.watch import WatchModel, transfer_text
 
 Mode = Literal["live", "plain", "json"]
+Connect = Callable[[], Awaitable[SeederClient]]
+RECONNECT_FIRST = 0.2  # seconds before the first redial after losing the seeder
+RECONNECT_MAX = 5.0
 REDRAW = 0.25  # seconds between redraws of the live view
 PANELS = 4  # failed hosts whose last output the live view shows
 
@@ -65,27 +69,47 @@ async def watch_rollout(
     *,
     mode: Mode,
     wait_for: float,
+    reconnect: Connect | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Follow a rollout to its end; 0 only if it succeeded (1 otherwise, or on timeout)."""
+    """Follow a rollout to its end; 0 only if it succeeded (1 otherwise, or on timeout).
+
+    If the connection to the seeder is lost (it restarted, say) and ``reconnect`` is given,
+    dial again with backoff and resubscribe: the new snapshot brings the view up to date."""
     model: WatchModel | None = None
     started = trio.current_time()
     console = Console(file=out)
+    first = client
     with trio.move_on_after(wait_for) as scope:
         live = (
             Live(console=console, auto_refresh=False, transient=False) if mode == "live" else None
         )
         with live if live is not None else _nothing():
-            while model is None or model.ended == LAGGED:
-                snapshot, events = await client.subscribe(
-                    "rollout.subscribe", rollout_id=rollout_id
-                )
-                model = _resync(model, snapshot, mode, out)
-                rollout_id = model.rollout_id
-                if live is not None:
-                    await _live(model, events, live)
+            delay = RECONNECT_FIRST
+            while model is None or model.ended != FINAL:
+                try:
+                    snapshot, events = await client.subscribe(
+                        "rollout.subscribe", rollout_id=rollout_id
+                    )
+                    model = _resync(model, snapshot, mode, out)
+                    if live is not None:
+                        await _live(model, events, live)
+                    else:
+                        await _appended(model, events, mode, out)
+                except ConnectionClosed as exc:
+                    if reconnect is None or model is None:
+                        raise
+                    print(f"(lost the seeder: {exc}; reconnecting)", file=sys.stderr, flush=True)
+                    if client is not first:
+                        await client.channel.aclose()
+                    client = await _redial(reconnect, delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+                    model.ended = LAGGED  # what the new snapshot brings is a resync
                 else:
-                    await _appended(model, events, mode, out)
+                    delay = RECONNECT_FIRST
+                rollout_id = model.rollout_id
+    if client is not first:
+        await client.channel.aclose()
     if model is None:
         print("shoal: error: gave up before the seeder answered", file=sys.stderr)
         return 1
@@ -99,6 +123,15 @@ async def watch_rollout(
     return 0 if model.succeeded else 1
 
 
+async def _redial(reconnect: Connect, delay: float) -> SeederClient:
+    while True:
+        await trio.sleep(delay)
+        try:
+            return await reconnect()
+        except ConnectionClosed:
+            delay = min(delay * 2, RECONNECT_MAX)
+
+
 def _resync(
     old: WatchModel | None, snapshot: dict[str, Any], mode: Mode, out: TextIO
 ) -> WatchModel:
@@ -107,7 +140,7 @@ def _resync(
         print(json.dumps({"kind": "snapshot", **snapshot}, sort_keys=True), file=out, flush=True)
     elif mode == "plain":
         if old is not None:
-            print("(fell behind the seeder's events; resynced)", file=out)
+            print("(resubscribed: what changed meanwhile follows)", file=out)
         lines = _changes(old, new)
         if lines:
             print("\n".join(lines), file=out, flush=True)
@@ -143,6 +176,7 @@ async def _appended(model: WatchModel, events: Any, mode: Mode, out: TextIO) -> 
 
 async def _live(model: WatchModel, events: Any, live: Live) -> None:
     dirty = trio.Event()
+    failed: list[ShoalError] = []
     async with trio.open_nursery() as nursery:
 
         async def draw() -> None:
@@ -153,12 +187,17 @@ async def _live(model: WatchModel, events: Any, live: Live) -> None:
                 await trio.sleep(REDRAW)
 
         nursery.start_soon(draw)
-        async for event in events:
-            model.apply(event)
-            dirty.set()
-            dirty = trio.Event()
+        try:
+            async for event in events:
+                model.apply(event)
+                dirty.set()
+                dirty = trio.Event()
+        except ShoalError as exc:  # raised as itself, not wrapped in the nursery's group
+            failed.append(exc)
         nursery.cancel_scope.cancel()
     live.update(view(model), refresh=True)
+    if failed:
+        raise failed[0]
 
 
 def view(model: WatchModel) -> RenderableType:

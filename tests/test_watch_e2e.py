@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,36 @@ async def test_logs_follow_shows_a_hook_line_while_the_hook_runs(
         assert {r["host"] for r in records} == {"watch-1"}
         out = await trio.to_thread.run_sync(lambda: shoal(fleet.control, "logs", "nohost"))
         assert out.returncode == 1 and "unknown host 'nohost'" in out.stderr
+
+
+async def test_watch_survives_a_seeder_restart(fleet: LocalFleet, tmp_path: Path) -> None:
+    repo = await trio.to_thread.run_sync(hold_repo, tmp_path / "app")
+    with trio.fail_after(240):
+        await start(fleet)
+        release = await trio.to_thread.run_sync(build, fleet, repo)
+        for host in HOSTS:
+            (fleet.peer_dir(host) / "hold").touch()
+        rid = await trio.to_thread.run_sync(start_rollout, fleet, release)
+        proc = await trio.lowlevel.open_process(
+            cli(fleet, "rollout", "watch", rid), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            seen = b""
+            for host in HOSTS:
+                line = f"{host:<20} activating  ApplicationStart".encode()
+                seen = await read_until(proc.stdout, line, seen)
+            assert fleet.seeder is not None
+            await fleet.stop(fleet.seeder, signal.SIGKILL)
+            await fleet.start_seeder()
+            for host in HOSTS:
+                (fleet.peer_dir(host) / "hold").unlink()
+            seen += await read_to_end(proc.stdout)
+            errors = await read_to_end(proc.stderr)
+            assert await proc.wait() == 0, seen + errors
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert b"lost the seeder" in errors and b"reconnecting" in errors
+    assert seen.decode().splitlines()[-1].startswith(f"rollout {rid} succeeded: 2 succeeded")
