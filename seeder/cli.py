@@ -111,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:  # raised inside a nursery (the live view's)
+        if _only(group, KeyboardInterrupt):
+            return 130
+        if _only(group, ShoalError):
+            print(f"shoal: error: {group.exceptions[0]}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _only(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> bool:
+    rest = group.split(kind)[1]
+    return rest is None
 
 
 async def dispatch(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from seeder.client import SeederClient
 from seeder.control import ControlServer
 from seeder.engine import Engine
 from seeder.events import EventHub, rollout_topic
+from seeder.follow import Mode, watch_rollout
 from seeder.live import LiveLog
 from seeder.store import Store
 from seeder.streams import Watching
@@ -204,3 +206,46 @@ async def test_logs_live_lines_then_durable_tails_and_a_follow_stream(store: Sto
         ("ApplicationStop", "bye"),
         ("ApplicationStart", "starting"),
     ]
+
+
+@pytest.mark.parametrize("mode", ["live", "plain", "json"])
+async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode: Mode) -> None:
+    server, watching = make_server(store)
+    out = io.StringIO()
+    with trio.fail_after(10):
+        async with (
+            trio.open_nursery() as nursery,
+            dial(server, nursery) as peer,
+            dial(server, nursery) as operator,
+        ):
+            await peer_connected(peer)
+            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            client = await cli(operator)
+            codes: list[int] = []
+
+            async def watch() -> None:
+                code = await watch_rollout(client, rid, mode=mode, wait_for=10, out=out)
+                codes.append(code)
+
+            nursery.start_soon(watch)
+            while not watching.hub.subscribers(rollout_topic(rid)):
+                await trio.sleep(0.01)
+            await peer.send(m.Progress(rid, "web-1", done=3, total=3, rate=0.0))
+            await peer.send(report(rid, "stage", "succeeded", 1, result="succeeded"))
+            assert await peer.receive() == m.Ack(seq=1)
+            await server.engine.tick()
+            assert isinstance(await peer.receive(), m.Activate)
+            await peer.send(report(rid, "activate", "succeeded", 2, result="succeeded"))
+            assert await peer.receive() == m.Ack(seq=2)
+            await server.engine.tick()
+            while not codes:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert codes == [0]
+    text = out.getvalue()
+    if mode == "json":
+        assert '"kind": "snapshot"' in text.splitlines()[0]
+        assert '"reason": "final"' in text.splitlines()[-1]
+    else:
+        assert f"rollout {rid} succeeded: 1 succeeded" in text
+        assert "web-1" in text
