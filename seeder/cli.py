@@ -171,7 +171,12 @@ async def dispatch(args: argparse.Namespace) -> int:
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
         elif args.command == "logs":
             return await follow.show_logs(
-                client, args.host, args.rollout_id, follow=args.follow, as_json=args.json
+                client,
+                args.host,
+                args.rollout_id,
+                follow=args.follow,
+                as_json=args.json,
+                reconnect=_redialer(args),
             )
         elif args.action == "start":
             return await _start(client, args)
@@ -181,7 +186,7 @@ async def dispatch(args: argparse.Namespace) -> int:
                 args.rollout_id,
                 mode=follow.choose_mode(args.json),
                 wait_for=args.timeout,
-                reconnect=lambda: connect_client(Address.parse(args.seeder, default_port=7700)),
+                reconnect=_redialer(args),
             )
         else:
             r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
@@ -207,8 +212,14 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
         r["rollout_id"],
         mode=follow.choose_mode(args.json),
         wait_for=args.timeout,
-        reconnect=lambda: connect_client(Address.parse(args.seeder, default_port=7700)),
+        reconnect=_redialer(args),
     )
+
+
+def _redialer(args: argparse.Namespace) -> follow.Connect:
+    """How a follower dials the seeder again after losing it."""
+    address = Address.parse(args.seeder, default_port=7700)
+    return lambda: connect_client(address)
 
 
 def _emit(data: Any, as_json: bool, fmt: Any) -> None:

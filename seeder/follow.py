@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TextIO
 
@@ -263,45 +264,70 @@ async def show_logs(
     *,
     follow: bool,
     as_json: bool,
+    reconnect: Connect | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print a host's hook output; with ``follow``, then its new lines as they come."""
+    """Print a host's hook output; with ``follow``, then its new lines as they come.
+
+    A resubscription (this client lagged, or the seeder restarted and ``reconnect`` redialled)
+    starts from a fresh snapshot, of which only the lines not printed yet are printed."""
     emit: Callable[[dict[str, Any]], str] = (
         (lambda d: json.dumps(d, sort_keys=True)) if as_json else line_text
     )
     if not follow:
         result = await client.call("logs.get", host=host, rollout_id=rollout_id)
-        _print_lines(result, emit, out)
+        _print_new(result.get("lines", []), emit, out, Counter())
         return 0
-    seen: set[tuple[Any, ...]] = set()  # lines printed, so that a resync repeats none
-    while True:
-        snapshot, events = await client.subscribe(
-            "logs.subscribe", host=host, rollout_id=rollout_id
-        )
-        _print_lines(snapshot, emit, out, seen)
-        ended = ""
-        async for event in events:
-            if event.kind == "output":
-                line = {"rollout_id": event.rollout_id, "at": event.at, **event.data}
-                _print_lines({"lines": [line]}, emit, out, seen)
-            elif event.kind == "end":
-                ended = str(event.data.get("reason", ""))
-        if ended != LAGGED:
-            return 0
-        print("(fell behind the seeder's output; resynced)", file=sys.stderr)
+    printed: Counter[tuple[str, str, str]] = Counter()
+    first, delay = client, RECONNECT_FIRST
+    try:
+        while True:
+            try:
+                snapshot, events = await client.subscribe(
+                    "logs.subscribe", host=host, rollout_id=rollout_id
+                )
+                _print_new(snapshot.get("lines", []), emit, out, printed)
+                ended = ""
+                async for event in events:
+                    if event.kind == "output":
+                        line = {"rollout_id": event.rollout_id, "at": event.at, **event.data}
+                        print(emit(line), file=out, flush=True)
+                        printed[_line_key(line)] += 1
+                    elif event.kind == "end":
+                        ended = str(event.data.get("reason", ""))
+                if ended != LAGGED:
+                    return 0
+                print("(fell behind the seeder's output; resubscribing)", file=sys.stderr)
+            except ConnectionClosed as exc:
+                if reconnect is None:
+                    raise
+                print(f"(lost the seeder: {exc}; reconnecting)", file=sys.stderr, flush=True)
+                if client is not first:
+                    await client.channel.aclose()
+                client = await _redial(reconnect, delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+    finally:
+        if client is not first:
+            await client.channel.aclose()
 
 
-def _print_lines(
-    result: dict[str, Any],
+def _line_key(line: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(line.get("rollout_id")), str(line.get("step")), str(line.get("line")))
+
+
+def _print_new(
+    lines: list[dict[str, Any]],
     emit: Callable[[dict[str, Any]], str],
     out: TextIO,
-    seen: set[tuple[Any, ...]] | None = None,
+    printed: Counter[tuple[str, str, str]],
 ) -> None:
-    for line in result.get("lines", []):
-        key = tuple(line.get(k) for k in ("rollout_id", "step", "at", "line"))
-        if seen is not None:
-            if key in seen:
-                continue
-            seen.add(key)
-        print(emit(line), file=out)
+    """Print the lines of a snapshot beyond those already printed (the n-th equal line is new
+    if fewer than n were printed), and count them."""
+    occurrences: Counter[tuple[str, str, str]] = Counter()
+    for line in lines:
+        key = _line_key(line)
+        occurrences[key] += 1
+        if occurrences[key] > printed[key]:
+            print(emit(line), file=out)
+            printed[key] += 1
     out.flush()

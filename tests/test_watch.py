@@ -181,3 +181,26 @@ def test_many_failures_are_capped_in_the_report_and_the_view() -> None:
     console = Console(file=io.StringIO(), width=100, record=True)
     console.print(view(w))
     assert "... and 26 more failed host(s)" in console.export_text()
+
+
+def test_a_resubscribed_log_prints_only_lines_not_printed_yet() -> None:
+    from collections import Counter
+
+    from seeder.follow import _print_new, line_text
+
+    out = io.StringIO()
+    printed: Counter[tuple[str, str, str]] = Counter()
+    first = [{"rollout_id": "r", "step": "Start", "line": x, "at": 1.0} for x in ("a", ".", ".")]
+    _print_new(first, line_text, out, printed)
+    # After a seeder restart the same lines come back (other timestamps), plus new ones.
+    again = [{**d, "at": 9.0} for d in first] + [
+        {"rollout_id": "r", "step": "Start", "line": x, "at": 9.0} for x in (".", "b")
+    ]
+    _print_new(again, line_text, out, printed)
+    assert out.getvalue().splitlines() == [
+        "[Start] a",
+        "[Start] .",
+        "[Start] .",
+        "[Start] .",
+        "[Start] b",
+    ]
