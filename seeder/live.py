@@ -9,6 +9,7 @@ event that the hub fans out to subscribers; ``now`` is passed in.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Final
@@ -70,7 +71,8 @@ class LiveLog:
         """Keep the latest download progress of ``host``; returns its ``progress`` event."""
         total = max(0, msg.total)
         done = min(max(0, msg.done), total) if total else max(0, msg.done)
-        data = {"host": host, "done": done, "total": total, "rate": max(0.0, float(msg.rate))}
+        rate = float(msg.rate) if math.isfinite(msg.rate) and msg.rate > 0 else 0.0
+        data = {"host": host, "done": done, "total": total, "rate": rate}
         key = (msg.rollout_id, host)
         self._progress[key] = {**data, "at": now}
         self._progress.move_to_end(key)

@@ -132,6 +132,7 @@ def test_live_progress_is_clamped_and_kept_per_rollout() -> None:
     assert event.kind == "progress"
     assert event.data == {"host": "web-1", "done": 100, "total": 100, "rate": 0.0}
     live.progress("web-2", m.Progress("r1", "web-2", 10, 100, 5.0), now=3.0)
+    assert live.progress("web-3", m.Progress("r1", "x", 1, 2, float("inf")), 3.0).data["rate"] == 0
     live.progress("web-1", m.Progress("r2", "web-1", 1, 100, 5.0), now=3.0)
-    assert set(live.progress_of("r1")) == {"web-1", "web-2"}
+    assert set(live.progress_of("r1")) == {"web-1", "web-2", "web-3"}
     assert live.progress_of("r1")["web-2"]["done"] == 10
