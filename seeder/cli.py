@@ -77,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("release_id")
     start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
     start.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
-    start.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
+    start.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
     start.add_argument("--json", action="store_true", help="with --wait: events as JSON lines")
     watch = with_seeder(rollout.add_parser("watch", help="follow a rollout live until it ends"))
     watch.add_argument("rollout_id", nargs="?", help="default: the latest rollout")
-    watch.add_argument("--timeout", type=float, default=3600.0, help="seconds to watch at most")
+    watch.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds to watch at most")
     watch.add_argument("--json", action="store_true", help="the events as JSON lines")
     status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
     status.add_argument("rollout_id", nargs="?")
@@ -214,6 +214,17 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
         wait_for=args.timeout,
         reconnect=_redialer(args),
     )
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
+    return value
 
 
 def _redialer(args: argparse.Namespace) -> follow.Connect:
