@@ -25,7 +25,9 @@ from common import messages as m
 
 Topic = tuple[str, str]
 
-SUBSCRIBER_BUFFER: Final = 1024
+# Events a subscriber may fall behind by before it is dropped: room for a burst over thousands
+# of hosts (e.g. one Stage per target in one tick), at a few hundred bytes each.
+SUBSCRIBER_BUFFER: Final = 8192
 
 # Rollout states a rollout does not leave without an operator: a watch stream ends there.
 # ("halted" waits for a decision: the stream ends and the CLI says so; subscribe again to follow

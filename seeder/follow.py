@@ -276,6 +276,8 @@ async def show_logs(
     )
     if not follow:
         result = await client.call("logs.get", host=host, rollout_id=rollout_id)
+        if not result.get("rollout_id") and not as_json:
+            print(f"no rollout has targeted {host} yet", file=sys.stderr)
         _print_new(result.get("lines", []), emit, out, Counter())
         return 0
     printed: Counter[tuple[str, str, str]] = Counter()

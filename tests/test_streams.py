@@ -162,8 +162,8 @@ async def test_a_client_leaving_ends_its_stream(store: Store) -> None:
                 client = await cli(operator)
                 await client.subscribe("rollout.subscribe", rollout_id=rid)
                 assert watching.hub.subscribers(rollout_topic(rid)) == 1
-            while watching.hub.subscribers(rollout_topic(rid)):
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watching.hub.subscribers(rollout_topic(rid)) == 0
             nursery.cancel_scope.cancel()
 
 
@@ -222,14 +222,16 @@ async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode
             rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
             client = await cli(operator)
             codes: list[int] = []
+            finished = trio.Event()
 
             async def watch() -> None:
                 code = await watch_rollout(client, rid, mode=mode, wait_for=10, out=out)
                 codes.append(code)
+                finished.set()
 
             nursery.start_soon(watch)
-            while not watching.hub.subscribers(rollout_topic(rid)):
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watching.hub.subscribers(rollout_topic(rid)) == 1
             await peer.send(m.Progress(rid, "web-1", done=3, total=3, rate=0.0))
             await peer.send(report(rid, "stage", "succeeded", 1, result="succeeded"))
             assert await peer.receive() == m.Ack(seq=1)
@@ -238,8 +240,7 @@ async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode
             await peer.send(report(rid, "activate", "succeeded", 2, result="succeeded"))
             assert await peer.receive() == m.Ack(seq=2)
             await server.engine.tick()
-            while not codes:
-                await trio.sleep(0.01)
+            await finished.wait()
             nursery.cancel_scope.cancel()
     assert codes == [0]
     text = out.getvalue()
