@@ -55,7 +55,7 @@ StreamHandler = Callable[[dict[str, Any], Reply], Awaitable[None]]
 
 
 def _no_observer(host: str, msg: m.OutputLine | m.Progress) -> None:
-    log.info("[%s] %s", host, msg)
+    log.debug("[%s] %s", host, msg)
 
 
 class ControlServer:

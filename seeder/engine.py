@@ -152,14 +152,8 @@ class Engine:
         for rollout in self.store.rollouts(active_only=True):
             late = plan.overdue(rollout, now, self.deadlines)
             for host in late:
-                self.store.set_target(
-                    rollout.rollout_id,
-                    host,
-                    now,
-                    state="failed",
-                    error=f"no result within the {rollout.state} deadline",
-                )
                 error = f"no result within the {rollout.state} deadline"
+                self.store.set_target(rollout.rollout_id, host, now, state="failed", error=error)
                 self._target_event(rollout.rollout_id, host, "failed", "", error)
             if late:
                 rollout = self.store.rollout(rollout.rollout_id) or rollout
