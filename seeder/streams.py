@@ -75,12 +75,21 @@ class Watching:
         return {"rollout.subscribe": self.rollout_subscribe, "logs.subscribe": self.logs_subscribe}
 
     async def rollout_subscribe(self, params: dict[str, Any], reply: Reply) -> None:
-        """Snapshot ``{rollout, progress}``, then the rollout's events until it ends."""
+        """Snapshot ``{rollout, progress, release: {size}}``, then the rollout's events until
+        it ends."""
         wanted = _opt(params.get("rollout_id"))
         rollout_id = wanted or views.find_rollout(self.store, None)["rollout_id"]
         with self.hub.subscribe(rollout_topic(rollout_id)) as sub:
             view = views.find_rollout(self.store, rollout_id)
-            await reply.respond({"rollout": view, "progress": self.live.progress_of(rollout_id)})
+            found = self.store.release(str(view["release_id"]))
+            size = found[0].size if found else 0
+            await reply.respond(
+                {
+                    "rollout": view,
+                    "progress": self.live.progress_of(rollout_id),
+                    "release": {"size": size},
+                }
+            )
             if view["state"] in STREAM_ENDS:
                 await reply.push(self._end(rollout_id, FINAL, f"the rollout is {view['state']}"))
                 return

@@ -89,6 +89,7 @@ class WatchModel:
         self.progress: dict[str, dict[str, Any]] = {
             h: dict(p) for h, p in snapshot.get("progress", {}).items()
         }
+        self.release_size = int(snapshot.get("release", {}).get("size") or 0)
         self.gates: list[dict[str, Any]] = []
         self.last_seq = max((int(e.get("seq", 0)) for e in view.get("timeline", [])), default=0)
         self.ended: str | None = None  # the reason of the stream's end event, once it came
@@ -207,8 +208,14 @@ class WatchModel:
         return rows
 
     def transfer(self) -> Transfer:
+        """Bytes done of the total: the totals reported, plus the release's size for each
+        target still to stage that has not reported yet (when the snapshot gave the size)."""
         done = sum(int(p["done"]) for p in self.progress.values())
         total = sum(int(p["total"]) for p in self.progress.values())
+        total += self.release_size * sum(
+            t.state in ("pending", "staging") and h not in self.progress
+            for h, t in self.targets.items()
+        )
         rate = sum(
             float(p["rate"]) for p in self.progress.values() if int(p["done"]) < int(p["total"])
         )

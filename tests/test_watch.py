@@ -204,3 +204,11 @@ def test_a_resubscribed_log_prints_only_lines_not_printed_yet() -> None:
         "[Start] .",
         "[Start] b",
     ]
+
+
+def test_hosts_yet_to_report_count_the_release_size_in_the_total() -> None:
+    w = WatchModel({**snapshot(), "release": {"size": 100}})
+    assert (w.transfer().done, w.transfer().total) == (0, 300)
+    w.apply(ev("progress", host="web-1", done=100, total=100, rate=0.0))
+    w.apply(ev("target", 1, host="web-2", state="staged", step="stage"))  # had it already
+    assert (w.transfer().done, w.transfer().total) == (100, 200)
