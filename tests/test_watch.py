@@ -9,7 +9,7 @@ from rich.console import Console
 
 from common import messages as m
 from peer.progress import Meter
-from seeder.follow import view
+from seeder.liveview import view
 from seeder.watch import WatchModel, human_bytes, transfer_text
 
 
