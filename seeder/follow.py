@@ -20,6 +20,7 @@ from rich.live import Live
 
 from common import messages as m
 from common.errors import ConnectionClosed, ShoalError
+from seeder import render
 from seeder.client import SeederClient
 from seeder.events import FINAL, LAGGED
 from seeder.liveview import view
@@ -137,8 +138,6 @@ def _resync(
 
 def _changes(old: WatchModel | None, new: WatchModel) -> list[str]:
     """Plain lines for what a (re)subscription shows that ``old`` had not."""
-    from seeder import render
-
     lines = []
     if old is None or old.state != new.state:
         lines.append(
