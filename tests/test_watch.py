@@ -212,3 +212,16 @@ def test_hosts_yet_to_report_count_the_release_size_in_the_total() -> None:
     w.apply(ev("progress", host="web-1", done=100, total=100, rate=0.0))
     w.apply(ev("target", 1, host="web-2", state="staged", step="stage"))  # had it already
     assert (w.transfer().done, w.transfer().total) == (100, 200)
+
+
+def test_a_resync_prints_only_what_changed_meanwhile() -> None:
+    from seeder.follow import _changes
+
+    old = WatchModel(snapshot())
+    later = snapshot(state="activating")
+    later["rollout"]["targets"][1] = {"host": "web-2", "state": "staged", "step": "stage"}
+    assert _changes(old, WatchModel(later)) == [
+        "rollout r1 activating",
+        "  web-2                staged      stage",
+    ]
+    assert len(_changes(None, WatchModel(later))) == 4  # a first subscription: everything
