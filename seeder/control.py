@@ -26,6 +26,7 @@ from seeder.store import HostRecord, Store
 log = logging.getLogger("shoal.seeder.control")
 
 HEARTBEAT_INTERVAL = 5.0
+PUSH_TIMEOUT = 30.0  # seconds a streaming client may leave a pushed event unread
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # What a peer tells the seeder live, best effort (hook output, download progress): host, message.
 Observer = Callable[[str, m.OutputLine | m.Progress], None]
@@ -47,8 +48,15 @@ class Reply:
         await self._channel.send(m.Response(id=self._id, ok=True, result=result))
 
     async def push(self, event: m.RolloutEvent) -> None:
+        """Send one event; a client that reads nothing for PUSH_TIMEOUT loses its connection."""
         assert self.responded, "respond before pushing events"
-        await self._channel.send(event)
+        try:
+            with trio.fail_after(PUSH_TIMEOUT):
+                await self._channel.send(event)
+        except trio.TooSlowError:
+            raise ConnectionClosed(
+                f"the client read nothing for {PUSH_TIMEOUT:.0f}s; closing its stream"
+            ) from None
 
 
 StreamHandler = Callable[[dict[str, Any], Reply], Awaitable[None]]

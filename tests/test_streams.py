@@ -21,7 +21,7 @@ from seeder.engine import Engine
 from seeder.events import EventHub, rollout_topic
 from seeder.follow import Mode, watch_rollout
 from seeder.live import LiveLog
-from seeder.store import Store
+from seeder.store import HostRecord, Store
 from seeder.streams import Watching
 from tests.conftest import MANIFEST
 from tests.test_control_server import Clock, peer_connected
@@ -250,3 +250,31 @@ async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode
     else:
         assert f"rollout {rid} succeeded: 1 succeeded" in text
         assert "web-1" in text
+
+
+async def test_a_client_that_stops_reading_loses_its_stream(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    from seeder.control import PUSH_TIMEOUT
+
+    server, watching = make_server(store)
+    host = HostRecord("web-1", "127.0.0.11", 6881, {}, None, [], False, 0.0)
+    store.upsert_host(host, 0.0)
+    rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()  # no buffer at all
+    done = trio.Event()
+
+    async def handle() -> None:
+        await server.handle(server_stream)
+        done.set()
+
+    with trio.fail_after(PUSH_TIMEOUT * 3):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handle)
+            client = await cli(Channel(client_stream, Role.CLIENT))
+            await client.subscribe("rollout.subscribe", rollout_id=rid)
+            start = trio.current_time()
+            watching.on_event(m.RolloutEvent(rid, 1, 0.0, "target", {"host": "web-1"}))
+            await done.wait()  # the server gave up on this reader and closed its connection
+            assert trio.current_time() - start == pytest.approx(PUSH_TIMEOUT)
+    assert watching.hub.subscribers(rollout_topic(rid)) == 0
