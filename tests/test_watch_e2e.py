@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -57,6 +59,27 @@ async def read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
 
 def cli(fleet: LocalFleet, *args: str) -> list[str]:
     return [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(fleet.control)]
+
+
+def in_terminal(args: list[str]) -> tuple[int, str]:
+    """Run a command with stdout on a pseudo-terminal; its exit code and what it wrote."""
+    main, sub = pty.openpty()
+    try:
+        env = {**os.environ, "COLUMNS": "100", "LINES": "40", "TERM": "xterm"}
+        proc = subprocess.Popen(args, stdout=sub, stderr=subprocess.PIPE, env=env)
+        os.close(sub)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            data += chunk
+        return proc.wait(timeout=60), data.decode(errors="replace")
+    finally:
+        os.close(main)
 
 
 async def start(fleet: LocalFleet) -> None:
@@ -117,6 +140,15 @@ async def test_watch_follows_a_rollout_to_its_end(fleet: LocalFleet, tmp_path: P
         assert f"rollout {rid} succeeded" in lines
         assert lines[-1].startswith(f"rollout {rid} succeeded: 2 succeeded in ")
         assert "\x1b[" not in stdout  # no terminal control codes into a pipe
+
+        # 1b. On a terminal the same watch is the live view (redrawn in place), then the summary.
+        code, screen = await trio.to_thread.run_sync(
+            in_terminal, cli(fleet, "rollout", "watch", rid)
+        )
+        assert code == 0, screen
+        assert "\x1b[" in screen  # drawn with terminal control codes
+        assert "SUCCEEDED" in screen  # the counts table's column
+        assert f"rollout {rid} succeeded: 2 succeeded in " in screen
 
         # 2. Watching a finished rollout prints its final state at once, as JSON lines too.
         out = await trio.to_thread.run_sync(
