@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
     start.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
     start.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
-    start.add_argument("--json", action="store_true", help="with --wait: events as JSON lines")
+    start.add_argument(
+        "--json",
+        action="store_true",
+        help="the rollout as JSON (with --wait: its events as JSON lines)",
+    )
     watch = with_seeder(rollout.add_parser("watch", help="follow a rollout live until it ends"))
     watch.add_argument("rollout_id", nargs="?", help="default: the latest rollout")
     watch.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds to watch at most")
