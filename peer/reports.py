@@ -1,11 +1,13 @@
 """Step reports on their way to the seeder: journaled first, then sent, kept until acked.
 
-Hook output lines are streamed live too, best effort: they go through a bounded buffer and are
-dropped (counted) when the seeder is away; the step report keeps the last lines durably.
+Hook output lines and download progress are streamed live too, best effort: they go through a
+bounded buffer and are dropped (counted) when the seeder is away; the step report keeps the last
+lines durably.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +28,9 @@ class Reporter:
         self.host = host
         self.clock = clock
         self._changed = trio.Event()
-        self.live_send, self.live_receive = trio.open_memory_channel[m.OutputLine](LIVE_BUFFER)
+        self.live_send, self.live_receive = trio.open_memory_channel[m.OutputLine | m.Progress](
+            LIVE_BUFFER
+        )
         self.dropped_lines = 0
 
     def step(
@@ -66,6 +70,11 @@ class Reporter:
             )
         except trio.WouldBlock:
             self.dropped_lines += 1
+
+    def progress(self, rollout_id: str, done: int, total: int, rate: float) -> None:
+        msg = m.Progress(rollout_id=rollout_id, host=self.host, done=done, total=total, rate=rate)
+        with contextlib.suppress(trio.WouldBlock):  # dropped: the next sample says more
+            self.live_send.send_nowait(msg)
 
     async def wait_changed(self) -> None:
         await self._changed.wait()

@@ -17,6 +17,7 @@ from common.errors import ShoalError
 from common.release import Manifest
 from common.torrent import torrent_infohash
 from peer.context import PeerContext
+from peer.progress import Meter
 
 
 def _addresses(pairs: list[list[Any]]) -> list[tuple[str, int]]:
@@ -54,12 +55,19 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         peers = _addresses(cmd.peers)
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
         seeds = _addresses(cmd.slice_seeds)
+        meter = Meter(manifest.size)
+
+        def progress(fraction: float) -> None:
+            if sample := meter.update(fraction, time.monotonic()):
+                ctx.reporter.progress(rollout_id, sample.done, sample.total, sample.rate)
+
         sources = await ctx.torrents.download(
             cmd.torrent,
             ctx.layout.download_dir(rid),
             peers=peers,
             piece_slice=piece_slice,
             slice_seeds=seeds,
+            on_progress=progress,
         )
         took = time.monotonic() - started
         detail = (

@@ -25,12 +25,11 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import render
-from seeder.client import open_client
+from seeder import follow, render
+from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
-FINAL = ("succeeded", "failed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("repo", type=Path)
     build.add_argument("--ref", required=True)
     build.add_argument("--app", help="application name (default: the repository's dir name)")
+    build.add_argument("--json", action="store_true")
     with_seeder(release.add_parser("list", help="list releases")).add_argument(
         "--json", action="store_true"
     )
@@ -115,8 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     start = with_seeder(rollout.add_parser("start", help="roll a release out"))
     start.add_argument("release_id")
     start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
-    start.add_argument("--wait", action="store_true", help="follow it until it ends")
-    start.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
+    start.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
+    start.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
+    start.add_argument(
+        "--json",
+        action="store_true",
+        help="the rollout as JSON (with --wait: its events as JSON lines)",
+    )
+    watch = with_seeder(rollout.add_parser("watch", help="follow a rollout live until it ends"))
+    watch.add_argument("rollout_id", nargs="?", help="default: the latest rollout")
+    watch.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds to watch at most")
+    watch.add_argument("--json", action="store_true", help="the events as JSON lines")
     status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
     status.add_argument("rollout_id", nargs="?")
     status.add_argument("--json", action="store_true")
@@ -124,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
         "--json", action="store_true"
     )
+    logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
+    logs.add_argument("host")
+    logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
+    logs.add_argument("--follow", action="store_true", help="then print new lines as they come")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
@@ -138,14 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return 1
-    except BaseExceptionGroup as group:  # a ShoalError from inside a nursery (seeder run)
-        inner = _only_error(group)
-        if not isinstance(inner, ShoalError):
-            raise
-        print(f"shoal: error: {inner}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:  # raised inside a nursery (seeder run, the live view)
+        if _only(group, KeyboardInterrupt):
+            return 130
+        inner = _only_error(group)
+        if isinstance(inner, ShoalError):
+            print(f"shoal: error: {inner}", file=sys.stderr)
+            return 1
+        if _only(group, ShoalError):
+            print(f"shoal: error: {group.exceptions[0]}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _only(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> bool:
+    rest = group.split(kind)[1]
+    return rest is None
 
 
 def _only_error(exc: BaseException) -> BaseException:
@@ -188,6 +212,9 @@ async def dispatch(args: argparse.Namespace) -> int:
                 "release.build", repo=str(args.repo.resolve()), ref=args.ref, app=args.app
             )
             mf = result["release"]
+            if args.json:
+                _emit(result, True, str)
+                return 0
             print(
                 f"{'built' if result['created'] else 'already built'}: {mf['app']} "
                 f"{mf['version']} commit {mf['commit'][:12]} {mf['size']} bytes "
@@ -203,8 +230,25 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
+        elif args.command == "logs":
+            return await follow.show_logs(
+                client,
+                args.host,
+                args.rollout_id,
+                follow=args.follow,
+                as_json=args.json,
+                reconnect=_redialer(args),
+            )
         elif args.action == "start":
             return await _start(client, args)
+        elif args.action == "watch":
+            return await follow.watch_rollout(
+                client,
+                args.rollout_id,
+                mode=follow.choose_mode(args.json),
+                wait_for=args.timeout,
+                reconnect=_redialer(args),
+            )
         else:
             r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
             _emit(r, args.json, render.rollout)
@@ -212,32 +256,42 @@ async def dispatch(args: argparse.Namespace) -> int:
 
 
 async def _start(client: Any, args: argparse.Namespace) -> int:
-    started = trio.current_time()
     r = (await client.call("rollout.start", release_id=args.release_id, hosts=args.hosts))[
         "rollout"
     ]
-    print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
     if not args.wait:
-        print(r["rollout_id"])
+        if args.json:
+            _emit(r, True, str)
+        else:
+            print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)")
+            print(r["rollout_id"])
         return 0
-    seen: dict[str, tuple[str, str]] = {}
-    with trio.move_on_after(args.timeout) as scope:
-        while True:
-            r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
-            for t in r["targets"]:
-                now = (t["state"], t["step"])
-                if seen.get(t["host"]) != now:
-                    seen[t["host"]] = now
-                    print(render.progress_line(t["host"], *now), flush=True)
-            if r["state"] in FINAL:
-                break
-            await trio.sleep(0.25)
-    print(render.rollout(r))
-    if scope.cancelled_caught:
-        print(f"gave up waiting after {args.timeout:.0f}s; the rollout goes on", file=sys.stderr)
-        return 1
-    print(render.summary(r, trio.current_time() - started))
-    return 0 if r["state"] == "succeeded" else 1
+    if not args.json:
+        print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
+    return await follow.watch_rollout(
+        client,
+        r["rollout_id"],
+        mode=follow.choose_mode(args.json),
+        wait_for=args.timeout,
+        reconnect=_redialer(args),
+    )
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
+    return value
+
+
+def _redialer(args: argparse.Namespace) -> follow.Connect:
+    """How a follower dials the seeder again after losing it."""
+    address = Address.parse(args.seeder, default_port=7700)
+    return lambda: connect_client(address)
 
 
 def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:

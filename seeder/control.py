@@ -1,8 +1,10 @@
 """The seeder's control server: one task per connection, peers and CLI clients alike.
 
 A peer connection registers the host, then streams heartbeats and step reports (each acked once
-stored). A CLI connection sends requests, each answered by a response. A malformed or truncated
-message ends that one connection and nothing else.
+stored). A CLI connection sends requests, each answered by a response; a *streaming* method
+(``streams``) answers with one response and then pushes events until it ends (with an ``end``
+event) or the client leaves, after which the connection takes requests again. A malformed or
+truncated message ends that one connection and nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import trio
 
 from common import messages as m
 from common.channel import Channel
-from common.errors import ConnectionClosed, ProtocolError, ShoalError
+from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
 from common.protocol import Role
 from seeder.engine import Engine
 from seeder.store import HostRecord, Store
@@ -24,14 +26,61 @@ from seeder.store import HostRecord, Store
 log = logging.getLogger("shoal.seeder.control")
 
 HEARTBEAT_INTERVAL = 5.0
+PUSH_TIMEOUT = 30.0  # seconds a streaming client may leave a pushed event unread
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# What a peer tells the seeder live, best effort (hook output, download progress): host, message.
+Observer = Callable[[str, m.OutputLine | m.Progress], None]
+# The errors of a method that are the caller's fault (answered, never fatal to the connection).
+REQUEST_ERRORS = (ShoalError, KeyError, TypeError, ValueError)
+
+
+class Reply:
+    """How a streaming method answers: :meth:`respond` once, then :meth:`push` events."""
+
+    def __init__(self, channel: Channel, request_id: int) -> None:
+        self._channel = channel
+        self._id = request_id
+        self.responded = False
+
+    async def respond(self, result: dict[str, Any]) -> None:
+        assert not self.responded, "a stream responds once"
+        self.responded = True
+        await self._channel.send(m.Response(id=self._id, ok=True, result=result))
+
+    async def push(self, event: m.RolloutEvent) -> None:
+        """Send one event; a client that reads nothing for PUSH_TIMEOUT loses its connection."""
+        assert self.responded, "respond before pushing events"
+        try:
+            with trio.fail_after(PUSH_TIMEOUT):
+                await self._channel.send(event)
+        except trio.TooSlowError:
+            raise ConnectionClosed(
+                f"the client read nothing for {PUSH_TIMEOUT:.0f}s; closing its stream"
+            ) from None
+
+
+StreamHandler = Callable[[dict[str, Any], Reply], Awaitable[None]]
+
+
+def _no_observer(host: str, msg: m.OutputLine | m.Progress) -> None:
+    log.debug("[%s] %s", host, msg)
 
 
 class ControlServer:
-    def __init__(self, store: Store, engine: Engine, *, methods: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        methods: dict[str, Handler],
+        streams: dict[str, StreamHandler] | None = None,
+        observe: Observer = _no_observer,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.methods = methods
+        self.streams = streams or {}
+        self.observe = observe
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -83,8 +132,8 @@ class ControlServer:
                 elif isinstance(msg, m.StepReport):
                     self.engine.on_report(hello.name, msg)
                     await channel.send(m.Ack(seq=msg.seq))
-                elif isinstance(msg, m.OutputLine):
-                    log.info("[%s %s] %s", hello.name, msg.step, msg.line)
+                elif isinstance(msg, m.OutputLine | m.Progress):
+                    self.observe(hello.name, msg)
         except trio.TooSlowError:
             log.warning("peer %s went silent; closing its connection", hello.name)
         finally:
@@ -94,29 +143,72 @@ class ControlServer:
     async def _serve_cli(self, channel: Channel) -> None:
         while True:
             msg = await channel.receive()
-            assert isinstance(msg, m.Request)
-            handler = self.methods.get(msg.method)
-            if handler is None:
-                reply = m.Response(
-                    id=msg.id,
-                    ok=False,
-                    error_code="unknown_method",
-                    error=f"unknown method {msg.method!r}",
-                )
+            assert isinstance(msg, m.Request)  # the protocol lets a CLI send nothing else
+            stream = self.streams.get(msg.method)
+            if stream is not None:
+                await self._stream(channel, msg, stream)
             else:
+                await channel.send(await self._answer(msg))
+
+    async def _answer(self, msg: m.Request) -> m.Response:
+        handler = self.methods.get(msg.method)
+        if handler is None:
+            return m.Response(
+                id=msg.id,
+                ok=False,
+                error_code="unknown_method",
+                error=f"unknown method {msg.method!r}",
+            )
+        try:
+            result = await handler(msg.params)
+        except REQUEST_ERRORS as exc:
+            return _refusal(msg, exc)
+        return m.Response(id=msg.id, ok=True, result=result)
+
+    async def _stream(self, channel: Channel, msg: m.Request, handler: StreamHandler) -> None:
+        """Run one streaming method until it returns or the client leaves.
+
+        While it runs, the client may only listen: anything it sends ends the connection (a
+        protocol error on its side), and so does closing it, which also ends the stream."""
+        reply = Reply(channel, msg.id)
+        gone: list[ConnectionClosed | ProtocolError] = []
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
                 try:
-                    result = await handler(msg.params)
-                except ShoalError as exc:
-                    reply = m.Response(
-                        id=msg.id, ok=False, error_code=type(exc).__name__, error=str(exc)
+                    await handler(msg.params, reply)
+                except (ConnectionClosed, ProtocolError) as exc:
+                    gone.append(exc)
+                except REQUEST_ERRORS as exc:
+                    if not reply.responded:
+                        await channel.send(_refusal(msg, exc))
+                    else:  # too late to refuse: end the connection, the client sees it close
+                        log.error("stream %s failed: %s", msg.method, exc)
+                        gone.append(ConnectionClosed(f"stream {msg.method} failed: {exc}"))
+                nursery.cancel_scope.cancel()
+
+            async def listen() -> None:
+                try:
+                    extra = await channel.receive()
+                    gone.append(
+                        RemoteProtocolError(f"{extra.TYPE} sent while {msg.method} was streaming")
                     )
-                except (KeyError, TypeError, ValueError) as exc:
-                    reply = m.Response(
-                        id=msg.id,
-                        ok=False,
-                        error_code="bad_request",
-                        error=f"bad parameters for {msg.method}: {exc}",
-                    )
-                else:
-                    reply = m.Response(id=msg.id, ok=True, result=result)
-            await channel.send(reply)
+                except (ConnectionClosed, ProtocolError) as exc:
+                    gone.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(listen)
+        if gone:
+            raise gone[0]
+
+
+def _refusal(msg: m.Request, exc: Exception) -> m.Response:
+    if isinstance(exc, ShoalError):
+        return m.Response(id=msg.id, ok=False, error_code=type(exc).__name__, error=str(exc))
+    return m.Response(
+        id=msg.id,
+        ok=False,
+        error_code="bad_request",
+        error=f"bad parameters for {msg.method}: {exc}",
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from common.errors import ShoalError
-from seeder import render
+from seeder import follow
 from seeder.client import SeederClient, open_client
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
@@ -72,11 +72,9 @@ async def _rollout(
         print(f"\ndemo: built release {release_id} ({built['release']['size']} bytes)")
         r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]
         print(f"demo: rollout {r['rollout_id']} started", flush=True)
-        with trio.fail_after(120):
-            while r["state"] not in ("succeeded", "failed"):
-                await trio.sleep(0.2)
-                r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
-        print(render.rollout(r))
+        mode = follow.choose_mode(as_json=False)
+        await follow.watch_rollout(client, r["rollout_id"], mode=mode, wait_for=120)
+        r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
         if r["state"] != "succeeded":
             break
     for name in names:

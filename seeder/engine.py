@@ -14,6 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -36,6 +37,10 @@ class UnknownRelease(ShoalError):
     pass
 
 
+def _ignore(event: m.RolloutEvent) -> None:
+    pass
+
+
 class Engine:
     def __init__(
         self,
@@ -45,8 +50,11 @@ class Engine:
         deadlines: plan.Deadlines | None = None,
         clock: Callable[[], float] = time.time,
         slice_seeds: SliceProvider | None = None,
+        on_event: Callable[[m.RolloutEvent], None] = _ignore,
     ) -> None:
         self.store = store
+        self.on_event = on_event
+        self._seq: dict[str, int] = {}  # per rollout: the seq of its last event (this run)
         self.seeder_bt = seeder_bt
         self.deadlines = deadlines or plan.Deadlines()
         self.clock = clock
@@ -86,6 +94,7 @@ class Engine:
         rollout_id = time.strftime("r%Y%m%d-%H%M%S-", time.gmtime(now)) + secrets.token_hex(2)
         self.store.create_rollout(rollout_id, release_id, selector, targets, now)
         log.info("rollout %s of %s on %d host(s)", rollout_id, release_id, len(targets))
+        self._emit(rollout_id, "rollout", state="staging", error="", wave=None)
         self.wake()
         rollout = self.store.rollout(rollout_id)
         assert rollout is not None
@@ -110,6 +119,8 @@ class Engine:
         )
         if not self.store.record_event(event, now):
             return
+        step = {k: v for k, v in vars(event).items() if k not in ("rollout_id", "at")}
+        self._emit(report.rollout_id, "step", **step)
         rollout = self.store.rollout(report.rollout_id)
         target = next((t for t in rollout.targets if t.host == host), None) if rollout else None
         if target is None:
@@ -120,6 +131,8 @@ class Engine:
         self.store.set_target(
             report.rollout_id, host, now, state=new_state, step=report.step, error=error
         )
+        if new_state != target.state or report.step != target.step:
+            self._target_event(report.rollout_id, host, new_state, report.step, error or "")
         if report.step == "activate" and report.state == "succeeded" and rollout is not None:
             self.store.set_host_current(host, rollout.release_id)
         self.wake()
@@ -139,13 +152,9 @@ class Engine:
         for rollout in self.store.rollouts(active_only=True):
             late = plan.overdue(rollout, now, self.deadlines)
             for host in late:
-                self.store.set_target(
-                    rollout.rollout_id,
-                    host,
-                    now,
-                    state="failed",
-                    error=f"no result within the {rollout.state} deadline",
-                )
+                error = f"no result within the {rollout.state} deadline"
+                self.store.set_target(rollout.rollout_id, host, now, state="failed", error=error)
+                self._target_event(rollout.rollout_id, host, "failed", "", error)
             if late:
                 rollout = self.store.rollout(rollout.rollout_id) or rollout
             outcome = plan.phase_outcome(rollout)
@@ -153,6 +162,7 @@ class Engine:
                 state, error = outcome
                 self.store.set_rollout_state(rollout.rollout_id, state, now, error)
                 log.info("rollout %s: %s %s", rollout.rollout_id, state, error)
+                self._emit(rollout.rollout_id, "rollout", state=state, error=error, wave=None)
                 rollout.state = state
             actions = [
                 a for a in plan.next_actions(rollout, self.connected()) if self._due(rollout, a)
@@ -180,10 +190,23 @@ class Engine:
         now = self.clock()
         state = "staging" if action.kind == "stage" else "activating"
         self.store.set_target(rollout.rollout_id, action.host, now, state=state)
+        before = next((t for t in rollout.targets if t.host == action.host), None)
+        if before is not None and before.state != state:
+            self._target_event(rollout.rollout_id, action.host, state, before.step, before.error)
         try:
             await channel.send(msg)
         except ConnectionClosed:
             self.detach(action.host, channel)
+
+    def _emit(self, rollout_id: str, kind: str, **data: Any) -> None:
+        """Hand one timeline event to ``on_event`` (the watchers' hub)."""
+        seq = self._seq[rollout_id] = self._seq.get(rollout_id, 0) + 1
+        self.on_event(
+            m.RolloutEvent(rollout_id=rollout_id, seq=seq, at=self.clock(), kind=kind, data=data)
+        )
+
+    def _target_event(self, rollout_id: str, host: str, state: str, step: str, error: str) -> None:
+        self._emit(rollout_id, "target", host=host, state=state, step=step, wave=None, error=error)
 
     async def _stage_plan(self, rollout: Rollout) -> Callable[[str], m.Stage]:
         """What every target of a rollout is told to stage (the store is read once per tick)."""

@@ -24,7 +24,10 @@ from seeder import views
 from seeder.build import V1_TORRENT, build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
+from seeder.events import EventHub
+from seeder.live import LiveLog
 from seeder.store import Store
+from seeder.streams import Watching
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tracker import Tracker
 
@@ -128,16 +131,25 @@ async def run_seeder(
                 assert found is not None, release_id
                 return await slice_seeds.endpoints(found[1], data / "releases" / release_id, count)
 
+            watching = Watching(store, EventHub(), LiveLog())
             engine = Engine(
                 store,
                 seeder_bt=(bt.host, bt.port),
                 slice_seeds=offer_slices if config.slices else None,
+                on_event=watching.on_event,
             )
             await nursery.start(engine.run)
             methods = _methods(
                 config, store, engine, torrents, slice_seeds, tracker, tracker_url, bt
             )
-            server = ControlServer(store, engine, methods=methods)
+            methods.update(watching.methods())
+            server = ControlServer(
+                store,
+                engine,
+                methods=methods,
+                streams=watching.streams(),
+                observe=watching.observe,
+            )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
             log.info("seeder ready: control %s, tracker %s, bittorrent %s", *vars(addrs).values())
