@@ -255,3 +255,55 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    """What a release archive holds, read without unpacking it (for preflight checks)."""
+
+    unpacked_size: int  # bytes of all regular files
+    modes: dict[str, int]  # regular files and symlinks -> permission bits (symlinks: of target)
+    heads: dict[str, bytes]  # the first line (at most 256 bytes) of files starting with "#!"
+    texts: dict[str, bytes]  # the whole content of the members asked for by name
+
+
+HEAD_BYTES = 256
+
+
+def list_archive(archive: Path, *, read: tuple[str, ...] = ()) -> ArchiveListing:
+    """One streaming pass over a release archive; ReleaseError if it cannot be read."""
+    size, modes, heads, texts = 0, {}, {}, {}
+    links: dict[str, str] = {}
+    try:
+        with (
+            archive.open("rb") as raw,
+            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader,
+            tarfile.open(fileobj=reader, mode="r|") as tar,
+        ):
+            for member in tar:
+                if member.issym():
+                    links[member.name] = os.path.normpath(
+                        os.path.join(os.path.dirname(member.name), member.linkname)
+                    )
+                if not member.isfile():
+                    continue
+                size += member.size
+                modes[member.name] = member.mode
+                data = tar.extractfile(member)
+                if data is None:
+                    continue
+                if member.name in read:
+                    texts[member.name] = data.read(1024 * 1024)
+                    first = texts[member.name][:HEAD_BYTES]
+                else:
+                    first = data.read(HEAD_BYTES)
+                if first.startswith(b"#!"):
+                    heads[member.name] = first.split(b"\n")[0]
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        raise ReleaseError(f"cannot read {archive.name}: {exc}") from None
+    for name, target in links.items():  # a hook may be a symlink to a script in the release
+        if target in modes:
+            modes[name] = modes[target]
+            if target in heads:
+                heads[name] = heads[target]
+    return ArchiveListing(size, modes, heads, texts)

@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
     staged_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS fencing (
+    rollout_id TEXT PRIMARY KEY, token INTEGER NOT NULL, aborted INTEGER NOT NULL);
 """
 
 
@@ -131,3 +133,28 @@ class Journal:
 
     def remove_release(self, release_id: str) -> None:
         self._db.execute("DELETE FROM releases WHERE release_id=?", (release_id,))
+
+    # --- fencing tokens and aborts (see peer.fencing) ------------------------------------------
+
+    def newest_token(self) -> int:
+        row = self._db.execute("SELECT MAX(token) FROM fencing").fetchone()
+        return int(row[0] or 0)
+
+    def see_token(self, rollout_id: str, token: int) -> None:
+        self._db.execute(
+            "INSERT INTO fencing VALUES (?,?,0) ON CONFLICT (rollout_id) "
+            "DO UPDATE SET token=MAX(token, excluded.token)",
+            (rollout_id, token),
+        )
+
+    def mark_aborted(self, rollout_id: str) -> None:
+        self._db.execute(
+            "INSERT INTO fencing VALUES (?,0,1) ON CONFLICT (rollout_id) DO UPDATE SET aborted=1",
+            (rollout_id,),
+        )
+
+    def aborted(self, rollout_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT aborted FROM fencing WHERE rollout_id=?", (rollout_id,)
+        ).fetchone()
+        return bool(row and row[0])

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.appspec import check_hook_locations, parse_appspec
+from common.appspec import AppSpec, check_hook_locations, parse_appspec
 from common.archive import git_archive, list_tree, read_file_at
 from common.errors import AppSpecError, BuildError
 from common.release import Manifest, check_app_name
@@ -26,6 +26,7 @@ class BuiltRelease:
     manifest: Manifest
     torrent: bytes
     directory: Path
+    warnings: tuple[str, ...] = ()  # what the appspec asks for that never takes effect
 
 
 def build_release(
@@ -46,7 +47,7 @@ def build_release(
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))
     try:
         info = git_archive(repo, ref, work / "archive.tmp")
-        _check_appspec(repo, info.commit)
+        spec = _check_appspec(repo, info.commit)
         archive_name = f"{app}-{info.commit[:12]}.tar.zst"
         payload = work / archive_name
         info.path.rename(payload)
@@ -64,12 +65,13 @@ def build_release(
         if not final.exists():
             (work / "release.torrent").write_bytes(torrent)
             work.rename(final)
-        return BuiltRelease(manifest, torrent, final)
+        return BuiltRelease(manifest, torrent, final, spec.warnings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_appspec(repo: Path, commit: str) -> None:
+def _check_appspec(repo: Path, commit: str) -> AppSpec:
+    """The commit's appspec, validated against its tree; AppSpecError names what is wrong."""
     for name in APPSPEC_NAMES:
         text = read_file_at(repo, commit, name)
         if text is not None:
@@ -82,4 +84,5 @@ def _check_appspec(repo: Path, commit: str) -> None:
         raise AppSpecError(f"{name} is not valid UTF-8") from None
     spec = parse_appspec(decoded, source=name)
     tree = list_tree(repo, commit)
-    check_hook_locations(spec, lambda path: path in tree)
+    check_hook_locations(spec, lambda path: path in tree, source=name)
+    return spec

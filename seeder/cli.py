@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("repo", type=Path)
     build.add_argument("--ref", required=True)
     build.add_argument("--app", help="application name (default: the repository's dir name)")
+    build.add_argument("--json", action="store_true")
     with_seeder(release.add_parser("list", help="list releases")).add_argument(
         "--json", action="store_true"
     )
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
     start.add_argument("--wait", action="store_true", help="follow it until it ends")
     start.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
+    pre = with_seeder(
+        rollout.add_parser("preflight", help="check that target hosts could take a release")
+    )
+    pre.add_argument("release_id")
+    pre.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
+    pre.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for answers (default: 10)"
+    )
+    pre.add_argument("--json", action="store_true")
     status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
     status.add_argument("rollout_id", nargs="?")
     status.add_argument("--json", action="store_true")
@@ -135,6 +145,11 @@ async def dispatch(args: argparse.Namespace) -> int:
                 "release.build", repo=str(args.repo.resolve()), ref=args.ref, app=args.app
             )
             mf = result["release"]
+            if args.json:
+                _emit(result, True, None)
+                return 0
+            for warning in result.get("warnings", []):
+                print(f"shoal: warning: {warning}", file=sys.stderr)
             print(
                 f"{'built' if result['created'] else 'already built'}: {mf['app']} "
                 f"{mf['version']} commit {mf['commit'][:12]} {mf['size']} bytes "
@@ -146,6 +161,15 @@ async def dispatch(args: argparse.Namespace) -> int:
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
         elif args.action == "start":
             return await _start(client, args)
+        elif args.action == "preflight":
+            checked = await client.call(
+                "rollout.preflight",
+                release_id=args.release_id,
+                hosts=args.hosts,
+                timeout=args.timeout,
+            )
+            _emit(checked, args.json, render.preflight)
+            return 0 if checked["ok"] else 1
         else:
             r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
             _emit(r, args.json, render.rollout)

@@ -19,6 +19,7 @@ from common.channel import Channel
 from common.errors import ConnectionClosed, ProtocolError, ShoalError
 from common.protocol import Role
 from seeder.engine import Engine
+from seeder.preflight import Preflights
 from seeder.store import HostRecord, Store
 
 log = logging.getLogger("shoal.seeder.control")
@@ -28,10 +29,18 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
-    def __init__(self, store: Store, engine: Engine, *, methods: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        methods: dict[str, Handler],
+        preflights: Preflights | None = None,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.methods = methods
+        self.preflights = preflights or Preflights()
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -83,6 +92,10 @@ class ControlServer:
                 elif isinstance(msg, m.StepReport):
                     self.engine.on_report(hello.name, msg)
                     await channel.send(m.Ack(seq=msg.seq))
+                elif isinstance(msg, m.PreflightResult):
+                    self.preflights.on_result(hello.name, msg)
+                elif isinstance(msg, m.Refused):
+                    log.warning("peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason)
                 elif isinstance(msg, m.OutputLine):
                     log.info("[%s %s] %s", hello.name, msg.step, msg.line)
         except trio.TooSlowError:
