@@ -120,9 +120,13 @@ async def test_preflight_rows_per_host_and_nothing_changes(
         # A release with an unknown runas user and a destination that cannot be created.
         blocker = tmp_path / "blocker"
         blocker.write_text("a file where a directory should be")
-        appspec = (repo / "appspec.yml").read_text().replace(
-            "ValidateService.sh\n      timeout: 30\n",
-            "ValidateService.sh\n      timeout: 30\n      runas: shoal-no-such-user\n",
+        appspec = (
+            (repo / "appspec.yml")
+            .read_text()
+            .replace(
+                "ValidateService.sh\n      timeout: 30\n",
+                "ValidateService.sh\n      timeout: 30\n      runas: shoal-no-such-user\n",
+            )
         )
         assert "shoal-no-such-user" in appspec
         (repo / "appspec.yml").write_text(
