@@ -258,14 +258,15 @@ class _Parser:
                 hint = " (shoal does not track which files earlier releases installed)"
             choices = ", ".join(FILE_EXISTS_BEHAVIORS)
             self.fail("file_exists_behavior", f"{behavior!r} is not supported{hint}; use {choices}")
-        files = self.sequence(top.get("files"), "files")
+        entries = self.sequence(top.get("files"), "files")
+        files = tuple(self.file(e, f"files[{i}]") for i, e in enumerate(entries))
         entries = self.sequence(top.get("permissions"), "permissions")
         permissions = [self.permission(e, f"permissions[{i}]") for i, e in enumerate(entries)]
         hooks = self.hooks(top.get("hooks"))
         return AppSpec(
             version="0.0",
             os="linux",
-            files=tuple(self.file(e, f"files[{i}]") for i, e in enumerate(files)),
+            files=files,
             permissions=tuple(p for p in permissions if p is not None),
             hooks=hooks,
             file_exists_behavior=behavior,
