@@ -131,6 +131,8 @@ def _row(
         return {"host": host, "status": status, "ok": False, "detail": detail, "checks": []}
     ok = bool(checks) and all(bool(c.get("ok")) for c in checks)
     problems = [str(c.get("detail", "")) for c in checks if not c.get("ok")]
+    if not checks:
+        problems = ["the host answered without any checks"]
     return {
         "host": host,
         "status": "ok" if ok else "failed",
