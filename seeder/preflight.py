@@ -85,7 +85,9 @@ class Preflights:
     ) -> list[dict[str, Any]]:
         """One row per target, in the targets' order."""
         if not 0 < timeout <= 600:
-            raise PreflightError(f"timeout {timeout:g} must be between 0 and 600 seconds")
+            raise PreflightError(
+                f"timeout {timeout:g}s must be more than 0 and at most 600 seconds"
+            )
         check_id = secrets.token_hex(8)
         asked = [h for h in targets if h in connected]
         answers: dict[str, list[dict[str, Any]]] = {}

@@ -125,5 +125,5 @@ async def test_a_bad_timeout_is_refused() -> None:
         raise AssertionError("nothing may be sent")
 
     for timeout in (0, -1, 601):
-        with pytest.raises(PreflightError, match="must be between 0 and 600 seconds"):
+        with pytest.raises(PreflightError, match="must be more than 0 and at most 600 seconds"):
             await Preflights().run(FACTS, ["a"], {"a"}, send, timeout)
