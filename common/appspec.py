@@ -7,25 +7,26 @@ read, before anything on a host stops, so that a typo fails the rollout at stage
 one-line message naming the problem and its key path (``hooks.BeforeInstall[0]: ...``) instead
 of half-way through an activation.
 
-YAML is read with PyYAML's ``SafeLoader`` (extended only to reject duplicate keys, which YAML
-would otherwise silently resolve to the last one). Paths inside the release (hook locations,
-file sources) are normalised to relative POSIX paths at parse time and may never escape the
-release root, so callers can join them onto the release directory without further checks.
+Where the CodeDeploy agent silently ignores part of a spec, the spec is accepted and the part
+named in :attr:`AppSpec.warnings`, which ``release build`` shows; where the agent would fail,
+parsing fails. YAML is read by :mod:`common.yamldoc` (PyYAML's safe loader, refusing duplicate
+keys). Paths inside the release (hook locations, file sources) are normalised to relative POSIX
+paths at parse time and may never escape the release root, so callers can join them onto the
+release directory without further checks.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-import yaml
-
 from common.errors import AppSpecError
+from common.yamldoc import LiteralInt, YamlError, load_yaml
 
 LIFECYCLE_EVENTS: tuple[str, ...] = (
     "BeforeBlockTraffic",
@@ -133,42 +134,6 @@ class AppSpec:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the spec asks for that never takes effect (as with the CodeDeploy agent, which
     ignores it silently): shown to the operator at ``release build``."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses duplicate keys and remembers how integers were written."""
-
-
-class _LiteralInt(int):
-    """An int from YAML that keeps its source text (see :meth:`_Parser.mode`)."""
-
-    text: str
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    result = _LiteralInt(loader.construct_yaml_int(node))
-    result.text = str(node.value)
-    return result
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Hashable] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        if isinstance(key, Hashable):
-            seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 class _Parser:
@@ -375,9 +340,9 @@ class _Parser:
         """CodeDeploy's mode: 1-4 octal digits, written as a YAML number or string."""
         if isinstance(value, bool) or not isinstance(value, int | str):
             self.fail(path, "'mode' must be octal digits such as 644 or 4755")
-        # YAML 1.1 reads 0644 as the octal number 420; _LiteralInt keeps what was written, so
+        # YAML 1.1 reads 0644 as the octal number 420; LiteralInt keeps what was written, so
         # 'mode: 0644' means 0644 (CodeDeploy would have used the decimal digits "420").
-        text = value.text if isinstance(value, _LiteralInt) else str(value).strip()
+        text = value.text if isinstance(value, LiteralInt) else str(value).strip()
         if not _MODE_RE.fullmatch(text):
             self.fail(path, f"'mode' {text!r} must be 1 to 4 octal digits such as 644 or 4755")
         return text.zfill(3)
@@ -387,22 +352,16 @@ def _kind(value: object) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, int) and not isinstance(value, bool):
-        return "an int"  # not "_LiteralInt"
+        return "an int"  # not "LiteralInt"
     return f"a {type(value).__name__}"
 
 
 def parse_appspec(text: str, *, source: str = "appspec.yml") -> AppSpec:
     """Parse and validate appspec text; AppSpecError with a one-line message on any problem."""
     try:
-        # yaml.safe_load plus duplicate-key detection: _UniqueKeyLoader is a SafeLoader.
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-        problem = ", ".join(str(p) for p in parts if p) or str(exc)
-        problem = " ".join(problem.split())
-        raise AppSpecError(f"{source}: {where}invalid YAML: {problem}") from exc
+        doc = load_yaml(text)
+    except YamlError as exc:
+        raise AppSpecError(f"{source}: {exc}") from exc
     return _Parser(source).document(doc)
 
 
