@@ -123,6 +123,21 @@ def list_tree(repo: Path, commit: str) -> set[str]:
     return {os.fsdecode(name) for name in result.stdout.split(b"\0") if name}
 
 
+def tree_modes(repo: Path, commit: str) -> dict[str, int]:
+    """Like :func:`list_tree`, with git's mode of each path (0o100755 executable, 0o100644
+    plain, 0o120000 symlink, 0o160000 submodule)."""
+    _check_rev(commit)
+    result = _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
+    if result.returncode != 0:
+        raise BuildError(f"cannot list {commit!r} in {repo}: {_first_line(result.stderr)}")
+    modes = {}
+    for entry in result.stdout.split(b"\0"):
+        if entry:
+            info, _, name = entry.partition(b"\t")
+            modes[os.fsdecode(name)] = int(info.split()[0], 8)
+    return modes
+
+
 def read_file_at(repo: Path, commit: str, path: str) -> bytes | None:
     """Contents of the file ``path`` in ``commit`` (raw blob), or None if it is absent or not a
     file. A symlink reads as its target text. BuildError if ``commit`` itself does not exist."""

@@ -30,6 +30,8 @@ hooks:
     - location: hooks/BeforeInstall.sh
   BeforeInstall:
     - location: hooks/BeforeInstall.sh
+  AfterInstall:
+    - location: hooks/AfterInstall.sh
 """
 
 
@@ -45,6 +47,7 @@ async def test_warnings_reach_the_cli_and_refusals_build_nothing(
             return out.returncode, out.stdout, out.stderr
 
         (repo / "appspec.yml").write_text(NOISY)
+        (repo / "hooks" / "AfterInstall.sh").chmod(0o644)
         await trio.to_thread.run_sync(commit_version, repo, "noisy")
         code, stdout, stderr = await trio.to_thread.run_sync(build)
         assert code == 0, stderr
@@ -57,6 +60,9 @@ async def test_warnings_reach_the_cli_and_refusals_build_nothing(
             "entry matches nothing and is ignored",
             "shoal: warning: appspec.yml: hooks.Install: 'Install' is the agent's own step: its "
             "1 script(s) never run and are ignored",
+            "shoal: warning: appspec.yml: hooks.AfterInstall[0]: 'hooks/AfterInstall.sh' is not "
+            "executable in the commit (mode 644): the hook will fail as not_executable; chmod +x "
+            "it and commit",
         ]
         rid = stdout.strip().splitlines()[-1]
         code, stdout, stderr = await trio.to_thread.run_sync(build, "--json")
