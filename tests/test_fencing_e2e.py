@@ -91,6 +91,11 @@ def report(rollout: str, step: str, *states: str) -> Any:
     )
 
 
+async def staged(control: FakeControl, rollout: str) -> None:
+    done = await control.expect(report(rollout, "stage", "succeeded", "failed"))
+    assert isinstance(done, m.StepReport) and done.state == "succeeded", done
+
+
 def release(fleet: LocalFleet, repo: Path) -> tuple[dict[str, Any], bytes]:
     out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
     assert out.returncode == 0, out.stderr
@@ -133,19 +138,21 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
             async with peer_process(tmp_path / "peers", address) as peers:
                 # Rollout ro-1 (token 5) activates r1 fully.
                 await control.send(m.Stage("ro-1", mf1, t1, peers=swarm, token=5))
-                await control.expect(report("ro-1", "stage", "succeeded", "failed"))
+                await staged(control, "ro-1")
                 await control.send(m.Activate("ro-1", mf1["release_id"], token=5))
                 done = await control.expect(report("ro-1", "activate", "succeeded", "failed"))
                 assert isinstance(done, m.StepReport) and done.state == "succeeded", done
 
                 # Rollout ro-2 (token 6): abort with kill while ApplicationStart runs.
                 await control.send(m.Stage("ro-2", mf2, t2, peers=swarm, token=6))
-                await control.expect(report("ro-2", "stage", "succeeded"))
+                await staged(control, "ro-2")
                 (home / "slow-ApplicationStart").touch()  # the hook sleeps 3 s
                 await control.send(m.Activate("ro-2", mf2["release_id"], token=6))
                 await control.expect(report("ro-2", "ApplicationStart", "running"))
                 await control.send(m.Abort("ro-2", token=6, kill=True))
-                hook = await control.expect(report("ro-2", "ApplicationStart", "failed"))
+                hook = await control.expect(
+                    report("ro-2", "ApplicationStart", "failed", "succeeded")
+                )
                 assert isinstance(hook, m.StepReport) and hook.result == "killed", hook
                 assert "the rollout was aborted" in hook.detail
                 failed = await control.expect(report("ro-2", "activate", "failed"))
