@@ -8,7 +8,7 @@ This is the ``release`` field of :class:`common.messages.Preflight`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from common.errors import RemoteProtocolError
@@ -58,7 +58,11 @@ class ReleaseFacts:
     def from_dict(cls, data: dict[str, Any]) -> ReleaseFacts:
         """Parse the seeder's message; RemoteProtocolError names what is malformed."""
         try:
-            hooks = tuple(HookFacts(**dict(h)) for h in data.get("hooks", []))
+            known = {f.name for f in fields(HookFacts)}  # a newer seeder may send more
+            hooks = tuple(
+                HookFacts(**{k: v for k, v in dict(h).items() if k in known})
+                for h in data.get("hooks", [])
+            )
             destinations = tuple(str(d) for d in data.get("files", []))
             manifest = {k: v for k, v in data.items() if k not in _EXTRA}
             facts = cls(manifest, int(data["unpacked_size"]), hooks, destinations)
