@@ -32,28 +32,34 @@ def refusal(newest: int, token: int) -> str | None:
 
 
 class Fence:
-    """The peer's one writer of fencing state: the journal holds it, this decides with it."""
+    """The peer's one writer of fencing state: decides from memory, keeps it in the journal."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._kills: dict[str, trio.Event] = {}
+        # Read once, then written through: a write the journal could not make (a full disk)
+        # still holds until the peer restarts.
+        self._newest = journal.newest_token()
+        self._aborted = journal.aborted_rollouts()
 
     def admit(self, cmd: Fenced) -> m.Refused | None:
         """Record the command's token, or the Refused to send back instead of obeying it."""
-        reason = refusal(self.journal.newest_token(), cmd.token)
+        reason = refusal(self._newest, cmd.token)
         if reason is not None:
             return m.Refused(rollout_id=cmd.rollout_id, token=cmd.token, reason=reason)
+        self._newest = max(self._newest, cmd.token)
         self.journal.see_token(cmd.rollout_id, cmd.token)
         return None
 
     def abort(self, cmd: m.Abort) -> None:
         """Start nothing new for the rollout; with ``kill``, stop the hooks it is running."""
+        self._aborted.add(cmd.rollout_id)
         self.journal.mark_aborted(cmd.rollout_id)
         if cmd.kill:
             self.kill_switch(cmd.rollout_id).set()
 
     def aborted(self, rollout_id: str) -> bool:
-        return self.journal.aborted(rollout_id)
+        return rollout_id in self._aborted
 
     def kill_switch(self, rollout_id: str) -> trio.Event:
         """Set when the rollout is aborted with ``kill``; hooks of the rollout watch it."""

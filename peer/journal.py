@@ -9,6 +9,7 @@ hook ever runs twice for the same (rollout, step, attempt).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import msgpack
 
 from common import messages as m
+
+log = logging.getLogger("shoal.peer.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -140,21 +143,29 @@ class Journal:
         row = self._db.execute("SELECT MAX(token) FROM fencing").fetchone()
         return int(row[0] or 0)
 
-    def see_token(self, rollout_id: str, token: int) -> None:
-        self._db.execute(
+    def see_token(self, rollout_id: str, token: int) -> bool:
+        """Remember a rollout's token; False if it could not be written (e.g. a full disk)."""
+        return self._write(
             "INSERT INTO fencing VALUES (?,?,0) ON CONFLICT (rollout_id) "
             "DO UPDATE SET token=MAX(token, excluded.token)",
             (rollout_id, token),
         )
 
-    def mark_aborted(self, rollout_id: str) -> None:
-        self._db.execute(
+    def mark_aborted(self, rollout_id: str) -> bool:
+        """Remember that a rollout was aborted; False if it could not be written."""
+        return self._write(
             "INSERT INTO fencing VALUES (?,0,1) ON CONFLICT (rollout_id) DO UPDATE SET aborted=1",
             (rollout_id,),
         )
 
-    def aborted(self, rollout_id: str) -> bool:
-        row = self._db.execute(
-            "SELECT aborted FROM fencing WHERE rollout_id=?", (rollout_id,)
-        ).fetchone()
-        return bool(row and row[0])
+    def _write(self, sql: str, args: tuple[object, ...]) -> bool:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            log.error("journal: cannot write fencing state: %s", exc)
+            return False
+        return True
+
+    def aborted_rollouts(self) -> set[str]:
+        rows = self._db.execute("SELECT rollout_id FROM fencing WHERE aborted=1").fetchall()
+        return {r[0] for r in rows}

@@ -17,6 +17,7 @@ async shell runs them in a worker thread and queues the answer for the seeder.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -32,6 +33,8 @@ from peer.context import PeerContext
 from peer.hooks import runas_problem, script_problem
 from peer.layout import Layout
 
+log = logging.getLogger("shoal.peer.preflight")
+
 
 async def preflight(ctx: PeerContext, cmd: m.Preflight) -> None:
     try:
@@ -40,7 +43,11 @@ async def preflight(ctx: PeerContext, cmd: m.Preflight) -> None:
         checks = [Check("request", False, f"the seeder's request is malformed: {exc}")]
     else:
         staged = ctx.journal.release(facts.release_id) is not None
-        checks = await trio.to_thread.run_sync(run_checks, facts, ctx.layout, staged)
+        try:
+            checks = await trio.to_thread.run_sync(run_checks, facts, ctx.layout, staged)
+        except (OSError, ShoalError) as exc:  # one bad check must not take the daemon down
+            log.exception("preflight %s failed", cmd.check_id)
+            checks = [Check("request", False, f"the checks failed on this host: {exc}")]
     ctx.replies.send_nowait(
         m.PreflightResult(
             check_id=cmd.check_id, host=ctx.name, checks=[c.to_dict() for c in checks]
@@ -144,6 +151,13 @@ def file_checks(destinations: tuple[str, ...]) -> list[Check]:
 
 
 def _destination_check(destination: str) -> Check:
+    try:
+        return _probe_destination(destination)
+    except OSError as exc:
+        return Check("files", False, f"{destination} cannot be checked: {exc.strerror or exc}")
+
+
+def _probe_destination(destination: str) -> Check:
     path = Path(destination)
     probe = path
     while not probe.exists() and probe != probe.parent:

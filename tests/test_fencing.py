@@ -63,3 +63,13 @@ async def test_abort_is_durable_and_kill_sets_the_switch(tmp_path: Path) -> None
     assert journal.newest_token() == 1  # marking an abort does not touch the token
     journal.close()
     assert Fence(Journal(tmp_path / "state.db")).aborted("r1")
+
+
+def test_a_journal_that_cannot_write_does_not_stop_fencing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state.db")
+    fence = Fence(journal)
+    journal.close()  # every write now fails, as on a full disk
+    assert fence.admit(stage("r2", 7)) is None
+    assert fence.admit(stage("r1", 3)) is not None  # still refused: memory holds the token
+    fence.abort(m.Abort(rollout_id="r2", token=7))
+    assert fence.aborted("r2")
