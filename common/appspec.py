@@ -413,3 +413,17 @@ def _not_a_file(location: str, exists: Callable[[str], bool]) -> str:
             f"{hint}; put the arguments inside the script"
         )
     return "is not a file in the release"
+
+
+def check_file_sources(
+    spec: AppSpec, is_file: Callable[[str], bool], is_dir: Callable[[str], bool], *, source: str
+) -> None:
+    """Check that every ``files`` source is in the release (the agent fails the Install step
+    on a missing one, after the live release was stopped); all problems in one message."""
+    problems = [
+        f"files[{i}]: source {mapping.source!r} is not in the release"
+        for i, mapping in enumerate(spec.files)
+        if mapping.source != "." and not is_file(mapping.source) and not is_dir(mapping.source)
+    ]
+    if problems:
+        raise AppSpecError(f"{source}: " + "; ".join(problems))

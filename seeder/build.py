@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.appspec import AppSpec, check_hook_locations, parse_appspec
+from common.appspec import AppSpec, check_file_sources, check_hook_locations, parse_appspec
 from common.archive import git_archive, read_file_at, tree_modes
 from common.errors import AppSpecError, BuildError
 from common.release import Manifest, check_app_name
@@ -88,6 +88,8 @@ def _check_appspec(repo: Path, commit: str) -> tuple[str, ...]:
     spec = parse_appspec(decoded, source=name)
     tree = tree_modes(repo, commit)
     check_hook_locations(spec, lambda path: path in tree, source=name)
+    dirs = {parent for path in tree for parent in _parents(path)}
+    check_file_sources(spec, lambda path: path in tree, lambda path: path in dirs, source=name)
     return spec.warnings + _not_executable(spec, tree, name)
 
 
@@ -101,3 +103,9 @@ def _not_executable(spec: AppSpec, tree: dict[str, int], source: str) -> tuple[s
         for i, hook in enumerate(hooks)
         if tree.get(posixpath.normpath(hook.location)) == GIT_PLAIN_FILE
     )
+
+
+def _parents(path: str) -> list[str]:
+    """``a/b/c`` -> ``a``, ``a/b``: the directories a tree path implies."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -13,6 +13,7 @@ from common.appspec import (
     FileMapping,
     Hook,
     Permission,
+    check_file_sources,
     check_hook_locations,
     load_appspec,
     parse_appspec,
@@ -403,3 +404,17 @@ def test_a_location_with_arguments_is_refused_with_a_hint() -> None:
     )
     with pytest.raises(AppSpecError, match=r"without arguments; put"):
         check_hook_locations(spec, lambda path: False)
+
+
+def test_file_sources_must_be_in_the_release() -> None:
+    spec = parse_appspec(
+        HEAD + "files:\n  - {source: /, destination: /a}\n  - {source: conf, destination: /b}\n"
+        "  - {source: bin/x, destination: /c}\n  - {source: gone, destination: /d}\n"
+    )
+    check_file_sources(spec, lambda p: p == "bin/x", lambda p: p in ("conf", "gone"), source="s")
+    with pytest.raises(AppSpecError) as caught:
+        check_file_sources(spec, lambda p: False, lambda p: p == "conf", source="appspec.yml")
+    assert str(caught.value) == (
+        "appspec.yml: files[2]: source 'bin/x' is not in the release; "
+        "files[3]: source 'gone' is not in the release"
+    )

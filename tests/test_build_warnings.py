@@ -85,6 +85,10 @@ async def test_warnings_reach_the_cli_and_refusals_build_nothing(
             (
                 "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: hooks\n"
             ): "hooks.ApplicationStart[0]: 'hooks' is not a file in the release",
+            (
+                "version: 0.0\nos: linux\nfiles:\n  - {source: hooks, destination: /srv/a}\n"
+                "  - {source: config/app.conf, destination: /etc/app}\n"
+            ): "files[1]: source 'config/app.conf' is not in the release",
         }
         for i, (text, message) in enumerate(refusals.items()):
             (repo / "appspec.yml").write_text(text)
