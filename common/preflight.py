@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from common.errors import RemoteProtocolError
+from common.errors import ReleaseError, RemoteProtocolError
+from common.release import Manifest
 
 CHECKS = ("disk", "hooks", "runas", "files")
 """The kinds of check a peer answers, in the order the CLI shows them."""
@@ -66,10 +67,9 @@ class ReleaseFacts:
             destinations = tuple(str(d) for d in data.get("files", []))
             manifest = {k: v for k, v in data.items() if k not in _EXTRA}
             facts = cls(manifest, int(data["unpacked_size"]), hooks, destinations)
-            if not isinstance(facts.release_id, str) or facts.download_size < 0:
-                raise ValueError("release_id or size")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RemoteProtocolError(f"malformed preflight request: {exc!r}") from None
+            Manifest.from_dict(manifest)  # a release id that matches its manifest, a sane name
+        except (KeyError, TypeError, ValueError, ReleaseError) as exc:
+            raise RemoteProtocolError(f"malformed preflight request: {exc}") from None
         if any(not d.startswith("/") for d in destinations):
             raise RemoteProtocolError("malformed preflight request: a destination is relative")
         return facts

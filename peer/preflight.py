@@ -74,9 +74,9 @@ def disk_check(facts: ReleaseFacts, layout: Layout, staged: bool) -> Check:
     if staged:
         return Check("disk", True, f"{facts.release_id} is already staged: needs nothing")
     archive = layout.download_dir(facts.release_id) / str(facts.manifest.get("archive", ""))
-    have = archive.stat().st_size if archive.is_file() else 0
-    # libtorrent may preallocate: count a present file as partly done, never as over-done.
-    download = max(0, facts.download_size - min(have, facts.download_size))
+    # A partial download counts by the blocks it holds: a preallocated file is sparse.
+    have = archive.stat().st_blocks * 512 if archive.is_file() else 0
+    download = facts.download_size - min(have, facts.download_size)
     needed = download + facts.unpacked_size
     try:
         free = shutil.disk_usage(layout.root).free

@@ -13,14 +13,15 @@ from common.errors import RemoteProtocolError
 from common.preflight import HookFacts, ReleaseFacts, interpreter_line
 from peer.layout import Layout
 from peer.preflight import interpreter_problem, run_checks
+from tests.conftest import MANIFEST
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
-RID = "web-v2-abcdef01"
+RID = MANIFEST.release_id
 
 
 def facts(**changes: object) -> ReleaseFacts:
     base: dict[str, object] = {
-        "manifest": {"release_id": RID, "size": 1000, "archive": "web.tar.zst"},
+        "manifest": {**MANIFEST.to_dict(), "size": 1000},
         "unpacked_size": 4000,
         "hooks": (HookFacts("ApplicationStart", "hooks/start.sh", interpreter="/bin/sh"),),
         "destinations": (),
@@ -167,7 +168,21 @@ def test_the_request_round_trips_and_malformed_ones_are_named() -> None:
     assert ReleaseFacts.from_dict(original.to_dict()) == original
     with pytest.raises(RemoteProtocolError, match="malformed preflight request"):
         ReleaseFacts.from_dict({"release_id": RID, "size": 1})
+    with pytest.raises(RemoteProtocolError, match="does not match its manifest"):
+        ReleaseFacts.from_dict({**original.to_dict(), "release_id": "../../etc"})
     with pytest.raises(RemoteProtocolError, match="a destination is relative"):
         ReleaseFacts.from_dict({**original.to_dict(), "files": ["srv"]})
     with pytest.raises(RemoteProtocolError, match="malformed"):
         ReleaseFacts.from_dict({**original.to_dict(), "hooks": [{"bogus": 1}]})
+
+
+def test_a_partial_download_counts_by_the_blocks_it_holds(layout: Layout) -> None:
+    archive = layout.download_dir(RID) / MANIFEST.archive
+    archive.parent.mkdir(parents=True)
+    with archive.open("wb") as f:
+        f.truncate(1000)  # preallocated, sparse: nothing downloaded yet
+    (disk,) = by_kind(run_checks(facts(), layout, staged=False), "disk")
+    assert "(download 1000 B + unpacked" in disk.detail
+    archive.write_bytes(b"x" * 1000)  # all there
+    (disk,) = by_kind(run_checks(facts(), layout, staged=False), "disk")
+    assert "(download 0 B + unpacked" in disk.detail
