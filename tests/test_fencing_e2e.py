@@ -127,6 +127,9 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
     with trio.fail_after(180):
         await fleet.start_seeder(extra=("--no-slices", "--torrent-listen", f"127.0.0.1:{bt_port}"))
         mf1, t1 = await trio.to_thread.run_sync(release, fleet, repo)
+        # r2's ApplicationStart runs far longer than the test waits: only a kill ends it early.
+        start_hook = repo / "hooks" / "ApplicationStart.sh"
+        start_hook.write_text(start_hook.read_text() + "sleep 25\n")
         await trio.to_thread.run_sync(commit_version, repo, "2")
         mf2, t2 = await trio.to_thread.run_sync(release, fleet, repo)
         swarm = [["127.0.0.1", bt_port]]
@@ -146,13 +149,13 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
                 # Rollout ro-2 (token 6): abort with kill while ApplicationStart runs.
                 await control.send(m.Stage("ro-2", mf2, t2, peers=swarm, token=6))
                 await staged(control, "ro-2")
-                (home / "slow-ApplicationStart").touch()  # the hook sleeps 3 s
                 await control.send(m.Activate("ro-2", mf2["release_id"], token=6))
                 await control.expect(report("ro-2", "ApplicationStart", "running"))
                 await control.send(m.Abort("ro-2", token=6, kill=True))
-                hook = await control.expect(
-                    report("ro-2", "ApplicationStart", "failed", "succeeded")
-                )
+                with trio.fail_after(20):  # well before the hook would end on its own
+                    hook = await control.expect(
+                        report("ro-2", "ApplicationStart", "failed", "succeeded")
+                    )
                 assert isinstance(hook, m.StepReport) and hook.result == "killed", hook
                 assert "the rollout was aborted" in hook.detail
                 failed = await control.expect(report("ro-2", "activate", "failed"))
