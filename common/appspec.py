@@ -7,37 +7,60 @@ read, before anything on a host stops, so that a typo fails the rollout at stage
 one-line message naming the problem and its key path (``hooks.BeforeInstall[0]: ...``) instead
 of half-way through an activation.
 
-YAML is read with PyYAML's ``SafeLoader`` (extended only to reject duplicate keys, which YAML
-would otherwise silently resolve to the last one). Paths inside the release (hook locations,
-file sources) are normalised to relative POSIX paths at parse time and may never escape the
-release root, so callers can join them onto the release directory without further checks.
+Where the CodeDeploy agent silently ignores part of a spec, the spec is accepted and the part
+named in :attr:`AppSpec.warnings`, which ``release build`` shows; where the agent would fail,
+parsing fails. YAML is read by :mod:`common.yamldoc` (PyYAML's safe loader, refusing duplicate
+keys). Paths inside the release (hook locations, file sources) are normalised to relative POSIX
+paths at parse time and may never escape the release root, so callers can join them onto the
+release directory without further checks.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-import yaml
-
 from common.errors import AppSpecError
+from common.yamldoc import LiteralInt, YamlError, load_yaml
 
 LIFECYCLE_EVENTS: tuple[str, ...] = (
+    "BeforeBlockTraffic",
+    "AfterBlockTraffic",
     "ApplicationStop",
     "BeforeInstall",
     "AfterInstall",
     "ApplicationStart",
     "ValidateService",
+    "BeforeAllowTraffic",
+    "AfterAllowTraffic",
 )
 """Events a release may attach scripts to, in the order they run on activation."""
 
-RESERVED_EVENTS: frozenset[str] = frozenset({"DownloadBundle", "Install"})
-"""Events that are the agent's own steps (as in CodeDeploy): scripts may not be attached."""
+PREVIOUS_RELEASE_EVENTS: tuple[str, ...] = (
+    "BeforeBlockTraffic",
+    "AfterBlockTraffic",
+    "ApplicationStop",
+)
+"""Events whose scripts come from the release being replaced (as in CodeDeploy): they run before
+the new release is installed, so they are the live release's own way to stop and leave traffic."""
+
+AGENT_EVENTS: tuple[str, ...] = ("DownloadBundle", "Install", "BlockTraffic", "AllowTraffic")
+"""The agent's own steps (as in CodeDeploy): scripts attached to them never run."""
+
+LEGACY_EVENTS: Mapping[str, str] = MappingProxyType(
+    {
+        "BeforeELBRemove": "BeforeBlockTraffic",
+        "AfterELBRemove": "AfterBlockTraffic",
+        "BeforeELBAdd": "BeforeAllowTraffic",
+        "AfterELBAdd": "AfterAllowTraffic",
+    }
+)
+"""Old CodeDeploy names of the traffic events, named in the error for a spec that uses them."""
 
 DEFAULT_TIMEOUT = 3600
 MAX_TIMEOUT = 3600
@@ -108,42 +131,9 @@ class AppSpec:
         default_factory=lambda: MappingProxyType({}), hash=False
     )
     file_exists_behavior: str = "OVERWRITE"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses duplicate keys and remembers how integers were written."""
-
-
-class _LiteralInt(int):
-    """An int from YAML that keeps its source text (see :meth:`_Parser.mode`)."""
-
-    text: str
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    result = _LiteralInt(loader.construct_yaml_int(node))
-    result.text = str(node.value)
-    return result
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Hashable] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        if isinstance(key, Hashable):
-            seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What the spec asks for that never takes effect (as with the CodeDeploy agent, which
+    ignores it silently): shown to the operator at ``release build``."""
 
 
 class _Parser:
@@ -151,19 +141,29 @@ class _Parser:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.warnings: list[str] = []
 
     def fail(self, path: str, problem: str) -> NoReturn:
-        where = f"{self.source}: {path}: " if path else f"{self.source}: "
-        raise AppSpecError(where + problem)
+        raise AppSpecError(self._where(path) + problem)
+
+    def warn(self, path: str, problem: str) -> None:
+        self.warnings.append(self._where(path) + problem)
+
+    def _where(self, path: str) -> str:
+        return f"{self.source}: {path}: " if path else f"{self.source}: "
 
     def mapping(self, value: object, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """A mapping; unknown keys are ignored with a warning, as the agent ignores them."""
         if not isinstance(value, dict):
             subject = "" if path else "the document "
             self.fail(path, f"{subject}must be a mapping, not {_kind(value)}")
         for key in value:
             if key not in allowed:
-                self.fail(path, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
-        return value
+                self.warn(
+                    path,
+                    f"unknown key {key!r} is ignored (expected one of: {', '.join(allowed)})",
+                )
+        return {k: v for k, v in value.items() if k in allowed}
 
     def sequence(self, value: object, path: str) -> list[Any]:
         if value is None:
@@ -196,6 +196,12 @@ class _Parser:
     def document(self, doc: object) -> AppSpec:
         if doc is None:
             self.fail("", "the document is empty")
+        if isinstance(doc, dict) and "Resources" in doc:
+            self.fail(
+                "Resources",
+                "this is an ECS or Lambda appspec; shoal runs EC2/On-Premises appspecs "
+                "(version, os, files, permissions, hooks)",
+            )
         top = self.mapping(doc, "", _TOP_KEYS)
         if "version" not in top:
             self.fail("version", "missing (must be 0.0)")
@@ -204,6 +210,10 @@ class _Parser:
         version = top["version"]
         if isinstance(version, bool) or version not in (0, "0.0"):
             self.fail("version", f"{version!r} is not supported (must be 0.0)")
+        if top["os"] == "windows":
+            self.fail(
+                "os", "'windows' is not supported: shoal deploys to linux hosts only (os: linux)"
+            )
         if top["os"] != "linux":
             self.fail("os", f"{top['os']!r} is not supported (shoal deploys to linux only)")
         behavior = top.get("file_exists_behavior", "OVERWRITE")
@@ -213,17 +223,19 @@ class _Parser:
                 hint = " (shoal does not track which files earlier releases installed)"
             choices = ", ".join(FILE_EXISTS_BEHAVIORS)
             self.fail("file_exists_behavior", f"{behavior!r} is not supported{hint}; use {choices}")
-        files = self.sequence(top.get("files"), "files")
-        permissions = self.sequence(top.get("permissions"), "permissions")
+        entries = self.sequence(top.get("files"), "files")
+        files = tuple(self.file(e, f"files[{i}]") for i, e in enumerate(entries))
+        entries = self.sequence(top.get("permissions"), "permissions")
+        permissions = [self.permission(e, f"permissions[{i}]") for i, e in enumerate(entries)]
+        hooks = self.hooks(top.get("hooks"))
         return AppSpec(
             version="0.0",
             os="linux",
-            files=tuple(self.file(e, f"files[{i}]") for i, e in enumerate(files)),
-            permissions=tuple(
-                self.permission(e, f"permissions[{i}]") for i, e in enumerate(permissions)
-            ),
-            hooks=self.hooks(top.get("hooks")),
+            files=files,
+            permissions=tuple(p for p in permissions if p is not None),
+            hooks=hooks,
             file_exists_behavior=behavior,
+            warnings=tuple(self.warnings),
         )
 
     def file(self, entry: object, path: str) -> FileMapping:
@@ -244,17 +256,26 @@ class _Parser:
         hooks: dict[str, tuple[Hook, ...]] = {}
         for event, entries in value.items():
             path = f"hooks.{event}"
-            if event in RESERVED_EVENTS:
-                self.fail(path, f"{event!r} is the agent's own step and cannot run scripts")
-            if event not in LIFECYCLE_EVENTS:
+            if event in LEGACY_EVENTS:
+                self.fail(path, f"{event!r} is an old name: use {LEGACY_EVENTS[event]!r}")
+            if event not in LIFECYCLE_EVENTS and event not in AGENT_EVENTS:
                 self.fail(
                     path,
                     f"unknown lifecycle event {event!r} "
                     f"(expected one of: {', '.join(LIFECYCLE_EVENTS)})",
                 )
-            if not isinstance(entries, list):
+            if entries is not None and not isinstance(entries, list):
                 self.fail(path, f"must be a list of scripts, not {_kind(entries)}")
-            hooks[event] = tuple(self.hook(e, f"{path}[{i}]") for i, e in enumerate(entries))
+            scripts = tuple(self.hook(e, f"{path}[{i}]") for i, e in enumerate(entries or ()))
+            if event in AGENT_EVENTS:
+                if scripts:
+                    self.warn(
+                        path,
+                        f"{event!r} is the agent's own step: its {len(scripts)} script(s) "
+                        "never run and are ignored",
+                    )
+                continue
+            hooks[event] = scripts
         return MappingProxyType(hooks)
 
     def hook(self, entry: object, path: str) -> Hook:
@@ -273,7 +294,8 @@ class _Parser:
             runas=None if runas is None else self.string(runas, path, "'runas'"),
         )
 
-    def permission(self, entry: object, path: str) -> Permission:
+    def permission(self, entry: object, path: str) -> Permission | None:
+        """One entry; None (with a warning) for a relative object, which matches nothing."""
         if isinstance(entry, dict):
             for key in _UNSUPPORTED_PERMISSION_KEYS:
                 if key in entry:
@@ -281,6 +303,7 @@ class _Parser:
         data = self.mapping(entry, path, _PERMISSION_KEYS)
         if "object" not in data:
             self.fail(path, "'object' is required")
+        obj = self.string(data["object"], path, "'object'")
         pattern = self.string(data.get("pattern", "**"), path, "'pattern'")
         if pattern != "**" and "/" in pattern:
             self.fail(path, f"'pattern' {pattern!r} must match names, not paths")
@@ -292,13 +315,24 @@ class _Parser:
             if kind not in PERMISSION_TYPES:
                 self.fail(path, f"'type' {kind!r} is not one of: file, directory")
         owner, group = data.get("owner"), data.get("group")
+        mode = None if data.get("mode") is None else self.mode(data["mode"], path)
+        if not obj.startswith("/"):
+            # The agent compares objects with the absolute paths it installs: a relative one
+            # matches nothing, so the entry silently has no effect. shoal does the same, aloud.
+            self.warn(
+                path,
+                f"'object' {obj!r} is a relative path; permissions apply to installed paths "
+                "(absolute, like files[].destination), so this entry matches nothing and "
+                "is ignored",
+            )
+            return None
         return Permission(
-            object=self.absolute(data["object"], path, "'object'"),
+            object=self.absolute(obj, path, "'object'"),
             pattern=pattern,
             except_=tuple(self.string(e, f"{path}.except", "each entry") for e in excepts),
             owner=None if owner is None else self.string(owner, path, "'owner'"),
             group=None if group is None else self.string(group, path, "'group'"),
-            mode=None if data.get("mode") is None else self.mode(data["mode"], path),
+            mode=mode,
             type=tuple(dict.fromkeys(types)),
         )
 
@@ -306,9 +340,9 @@ class _Parser:
         """CodeDeploy's mode: 1-4 octal digits, written as a YAML number or string."""
         if isinstance(value, bool) or not isinstance(value, int | str):
             self.fail(path, "'mode' must be octal digits such as 644 or 4755")
-        # YAML 1.1 reads 0644 as the octal number 420; _LiteralInt keeps what was written, so
+        # YAML 1.1 reads 0644 as the octal number 420; LiteralInt keeps what was written, so
         # 'mode: 0644' means 0644 (CodeDeploy would have used the decimal digits "420").
-        text = value.text if isinstance(value, _LiteralInt) else str(value).strip()
+        text = value.text if isinstance(value, LiteralInt) else str(value).strip()
         if not _MODE_RE.fullmatch(text):
             self.fail(path, f"'mode' {text!r} must be 1 to 4 octal digits such as 644 or 4755")
         return text.zfill(3)
@@ -318,22 +352,16 @@ def _kind(value: object) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, int) and not isinstance(value, bool):
-        return "an int"  # not "_LiteralInt"
+        return "an int"  # not "LiteralInt"
     return f"a {type(value).__name__}"
 
 
 def parse_appspec(text: str, *, source: str = "appspec.yml") -> AppSpec:
     """Parse and validate appspec text; AppSpecError with a one-line message on any problem."""
     try:
-        # yaml.safe_load plus duplicate-key detection: _UniqueKeyLoader is a SafeLoader.
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-        problem = ", ".join(str(p) for p in parts if p) or str(exc)
-        problem = " ".join(problem.split())
-        raise AppSpecError(f"{source}: {where}invalid YAML: {problem}") from exc
+        doc = load_yaml(text)
+    except YamlError as exc:
+        raise AppSpecError(f"{source}: {exc}") from exc
     return _Parser(source).document(doc)
 
 
@@ -350,22 +378,52 @@ def load_appspec(release_root: Path) -> AppSpec:
     raise AppSpecError(f"the release has no {' or '.join(APPSPEC_NAMES)} at its root")
 
 
-def check_hook_locations(spec: AppSpec, exists: Callable[[str], bool]) -> None:
-    """Check that every hook script is in the release tree, before anything runs.
+def check_hook_locations(
+    spec: AppSpec, exists: Callable[[str], bool], *, source: str = "appspec.yml"
+) -> None:
+    """Check that every hook location is a file in the release tree, before anything runs.
 
-    ``exists`` is asked about each location, relative to the release root (so the check works on
-    a directory as well as on an archive's member list). Locations that would escape the root are
-    refused even though :func:`parse_appspec` never produces them, since an AppSpec can also be
-    built by hand. All missing locations are named in one message.
+    ``exists`` says whether a path, relative to the release root, is a file there (so the check
+    works on a directory as well as on an archive's member list). A location is one script, as
+    in CodeDeploy: a command with arguments is not a file and is refused with a hint. Locations
+    that would escape the root are refused even though :func:`parse_appspec` never produces
+    them, since an AppSpec can also be built by hand. All problems are named in one message.
     """
     problems: list[str] = []
     for event, hooks in spec.hooks.items():
         for i, hook in enumerate(hooks):
             location = hook.location
+            where = f"hooks.{event}[{i}]"
             normal = posixpath.normpath(location) if location else ""
             if not location or location.startswith("/") or normal.split("/")[0] == "..":
-                problems.append(f"hooks.{event}[{i}]: {location!r} points outside the release")
+                problems.append(f"{where}: {location!r} points outside the release")
             elif not exists(normal):
-                problems.append(f"hooks.{event}[{i}]: {location!r} is not in the release")
+                problems.append(f"{where}: {location!r} {_not_a_file(location, exists)}")
     if problems:
-        raise AppSpecError("appspec.yml: " + "; ".join(problems))
+        raise AppSpecError(f"{source}: " + "; ".join(problems))
+
+
+def _not_a_file(location: str, exists: Callable[[str], bool]) -> str:
+    words = location.split()
+    if len(words) > 1:
+        script = posixpath.normpath(words[0])
+        hint = f" ({words[0]!r} is)" if exists(script) else ""
+        return (
+            "is not a file in the release: a location names one script, without arguments"
+            f"{hint}; put the arguments inside the script"
+        )
+    return "is not a file in the release"
+
+
+def check_file_sources(
+    spec: AppSpec, is_file: Callable[[str], bool], is_dir: Callable[[str], bool], *, source: str
+) -> None:
+    """Check that every ``files`` source is in the release (the agent fails the Install step
+    on a missing one, after the live release was stopped); all problems in one message."""
+    problems = [
+        f"files[{i}]: source {mapping.source!r} is not in the release"
+        for i, mapping in enumerate(spec.files)
+        if mapping.source != "." and not is_file(mapping.source) and not is_dir(mapping.source)
+    ]
+    if problems:
+        raise AppSpecError(f"{source}: " + "; ".join(problems))

@@ -123,6 +123,21 @@ def list_tree(repo: Path, commit: str) -> set[str]:
     return {os.fsdecode(name) for name in result.stdout.split(b"\0") if name}
 
 
+def tree_modes(repo: Path, commit: str) -> dict[str, int]:
+    """Like :func:`list_tree`, with git's mode of each path (0o100755 executable, 0o100644
+    plain, 0o120000 symlink, 0o160000 submodule)."""
+    _check_rev(commit)
+    result = _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
+    if result.returncode != 0:
+        raise BuildError(f"cannot list {commit!r} in {repo}: {_first_line(result.stderr)}")
+    modes = {}
+    for entry in result.stdout.split(b"\0"):
+        if entry:
+            info, _, name = entry.partition(b"\t")
+            modes[os.fsdecode(name)] = int(info.split()[0], 8)
+    return modes
+
+
 def read_file_at(repo: Path, commit: str, path: str) -> bytes | None:
     """Contents of the file ``path`` in ``commit`` (raw blob), or None if it is absent or not a
     file. A symlink reads as its target text. BuildError if ``commit`` itself does not exist."""
@@ -255,3 +270,55 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    """What a release archive holds, read without unpacking it (for preflight checks)."""
+
+    unpacked_size: int  # bytes of all regular files
+    modes: dict[str, int]  # regular files and symlinks -> permission bits (symlinks: of target)
+    heads: dict[str, bytes]  # the first line (at most 256 bytes) of files starting with "#!"
+    texts: dict[str, bytes]  # the whole content of the members asked for by name
+
+
+HEAD_BYTES = 256
+
+
+def list_archive(archive: Path, *, read: tuple[str, ...] = ()) -> ArchiveListing:
+    """One streaming pass over a release archive; ReleaseError if it cannot be read."""
+    size, modes, heads, texts = 0, {}, {}, {}
+    links: dict[str, str] = {}
+    try:
+        with (
+            archive.open("rb") as raw,
+            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader,
+            tarfile.open(fileobj=reader, mode="r|") as tar,
+        ):
+            for member in tar:
+                if member.issym():
+                    links[member.name] = os.path.normpath(
+                        os.path.join(os.path.dirname(member.name), member.linkname)
+                    )
+                if not member.isfile():
+                    continue
+                size += member.size
+                modes[member.name] = member.mode
+                data = tar.extractfile(member)
+                if data is None:
+                    continue
+                if member.name in read:
+                    texts[member.name] = data.read(1024 * 1024)
+                    first = texts[member.name][:HEAD_BYTES]
+                else:
+                    first = data.read(HEAD_BYTES)
+                if first.startswith(b"#!"):
+                    heads[member.name] = first.split(b"\n")[0]
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        raise ReleaseError(f"cannot read {archive.name}: {exc}") from None
+    for name, target in links.items():  # a hook may be a symlink to a script in the release
+        if target in modes:
+            modes[name] = modes[target]
+            if target in heads:
+                heads[name] = heads[target]
+    return ArchiveListing(size, modes, heads, texts)

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import trio
 
 from common.torrent import TorrentSession
+from peer.fencing import Fence
 from peer.journal import Journal
 from peer.layout import Layout
+from peer.replies import Replies
 from peer.reports import Reporter
 
 
@@ -21,3 +23,8 @@ class PeerContext:
     torrents: TorrentSession
     keep_releases: int = 5
     activation_lock: trio.Lock = field(default_factory=trio.Lock)
+    replies: Replies = field(default_factory=Replies)
+    fence: Fence = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fence = Fence(self.journal)

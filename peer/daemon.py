@@ -26,6 +26,7 @@ from peer.context import PeerContext
 from peer.journal import Journal
 from peer.layout import Layout
 from peer.lifecycle import activate
+from peer.preflight import preflight
 from peer.reports import Reporter
 from peer.stage import refresh, stage
 
@@ -166,14 +167,29 @@ async def _session(
         conn.start_soon(guarded, heartbeats)
         conn.start_soon(guarded, lambda: ctx.reporter.pump(channel.send))
         conn.start_soon(guarded, live_output)
+        conn.start_soon(guarded, lambda: ctx.replies.pump(channel.send))
         conn.start_soon(guarded, receive)
     if failure:
         raise failure[0]
 
 
 def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
+    if isinstance(msg, m.Stage | m.Activate | m.Abort):
+        refused = ctx.fence.admit(msg)
+        if refused is not None:
+            log.warning("refused %s of rollout %s: %s", msg.TYPE, msg.rollout_id, refused.reason)
+            ctx.replies.send_nowait(refused)
+            return
     if isinstance(msg, m.Ack):
         ctx.journal.ack(msg.seq)
+    elif isinstance(msg, m.Abort):
+        ctx.fence.abort(msg)
+        log.warning("rollout %s aborted%s", msg.rollout_id, " (kill)" if msg.kill else "")
+    elif isinstance(msg, m.Preflight):
+        jobs.start(("preflight", msg.check_id), lambda: preflight(ctx, msg))
+    elif isinstance(msg, m.Stage) and ctx.fence.aborted(msg.rollout_id):
+        reason = f"rollout {msg.rollout_id} was aborted; nothing new starts for it"
+        ctx.replies.send_nowait(m.Refused(msg.rollout_id, msg.token, reason))
     elif isinstance(msg, m.Stage):
         if ("stage", msg.rollout_id) in jobs.running:
             refresh(ctx, msg)

@@ -1,15 +1,16 @@
 """Running one lifecycle hook script: own process group, timeout, runas, streamed output.
 
 This is the CodeDeploy agent's hook-runner contract, reshaped for trio. A hook's result is
-always a typed :class:`HookResult` (missing, not executable, timed out, failed with an exit code,
-succeeded) rather than an exception, because a failing hook is an ordinary, reportable outcome of
-a deployment, not a bug in the peer.
+always a typed :class:`HookResult` (missing, not executable, timed out, killed on an operator's
+abort, failed with an exit code, succeeded) rather than an exception, because a failing hook is
+an ordinary, reportable outcome of a deployment, not a bug in the peer.
 
 Process handling, and why:
 
 - The script runs in a new session (``start_new_session=True``), so it and everything it starts
   share one process group that can be killed as a unit.
-- On timeout, and whenever ``run_hook`` does not return normally (the caller was cancelled, or
+- On timeout, when the caller's ``kill`` event is set (an abort with ``--now``), and whenever
+  ``run_hook`` does not return normally (the caller was cancelled, or
   ``on_line`` raised), the whole group gets SIGKILL: a hook that is given up on leaves nothing
   behind.
 - On a normal exit the group is left alone, because an ``ApplicationStart`` hook may
@@ -58,6 +59,7 @@ class HookOutcome(enum.Enum):
     MISSING = "missing"
     NOT_EXECUTABLE = "not_executable"
     TIMED_OUT = "timed_out"
+    KILLED = "killed"  # the rollout was aborted with kill: the operator stopped it
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,21 @@ class _LineSplitter:
         return [self._decode(rest)] if rest and not skipping else []
 
 
+def runas_problem(runas: str | None) -> str | None:
+    """Why this peer could not run a hook as ``runas`` (unknown user, no right to switch)."""
+    try:
+        _identity(runas)
+    except _RunAsError as exc:
+        return str(exc)
+    return None
+
+
+def script_problem(script: Path) -> str | None:
+    """Why ``script`` could not be started as a hook (missing, not a file, not executable)."""
+    problem = _check_script(script)
+    return None if problem is None else problem[1]
+
+
 def _identity(runas: str | None) -> _Identity:
     """Resolve ``runas`` to ids; no switch when it is unset or already the current user."""
     if runas is None:
@@ -196,6 +213,7 @@ async def run_hook(
     tail_lines: int = 50,
     max_line_bytes: int = 4096,
     name: str = "",
+    kill: trio.Event | None = None,
 ) -> HookResult:
     """Run ``script`` to completion (or its timeout) and describe what happened.
 
@@ -206,7 +224,8 @@ async def run_hook(
     execute permission, or exec refused it, e.g. a bad ``#!`` line). An unknown ``runas`` user,
     or a ``runas`` the peer has no right to switch to, is FAILED with ``exit_code`` None: the
     script exists and is fine, the host is not set up for it. An exception from ``on_line``
-    kills the process group and propagates.
+    kills the process group and propagates. When ``kill`` is set (before or while the script
+    runs), the group gets SIGKILL and the outcome is KILLED.
     """
     shown = _shown(script, cwd)
     label = f"{name}: {shown}" if name else shown
@@ -221,6 +240,8 @@ async def run_hook(
     problem = _check_script(script)
     if problem is not None:
         return result(*problem)
+    if kill is not None and kill.is_set():
+        return result(HookOutcome.KILLED, "was not started: the rollout was aborted")
     try:
         ids = await trio.to_thread.run_sync(_identity, runas)  # NSS lookups may block
     except _RunAsError as exc:
@@ -255,6 +276,7 @@ async def run_hook(
     eof = trio.Event()
     failure: list[BaseException] = []
     timed_out = False
+    killed = False
     finished = False
 
     async def emit(line: str) -> None:
@@ -272,13 +294,21 @@ async def run_hook(
             cancel.cancel()
         eof.set()
 
+    async def on_kill(event: trio.Event, waiting: trio.CancelScope) -> None:
+        nonlocal killed
+        await event.wait()
+        killed = True
+        waiting.cancel()
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, nursery.cancel_scope)
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(timeout) as waiting:
+                if kill is not None:
+                    nursery.start_soon(on_kill, kill, waiting)
                 await proc.wait()
             if proc.returncode is None:
-                timed_out = True
+                timed_out = not killed
                 _kill_group(proc.pid)
                 await proc.wait()
             ended = trio.current_time()
@@ -301,7 +331,13 @@ async def run_hook(
     duration = ended - start
     code = proc.returncode
     assert code is not None
-    if timed_out:
+    if killed and not timed_out and code < 0:
+        outcome, code, what = (
+            HookOutcome.KILLED,
+            None,
+            "was killed: the rollout was aborted; its process group was killed",
+        )
+    elif timed_out:
         outcome, code, what = (
             HookOutcome.TIMED_OUT,
             None,

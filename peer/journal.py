@@ -9,6 +9,7 @@ hook ever runs twice for the same (rollout, step, attempt).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import msgpack
 
 from common import messages as m
+
+log = logging.getLogger("shoal.peer.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -28,6 +31,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
     staged_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS fencing (
+    rollout_id TEXT PRIMARY KEY, token INTEGER NOT NULL, aborted INTEGER NOT NULL);
 """
 
 
@@ -131,3 +136,36 @@ class Journal:
 
     def remove_release(self, release_id: str) -> None:
         self._db.execute("DELETE FROM releases WHERE release_id=?", (release_id,))
+
+    # --- fencing tokens and aborts (see peer.fencing) ------------------------------------------
+
+    def newest_token(self) -> int:
+        row = self._db.execute("SELECT MAX(token) FROM fencing").fetchone()
+        return int(row[0] or 0)
+
+    def see_token(self, rollout_id: str, token: int) -> bool:
+        """Remember a rollout's token; False if it could not be written (e.g. a full disk)."""
+        return self._write(
+            "INSERT INTO fencing VALUES (?,?,0) ON CONFLICT (rollout_id) "
+            "DO UPDATE SET token=MAX(token, excluded.token)",
+            (rollout_id, token),
+        )
+
+    def mark_aborted(self, rollout_id: str) -> bool:
+        """Remember that a rollout was aborted; False if it could not be written."""
+        return self._write(
+            "INSERT INTO fencing VALUES (?,0,1) ON CONFLICT (rollout_id) DO UPDATE SET aborted=1",
+            (rollout_id,),
+        )
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> bool:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            log.error("journal: cannot write fencing state: %s", exc)
+            return False
+        return True
+
+    def aborted_rollouts(self) -> set[str]:
+        rows = self._db.execute("SELECT rollout_id FROM fencing WHERE aborted=1").fetchall()
+        return {r[0] for r in rows}

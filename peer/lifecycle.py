@@ -1,10 +1,15 @@
 """Activating a staged release: the CodeDeploy lifecycle, then ``current`` points at it.
 
-Order: ``ApplicationStop`` (the *previous* release's hooks) → ``BeforeInstall`` → ``Install``
-(copy ``files``, apply ``permissions``, switch ``current``) → ``AfterInstall`` →
-``ApplicationStart`` → ``ValidateService``. The first failure stops the sequence; if ``current``
-had already switched it is switched back, so a failed activation leaves the previous release
-live. Every event is reported, including events without hooks (as ``skipped``).
+Order, as in CodeDeploy: ``BeforeBlockTraffic`` → ``AfterBlockTraffic`` → ``ApplicationStop``
+(these three are the *previous* release's hooks: the live release leaves traffic and stops
+itself) → ``BeforeInstall`` → ``Install`` (copy ``files``, apply ``permissions``, switch
+``current``) → ``AfterInstall`` → ``ApplicationStart`` → ``ValidateService`` →
+``BeforeAllowTraffic`` → ``AfterAllowTraffic``. The first failure stops the sequence; if
+``current`` had already switched it is switched back, so ``current`` only ever names a release
+that was fully activated. Every event is reported, including events without hooks (``skipped``).
+
+An aborted rollout starts no new activation here (reported as ``aborted``); an abort with kill
+also stops the running one: its hook is killed and the activation fails as ``killed``.
 
 Activations are journaled: a repeated Activate for the same (rollout, attempt) reports the
 recorded outcome again instead of running hooks twice.
@@ -20,7 +25,7 @@ from pathlib import Path
 import trio
 
 from common import messages as m
-from common.appspec import AppSpec, load_appspec
+from common.appspec import PREVIOUS_RELEASE_EVENTS, AppSpec, load_appspec
 from common.errors import ShoalError
 from peer.context import PeerContext
 from peer.hooks import HookOutcome, run_hook
@@ -29,14 +34,21 @@ from peer.install import apply_files, apply_permissions
 log = logging.getLogger("shoal.peer.lifecycle")
 
 FINAL = ("succeeded", "failed")
-AFTER_INSTALL = ("AfterInstall", "ApplicationStart", "ValidateService")
+AFTER_INSTALL = (
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+    "BeforeAllowTraffic",
+    "AfterAllowTraffic",
+)
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, detail: str) -> None:
+    def __init__(self, step: str, detail: str, result: str = "failed") -> None:
         super().__init__(detail)
         self.step = step
+        self.result = result  # the activation's typed result: "failed" or "killed"
 
 
 async def activate(ctx: PeerContext, cmd: m.Activate) -> None:
@@ -60,6 +72,16 @@ async def activate(ctx: PeerContext, cmd: m.Activate) -> None:
                 attempt=cmd.attempt,
                 result="interrupted",
                 detail="the peer restarted during this activation; hooks are not repeated",
+            )
+            return
+        if ctx.fence.aborted(cmd.rollout_id):
+            ctx.reporter.step(
+                cmd.rollout_id,
+                "activate",
+                "failed",
+                attempt=cmd.attempt,
+                result="aborted",
+                detail="the rollout was aborted before this activation started; nothing ran",
             )
             return
         await _activate(ctx, cmd)
@@ -94,10 +116,12 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
             "APPLICATION_NAME": app,
             "DEPLOYMENT_ID": cmd.rollout_id,
         }
-        # ApplicationStop is the live release's own hook: it sees that release as RELEASE_*.
+        # The stop and block-traffic hooks are the live release's own: they see it as RELEASE_*.
         stop_env = {**env_base, "RELEASE_ID": previous or "", "RELEASE_DIR": str(prev_dir or "")}
-        await _event(ctx, cmd, "ApplicationStop", prev_spec, prev_dir, stop_env)
+        for event in PREVIOUS_RELEASE_EVENTS:
+            await _event(ctx, cmd, event, prev_spec, prev_dir, stop_env)
         await _event(ctx, cmd, "BeforeInstall", spec, new_dir, env_base)
+        _stop_if_killed(ctx, cmd, "Install")
         report(cmd.rollout_id, "Install", "running", attempt=cmd.attempt)
         try:
             done = await trio.to_thread.run_sync(_install, spec, new_dir)
@@ -125,7 +149,7 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
             "activate",
             "failed",
             attempt=cmd.attempt,
-            result="failed",
+            result=exc.result,
             detail=str(exc),
         )
         return
@@ -141,6 +165,16 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
     for gone in ctx.layout.prune(order, keep=ctx.keep_releases):
         ctx.journal.remove_release(gone)
         log.info("pruned release %s", gone)
+
+
+def _stop_if_killed(ctx: PeerContext, cmd: m.Activate, step: str) -> None:
+    """Between steps: an abort with kill fails the activation before ``step`` starts."""
+    if ctx.fence.kill_switch(cmd.rollout_id).is_set():
+        detail = f"{step}: not started: the rollout was aborted"
+        ctx.reporter.step(
+            cmd.rollout_id, step, "failed", attempt=cmd.attempt, result="killed", detail=detail
+        )
+        raise StepFailed(step, detail, result="killed")
 
 
 def _load(release_dir: Path, step: str) -> AppSpec:
@@ -176,6 +210,7 @@ async def _event(
 ) -> None:
     """Run every hook of one lifecycle event, in order; StepFailed on the first failure."""
     report = ctx.reporter.step
+    _stop_if_killed(ctx, cmd, event)
     hooks = spec.hooks.get(event, ()) if spec is not None else ()
     if not hooks or release_dir is None:
         report(
@@ -203,6 +238,7 @@ async def _event(
             runas=hook.runas,
             on_line=on_line,
             name=event,
+            kill=ctx.fence.kill_switch(cmd.rollout_id),
         )
         if result.outcome is not HookOutcome.SUCCEEDED:
             report(
@@ -215,7 +251,8 @@ async def _event(
                 exit_code=result.exit_code,
                 output=result.output,
             )
-            raise StepFailed(event, result.detail)
+            killed = result.outcome is HookOutcome.KILLED
+            raise StepFailed(event, result.detail, result="killed" if killed else "failed")
         last = result
     report(
         cmd.rollout_id,

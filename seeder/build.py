@@ -7,18 +7,20 @@ that is renamed into place only after every check passed.
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.appspec import check_hook_locations, parse_appspec
-from common.archive import git_archive, list_tree, read_file_at
+from common.appspec import AppSpec, check_file_sources, check_hook_locations, parse_appspec
+from common.archive import git_archive, read_file_at, tree_modes
 from common.errors import AppSpecError, BuildError
 from common.release import Manifest, check_app_name
 from common.torrent import make_torrent
 
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
+GIT_PLAIN_FILE = 0o100644  # git's mode of a file without the executable bit
 V1_TORRENT = "release-v1.torrent"  # the v1-only copy, made on first export (release torrent --v1)
 
 
@@ -27,6 +29,7 @@ class BuiltRelease:
     manifest: Manifest
     torrent: bytes
     directory: Path
+    warnings: tuple[str, ...] = ()  # what the appspec asks for that never takes effect
 
 
 def build_release(
@@ -47,7 +50,7 @@ def build_release(
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))
     try:
         info = git_archive(repo, ref, work / "archive.tmp")
-        _check_appspec(repo, info.commit)
+        warnings = _check_appspec(repo, info.commit)
         archive_name = f"{app}-{info.commit[:12]}.tar.zst"
         payload = work / archive_name
         info.path.rename(payload)
@@ -65,12 +68,14 @@ def build_release(
         if not final.exists():
             (work / "release.torrent").write_bytes(torrent)
             work.rename(final)
-        return BuiltRelease(manifest, torrent, final)
+        return BuiltRelease(manifest, torrent, final, warnings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_appspec(repo: Path, commit: str) -> None:
+def _check_appspec(repo: Path, commit: str) -> tuple[str, ...]:
+    """Validate the commit's appspec against its tree: AppSpecError names what is wrong; the
+    warnings name what the spec asks for that will not take effect as written."""
     for name in APPSPEC_NAMES:
         text = read_file_at(repo, commit, name)
         if text is not None:
@@ -82,8 +87,29 @@ def _check_appspec(repo: Path, commit: str) -> None:
     except UnicodeDecodeError:
         raise AppSpecError(f"{name} is not valid UTF-8") from None
     spec = parse_appspec(decoded, source=name)
-    tree = list_tree(repo, commit)
-    check_hook_locations(spec, lambda path: path in tree)
+    tree = tree_modes(repo, commit)
+    check_hook_locations(spec, lambda path: path in tree, source=name)
+    dirs = {parent for path in tree for parent in _parents(path)}
+    check_file_sources(spec, lambda path: path in tree, lambda path: path in dirs, source=name)
+    return spec.warnings + _not_executable(spec, tree, name)
+
+
+def _not_executable(spec: AppSpec, tree: dict[str, int], source: str) -> tuple[str, ...]:
+    """Hooks committed without the x bit: the CodeDeploy agent chmods them, shoal does not
+    change a release, so each would fail as ``not_executable`` when its event runs."""
+    return tuple(
+        f"{source}: hooks.{event}[{i}]: {hook.location!r} is not executable in the commit "
+        "(mode 644): the hook will fail as not_executable; chmod +x it and commit"
+        for event, hooks in spec.hooks.items()
+        for i, hook in enumerate(hooks)
+        if tree.get(posixpath.normpath(hook.location)) == GIT_PLAIN_FILE
+    )
+
+
+def _parents(path: str) -> list[str]:
+    """``a/b/c`` -> ``a``, ``a/b``: the directories a tree path implies."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def v1_torrent(directory: Path, archive: str, tracker_url: str, piece_size: int) -> bytes:

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("rollout_id", nargs="?", help="default: the latest rollout")
     watch.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds to watch at most")
     watch.add_argument("--json", action="store_true", help="the events as JSON lines")
+    pre = with_seeder(
+        rollout.add_parser("preflight", help="check that target hosts could take a release")
+    )
+    pre.add_argument("release_id")
+    pre.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
+    pre.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds to wait for answers (default: 10)"
+    )
+    pre.add_argument("--json", action="store_true")
     status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
     status.add_argument("rollout_id", nargs="?")
     status.add_argument("--json", action="store_true")
@@ -215,6 +224,8 @@ async def dispatch(args: argparse.Namespace) -> int:
             if args.json:
                 _emit(result, True, str)
                 return 0
+            for warning in result.get("warnings", []):
+                print(f"shoal: warning: {warning}", file=sys.stderr)
             print(
                 f"{'built' if result['created'] else 'already built'}: {mf['app']} "
                 f"{mf['version']} commit {mf['commit'][:12]} {mf['size']} bytes "
@@ -249,6 +260,15 @@ async def dispatch(args: argparse.Namespace) -> int:
                 wait_for=args.timeout,
                 reconnect=_redialer(args),
             )
+        elif args.action == "preflight":
+            checked = await client.call(
+                "rollout.preflight",
+                release_id=args.release_id,
+                hosts=args.hosts,
+                timeout=args.timeout,
+            )
+            _emit(checked, args.json, render.preflight)
+            return 0 if checked["ok"] else 1
         else:
             r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
             _emit(r, args.json, render.rollout)

@@ -21,6 +21,7 @@ from common.channel import Channel
 from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
 from common.protocol import Role
 from seeder.engine import Engine
+from seeder.preflight import Preflights
 from seeder.store import HostRecord, Store
 
 log = logging.getLogger("shoal.seeder.control")
@@ -75,12 +76,14 @@ class ControlServer:
         methods: dict[str, Handler],
         streams: dict[str, StreamHandler] | None = None,
         observe: Observer = _no_observer,
+        preflights: Preflights | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.methods = methods
         self.streams = streams or {}
         self.observe = observe
+        self.preflights = preflights or Preflights()
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -134,6 +137,10 @@ class ControlServer:
                     await channel.send(m.Ack(seq=msg.seq))
                 elif isinstance(msg, m.OutputLine | m.Progress):
                     self.observe(hello.name, msg)
+                elif isinstance(msg, m.PreflightResult):
+                    self.preflights.on_result(hello.name, msg)
+                elif isinstance(msg, m.Refused):
+                    log.warning("peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason)
         except trio.TooSlowError:
             log.warning("peer %s went silent; closing its connection", hello.name)
         finally:

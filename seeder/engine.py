@@ -81,6 +81,18 @@ class Engine:
     def connected(self) -> set[str]:
         return set(self._channels)
 
+    async def send_to(self, host: str, msg: m.Message) -> bool:
+        """Send one message outside any rollout (a preflight check); False if it did not go."""
+        channel = self._channels.get(host)
+        if channel is None:
+            return False
+        try:
+            await channel.send(msg)
+        except ConnectionClosed:
+            self.detach(host, channel)
+            return False
+        return True
+
     def wake(self) -> None:
         self._wake.set()
 

@@ -67,6 +67,28 @@ def progress_line(host: str, state: str, step: str) -> str:
     return f"  {host:<20} {state:<11} {step}"
 
 
+PREFLIGHT_CHECKS = ("disk", "hooks", "runas", "files")
+
+
+def preflight(result: dict[str, Any]) -> str:
+    """One row per host (each kind of check: ok, FAIL, or - when not answered), then problems."""
+    rows, problems = [], []
+    for h in result["hosts"]:
+        kinds = []
+        for kind in PREFLIGHT_CHECKS:
+            mine = [c for c in h["checks"] if c.get("check") == kind]
+            kinds.append("-" if not mine else "ok" if all(c.get("ok") for c in mine) else "FAIL")
+        rows.append([h["host"], h["status"], *kinds])
+        failed = [c for c in h["checks"] if not c.get("ok")]
+        problems += [f"  {h['host']}: {c.get('check')}: {c.get('detail')}" for c in failed]
+        if not h["checks"]:
+            problems.append(f"  {h['host']}: {h['detail']}")
+    heads = ["HOST", "STATUS", *(k.upper() for k in PREFLIGHT_CHECKS)]
+    ready = sum(1 for h in result["hosts"] if h["ok"])
+    out = table(heads, rows) + f"\n{ready} of {len(rows)} host(s) ready for {result['release_id']}"
+    return out + ("\nproblems:\n" + "\n".join(problems) if problems else "")
+
+
 def _ago(ts: float) -> str:
     if not ts:
         return "-"

@@ -23,9 +23,11 @@ from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_ha
 from seeder import views
 from seeder.build import V1_TORRENT, build_release, v1_torrent
 from seeder.control import ControlServer, Handler
-from seeder.engine import Engine
+from seeder.engine import Engine, UnknownRelease
 from seeder.events import EventHub
 from seeder.live import LiveLog
+from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
+from seeder.rollout import select_hosts
 from seeder.store import Store
 from seeder.streams import Watching
 from seeder.swarms import DEFAULT_INTERVAL
@@ -139,16 +141,19 @@ async def run_seeder(
                 on_event=watching.on_event,
             )
             await nursery.start(engine.run)
+            preflights = Preflights()
             methods = _methods(
                 config, store, engine, torrents, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
+            methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
                 store,
                 engine,
                 methods=methods,
                 streams=watching.streams(),
                 observe=watching.observe,
+                preflights=preflights,
             )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -248,7 +253,13 @@ def _methods(
         full_seed.seed(built.torrent, built.directory)
         await _until_listed(tracker, built.torrent, full_seed_at)
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
-        return {"release": built.manifest.to_dict(), "created": created}
+        for warning in built.warnings:
+            log.warning("release %s: %s", built.manifest.release_id, warning)
+        return {
+            "release": built.manifest.to_dict(),
+            "created": created,
+            "warnings": list(built.warnings),
+        }
 
     async def release_list(params: dict[str, Any]) -> dict[str, Any]:
         return {"releases": [views.release(mf, at) for mf, _, at in store.releases()]}
@@ -280,3 +291,23 @@ def _methods(
         "rollout.status": rollout_status,
         "hosts.list": hosts_list,
     }
+
+
+def _preflight_method(
+    config: SeederConfig, store: Store, engine: Engine, preflights: Preflights
+) -> Handler:
+    """``rollout.preflight``: every target's checks for a release (see seeder.preflight)."""
+
+    async def rollout_preflight(params: dict[str, Any]) -> dict[str, Any]:
+        release_id = str(params["release_id"])
+        found = store.release(release_id)
+        if found is None:
+            raise UnknownRelease(f"unknown release {release_id!r}")
+        targets = select_hosts(str(params.get("hosts", "all")), store.hosts())
+        release_dir = config.data_dir / "releases" / release_id
+        facts = await trio.to_thread.run_sync(release_facts, found[0], release_dir)
+        timeout = float(params.get("timeout", DEFAULT_TIMEOUT))
+        rows = await preflights.run(facts, targets, engine.connected(), engine.send_to, timeout)
+        return {"release_id": release_id, "ok": all(r["ok"] for r in rows), "hosts": rows}
+
+    return rollout_preflight

@@ -8,10 +8,12 @@ import pytest
 
 from common.appspec import (
     LIFECYCLE_EVENTS,
+    PREVIOUS_RELEASE_EVENTS,
     AppSpec,
     FileMapping,
     Hook,
     Permission,
+    check_file_sources,
     check_hook_locations,
     load_appspec,
     parse_appspec,
@@ -96,15 +98,21 @@ def test_minimal_spec_and_empty_sections() -> None:
 
 def test_lifecycle_events_are_codedeploys_scriptable_events() -> None:
     assert LIFECYCLE_EVENTS == (
+        "BeforeBlockTraffic",
+        "AfterBlockTraffic",
         "ApplicationStop",
         "BeforeInstall",
         "AfterInstall",
         "ApplicationStart",
         "ValidateService",
+        "BeforeAllowTraffic",
+        "AfterAllowTraffic",
     )
+    assert LIFECYCLE_EVENTS[:3] == PREVIOUS_RELEASE_EVENTS
     events = "".join(f"  {e}:\n    - location: s/{e}\n" for e in reversed(LIFECYCLE_EVENTS))
     spec = parse_appspec(f"version: 0.0\nos: linux\nhooks:\n{events}")
     assert set(spec.hooks) == set(LIFECYCLE_EVENTS)
+    assert spec.warnings == ()
 
 
 def test_octal_mode_means_what_was_written() -> None:
@@ -135,12 +143,26 @@ HEAD = "version: 0.0\nos: linux\n"
             "line 3, column 1: invalid YAML: duplicate key 'os'",
         ),
         (HEAD + "---\nx: 1\n", "invalid YAML: expected a single document"),
-        (HEAD + "Resources: []\n", "appspec.yml: unknown key 'Resources'"),
         ("os: linux\n", "appspec.yml: version: missing"),
         ("version: 0.0\n", "appspec.yml: os: missing"),
         ("version: 1.0\nos: linux\n", "appspec.yml: version: 1.0 is not supported (must be 0.0)"),
         ("version: false\nos: linux\n", "version: False is not supported"),
         ("version: 0.0\nos: windows\n", "os: 'windows' is not supported"),
+        ('version: "0.0"\nos: windows\nhooks:\n', "shoal deploys to linux hosts only"),
+        ("version: 0.1\nos: linux\n", "version: 0.1 is not supported (must be 0.0)"),
+        ('version: "1"\nos: linux\n', "version: '1' is not supported"),
+        (
+            "version: 0.0\nos: linux\nhooks:\n  A: [\n",
+            "appspec.yml: line 5, column 1: invalid YAML",
+        ),
+        ("version: 0.0\nos: linux\n\tfiles: []\n", "invalid YAML"),
+        (HEAD + "Resources: []\n", "Resources: this is an ECS or Lambda appspec"),
+        (
+            HEAD + "hooks:\n  BeforeELBRemove: []\n",
+            "hooks.BeforeELBRemove: 'BeforeELBRemove' is an old name: use 'BeforeBlockTraffic'",
+        ),
+        (HEAD + "hooks:\n  AfterInstal: []\n", "unknown lifecycle event 'AfterInstal'"),
+        (HEAD + "hooks:\n  Install: {location: a}\n", "hooks.Install: must be a list"),
         (HEAD + "file_exists_behavior: DISALLOW\n", "file_exists_behavior: 'DISALLOW' is not"),
         # files
         (HEAD + "files: {source: a}\n", "appspec.yml: files: must be a list, not a dict"),
@@ -154,21 +176,10 @@ HEAD = "version: 0.0\nos: linux\n"
             HEAD + "files:\n  - {source: ../up, destination: /a}\n",
             "files[0]: 'source' '../up' points outside the release",
         ),
-        (
-            HEAD + "files:\n  - {source: a, destination: /a, mode: 1}\n",
-            "files[0]: unknown key 'mode'",
-        ),
         (HEAD + "files:\n  - a\n", "files[0]: must be a mapping, not a str"),
         (HEAD + "files: 5\n", "files: must be a list, not an int"),
         # hooks
         (HEAD + "hooks: [a]\n", "hooks: must be a mapping of lifecycle events"),
-        (HEAD + "hooks:\n  Install: []\n", "hooks.Install: 'Install' is the agent's own step"),
-        (HEAD + "hooks:\n  DownloadBundle: []\n", "hooks.DownloadBundle: 'DownloadBundle' is"),
-        (
-            HEAD + "hooks:\n  BeforeAllowTraffic: []\n",
-            "hooks.BeforeAllowTraffic: unknown lifecycle event 'BeforeAllowTraffic'",
-        ),
-        (HEAD + "hooks:\n  BeforeInstall:\n", "hooks.BeforeInstall: must be a list of scripts"),
         (
             HEAD + "hooks:\n  BeforeInstall:\n    location: a\n",
             "hooks.BeforeInstall: must be a list of scripts, not a dict",
@@ -202,10 +213,6 @@ HEAD = "version: 0.0\nos: linux\n"
             "hooks.AfterInstall[0]: 'runas' must be a non-empty string",
         ),
         (
-            HEAD + "hooks:\n  AfterInstall:\n    - {location: a, sudo: true}\n",
-            "hooks.AfterInstall[0]: unknown key 'sudo'",
-        ),
-        (
             HEAD + "hooks:\n  AfterInstall:\n    - {location: ''}\n",
             "'location' must be a non-empty string",
         ),
@@ -219,10 +226,6 @@ HEAD = "version: 0.0\nos: linux\n"
         ),
         # permissions
         (HEAD + "permissions:\n  - mode: 644\n", "permissions[0]: 'object' is required"),
-        (
-            HEAD + "permissions:\n  - {object: rel, mode: 644}\n",
-            "permissions[0]: 'object' 'rel' must be an absolute path",
-        ),
         (
             HEAD + "permissions:\n  - {object: /a, mode: 0o9}\n",
             "permissions[0]: 'mode' '0o9' must be 1 to 4 octal digits",
@@ -249,7 +252,6 @@ HEAD = "version: 0.0\nos: linux\n"
             "permissions[0]: 'acls' is not supported by shoal",
         ),
         (HEAD + "permissions:\n  - {object: /a, context: {type: t}}\n", "'context' is not supp"),
-        (HEAD + "permissions:\n  - {object: /a, colour: red}\n", "unknown key 'colour'"),
     ],
 )
 def test_invalid_specs_name_the_problem(text: str, message: str) -> None:
@@ -299,8 +301,8 @@ def test_check_hook_locations() -> None:
     with pytest.raises(AppSpecError) as caught:
         check_hook_locations(spec, exists)
     assert str(caught.value) == (
-        "appspec.yml: hooks.BeforeInstall[1]: 'scripts/backup.sh' is not in the release; "
-        "hooks.ValidateService[0]: 'scripts/check.sh' is not in the release"
+        "appspec.yml: hooks.BeforeInstall[1]: 'scripts/backup.sh' is not a file in the release; "
+        "hooks.ValidateService[0]: 'scripts/check.sh' is not a file in the release"
     )
 
 
@@ -309,3 +311,110 @@ def test_check_hook_locations_refuses_escapes_in_hand_built_specs(location: str)
     spec = AppSpec(version="0.0", os="linux", hooks={"BeforeInstall": (Hook(location),)})
     with pytest.raises(AppSpecError, match=r"hooks.BeforeInstall\[0\]: .* points outside"):
         check_hook_locations(spec, lambda _: True)
+
+
+# --- accepted, with a warning: what the CodeDeploy agent silently ignores -----------------------
+
+
+def test_events_without_scripts_are_accepted() -> None:
+    spec = parse_appspec(HEAD + "hooks:\n  ApplicationStop:\n  BeforeInstall: []\n")
+    assert dict(spec.hooks) == {"ApplicationStop": (), "BeforeInstall": ()}
+    assert spec.warnings == ()
+
+
+def test_traffic_hooks_parse() -> None:
+    spec = parse_appspec(
+        HEAD + "hooks:\n"
+        "  AfterAllowTraffic:\n    - location: lb/join.sh\n"
+        "  BeforeBlockTraffic:\n    - location: lb/leave.sh\n      runas: app\n"
+    )
+    assert spec.hooks["BeforeBlockTraffic"] == (Hook("lb/leave.sh", 3600, "app"),)
+    assert spec.hooks["AfterAllowTraffic"] == (Hook("lb/join.sh"),)
+
+
+@pytest.mark.parametrize("event", ["DownloadBundle", "Install", "BlockTraffic", "AllowTraffic"])
+def test_scripts_on_the_agents_own_events_are_ignored_with_a_warning(event: str) -> None:
+    spec = parse_appspec(HEAD + f"hooks:\n  {event}:\n    - location: x.sh\n    - location: y.sh\n")
+    assert dict(spec.hooks) == {}
+    assert spec.warnings == (
+        f"appspec.yml: hooks.{event}: {event!r} is the agent's own step: its 2 script(s) never "
+        "run and are ignored",
+    )
+    # ... and an agent event with no scripts is no mistake at all
+    assert parse_appspec(HEAD + f"hooks:\n  {event}:\n").warnings == ()
+
+
+def test_unknown_keys_in_files_entries_are_ignored_with_a_warning() -> None:
+    spec = parse_appspec(
+        HEAD + "files:\n  - {source: a, destination: /a, owner: root, mode: 644}\n"
+    )
+    assert spec.files == (FileMapping("a", "/a"),)
+    assert spec.warnings == (
+        "appspec.yml: files[0]: unknown key 'owner' is ignored "
+        "(expected one of: source, destination)",
+        "appspec.yml: files[0]: unknown key 'mode' is ignored "
+        "(expected one of: source, destination)",
+    )
+
+
+def test_unknown_keys_in_hooks_and_permissions_are_ignored_with_a_warning() -> None:
+    spec = parse_appspec(
+        HEAD + "hooks:\n  AfterInstall:\n    - {location: a, sudo: true, timout: 5}\n"
+        "permissions:\n  - {object: /a, colour: red}\n"
+    )
+    assert spec.hooks["AfterInstall"] == (Hook("a"),)  # 'timout' is not 'timeout'
+    assert spec.permissions == (Permission("/a"),)
+    assert sorted(w.split(" is ignored")[0] for w in spec.warnings) == [
+        "appspec.yml: hooks.AfterInstall[0]: unknown key 'sudo'",
+        "appspec.yml: hooks.AfterInstall[0]: unknown key 'timout'",
+        "appspec.yml: permissions[0]: unknown key 'colour'",
+    ]
+
+
+def test_relative_permission_objects_are_ignored_with_a_warning() -> None:
+    spec = parse_appspec(
+        HEAD + "permissions:\n  - {object: app/bin, mode: 755}\n  - {object: /srv/app, mode: 750}\n"
+    )
+    assert spec.permissions == (Permission("/srv/app", mode="750"),)
+    (warning,) = spec.warnings
+    assert warning.startswith("appspec.yml: permissions[0]: 'object' 'app/bin' is a relative")
+    assert "matches nothing and is ignored" in warning
+    # an ignored entry is still checked: a broken one is refused, not ignored
+    with pytest.raises(AppSpecError, match=r"permissions\[0\]: 'mode' '9' must be"):
+        parse_appspec(HEAD + "permissions:\n  - {object: app/bin, mode: 9}\n")
+
+
+def test_warnings_do_not_change_equality() -> None:
+    quiet = parse_appspec(HEAD + "files:\n  - {source: a, destination: /a}\n")
+    noisy = parse_appspec(HEAD + "files:\n  - {source: a, destination: /a, x: 1}\n")
+    assert quiet == noisy and noisy.warnings and not quiet.warnings
+
+
+# --- hook locations name one file -----------------------------------------------------------
+
+
+def test_a_location_with_arguments_is_refused_with_a_hint() -> None:
+    spec = parse_appspec(HEAD + "hooks:\n  ApplicationStart:\n    - location: s/start.sh --fast\n")
+    with pytest.raises(AppSpecError) as caught:
+        check_hook_locations(spec, lambda path: path == "s/start.sh")
+    assert str(caught.value) == (
+        "appspec.yml: hooks.ApplicationStart[0]: 's/start.sh --fast' is not a file in the "
+        "release: a location names one script, without arguments ('s/start.sh' is); put the "
+        "arguments inside the script"
+    )
+    with pytest.raises(AppSpecError, match=r"without arguments; put"):
+        check_hook_locations(spec, lambda path: False)
+
+
+def test_file_sources_must_be_in_the_release() -> None:
+    spec = parse_appspec(
+        HEAD + "files:\n  - {source: /, destination: /a}\n  - {source: conf, destination: /b}\n"
+        "  - {source: bin/x, destination: /c}\n  - {source: gone, destination: /d}\n"
+    )
+    check_file_sources(spec, lambda p: p == "bin/x", lambda p: p in ("conf", "gone"), source="s")
+    with pytest.raises(AppSpecError) as caught:
+        check_file_sources(spec, lambda p: False, lambda p: p == "conf", source="appspec.yml")
+    assert str(caught.value) == (
+        "appspec.yml: files[2]: source 'bin/x' is not in the release; "
+        "files[3]: source 'gone' is not in the release"
+    )

@@ -19,7 +19,16 @@ from tests.conftest import commit_version, make_app_repo, shoal
 pytestmark = pytest.mark.integration
 
 HOSTS = ["web-1", "web-2", "web-3"]
-ACTIVATE_ORDER = ["BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService"]
+# The live release's hooks run first (as in CodeDeploy), then the new release's, in this order.
+STOP_ORDER = ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"]
+ACTIVATE_ORDER = [
+    "BeforeInstall",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+    "BeforeAllowTraffic",
+    "AfterAllowTraffic",
+]
 STEPS = {
     "stage",
     "download",
@@ -27,7 +36,7 @@ STEPS = {
     "unpack",
     "activate",
     "Install",
-    "ApplicationStop",
+    *STOP_ORDER,
     *ACTIVATE_ORDER,
 }
 
@@ -88,7 +97,8 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
             steps = {s["step"]: s for s in target["steps"]}
             assert set(steps) == STEPS, f"{host} reported {sorted(steps)}"
             assert all(s["state"] == "succeeded" for s in steps.values())
-            assert steps["ApplicationStop"]["result"] == "skipped"  # nothing was live before
+            for event in STOP_ORDER:  # nothing was live before
+                assert steps[event]["result"] == "skipped"
             assert target["exit_codes"] == dict.fromkeys(ACTIVATE_ORDER, 0)
 
         # 2. A new commit on the same peers: the previous release's ApplicationStop runs first.
@@ -100,7 +110,7 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
         )
         assert out.returncode == 0, out.stdout + out.stderr
         for host in HOSTS:
-            assert events(fleet, host)[4:] == [("ApplicationStop", r1)] + [
+            assert events(fleet, host)[len(ACTIVATE_ORDER) :] == [(e, r1) for e in STOP_ORDER] + [
                 (e, r2) for e in ACTIVATE_ORDER
             ]
             assert current(fleet, host) == r2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from peer.hooks import TRUNCATED, HookOutcome, run_hook
+from peer.hooks import TRUNCATED, HookOutcome, run_hook, runas_problem, script_problem
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -277,3 +277,62 @@ async def test_runas_current_user_needs_no_switch(tmp_path: Path) -> None:
         result = await run_hook(hook, cwd=tmp_path, env=ENV, timeout=10, runas=me)
     assert result.outcome is HookOutcome.SUCCEEDED
     assert result.output == (str(os.geteuid()),)
+
+
+async def test_the_kill_switch_kills_the_group_and_says_so(tmp_path: Path) -> None:
+    hook = script(
+        tmp_path / "long.sh",
+        "sleep 1000 &\necho $! > child.pid\necho $$ > main.pid\necho working\nsleep 1000\n",
+    )
+    kill = trio.Event()
+    results = []
+    with reaping(tmp_path / "child.pid", tmp_path / "main.pid"), trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                results.append(
+                    await run_hook(hook, cwd=tmp_path, env=ENV, timeout=60, name="Stop", kill=kill)
+                )
+
+            nursery.start_soon(run)
+            main = await read_pid(tmp_path / "main.pid")
+            child = await read_pid(tmp_path / "child.pid")
+            kill.set()
+        (result,) = results
+        assert result.outcome is HookOutcome.KILLED and not result.ok
+        assert result.exit_code is None
+        assert result.detail == (
+            "Stop: long.sh was killed: the rollout was aborted; its process group was killed"
+        )
+        assert await gone(main)
+        assert await gone(child)
+
+
+async def test_a_set_kill_switch_starts_nothing(tmp_path: Path) -> None:
+    hook = script(tmp_path / "h.sh", "touch ran\n")
+    kill = trio.Event()
+    kill.set()
+    result = await run_hook(hook, cwd=tmp_path, env=ENV, timeout=5, kill=kill)
+    assert result.outcome is HookOutcome.KILLED
+    assert "was not started: the rollout was aborted" in result.detail
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_an_unset_kill_switch_changes_nothing(tmp_path: Path) -> None:
+    hook = script(tmp_path / "h.sh", "echo fine\n")
+    result = await run_hook(hook, cwd=tmp_path, env=ENV, timeout=5, kill=trio.Event())
+    assert result.outcome is HookOutcome.SUCCEEDED and result.output == ("fine",)
+
+
+def test_runas_and_script_problems_for_preflight(tmp_path: Path) -> None:
+    assert runas_problem(None) is None
+    assert runas_problem(pwd.getpwuid(os.geteuid()).pw_name) is None
+    assert runas_problem("shoal-no-such-user") == (
+        "runas user 'shoal-no-such-user' does not exist on this host"
+    )
+    assert script_problem(script(tmp_path / "ok.sh", "")) is None
+    assert script_problem(tmp_path / "nope.sh") == "does not exist"
+    assert script_problem(script(tmp_path / "plain.sh", "", mode=0o644)) == (
+        "is not executable (no x permission)"
+    )
+    assert script_problem(tmp_path) == "is not a regular file"
