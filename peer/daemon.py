@@ -23,7 +23,7 @@ from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError
 from common.torrent import TorrentSession
 from peer.backoff import Backoff
 from peer.context import PeerContext
-from peer.journal import Journal
+from peer.journal import Journal, JournalError
 from peer.layout import Layout
 from peer.lifecycle import activate
 from peer.reports import Reporter
@@ -46,11 +46,18 @@ class PeerConfig:
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
-class Jobs:
-    """Stage/activate jobs, at most one per key, in the daemon's nursery (never detached)."""
+CrashHandler = Callable[[tuple[str, ...], Exception], None]
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+
+class Jobs:
+    """Stage/activate jobs, at most one per key, in the daemon's nursery (never detached).
+
+    A job that raises is that job's failure, not the daemon's: `crashed` is told (it reports the
+    step as failed with result ``error``) and the daemon and its other jobs go on."""
+
+    def __init__(self, nursery: trio.Nursery, crashed: CrashHandler) -> None:
         self.nursery = nursery
+        self.crashed = crashed
         self.running: set[tuple[str, ...]] = set()
 
     def start(self, key: tuple[str, ...], job: Callable[[], Awaitable[None]]) -> None:
@@ -60,6 +67,12 @@ class Jobs:
         async def run() -> None:
             try:
                 await job()
+            except Exception as exc:
+                log.exception("job %s crashed", "/".join(key))
+                try:
+                    self.crashed(key, exc)
+                except Exception:
+                    log.exception("cannot report the crash of job %s", "/".join(key))
             finally:
                 self.running.discard(key)
 
@@ -86,16 +99,35 @@ async def run_peer(
                 download = layout.download_dir(str(manifest["release_id"]))
                 if download.is_dir():
                     torrents.seed(torrent, download)
-            jobs = Jobs(nursery)
+            jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
             await _connection_loop(config, ctx, jobs)
     finally:
         journal.close()
 
 
+def report_crash(reporter: Reporter, key: tuple[str, ...], exc: Exception) -> None:
+    """Report a crashed job as its step's failure: key is ``(step, rollout_id[, attempt])``."""
+    step, rollout_id = key[0], key[1]
+    attempt = int(key[2]) if len(key) > 2 and key[2].isdigit() else 1
+    reporter.step(
+        rollout_id,
+        step,
+        "failed",
+        attempt=attempt,
+        result="error",
+        detail=f"internal error in the peer ({type(exc).__name__}: {exc}); the daemon goes on",
+    )
+
+
 def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
     """Activation steps that were running when we stopped failed; staging simply resumes."""
-    for step in journal.running_steps():
+    try:
+        running = journal.running_steps()
+    except JournalError as exc:
+        log.error("cannot list the steps that were running: %s", exc)
+        return
+    for step in running:
         if step.step not in ("stage", *m.STAGE_STEPS):
             reporter.step(
                 step.rollout_id,
@@ -123,7 +155,11 @@ async def _connection_loop(config: PeerConfig, ctx: PeerContext, jobs: Jobs) -> 
 async def _session(
     config: PeerConfig, ctx: PeerContext, jobs: Jobs, channel: Channel, backoff: Backoff
 ) -> None:
-    staged = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
+    try:
+        staged = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
+    except JournalError as exc:
+        log.error("cannot list staged releases: %s", exc)
+        staged = []
     await channel.send(
         m.Hello(
             name=config.name,
@@ -173,7 +209,7 @@ async def _session(
 
 def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
     if isinstance(msg, m.Ack):
-        ctx.journal.ack(msg.seq)
+        ctx.reporter.ack(msg.seq)
     elif isinstance(msg, m.Stage):
         if ("stage", msg.rollout_id) in jobs.running:
             refresh(ctx, msg)

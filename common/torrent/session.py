@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from common.pieces import (
     own_slice_priorities,
 )
 from common.torrent.metainfo import check_payload, hexhash, load
+from common.torrent.resume import drop_resume, load_resume, resume_path, store_resume
 from common.torrent.settings import datacenter_settings
 
 log = logging.getLogger("shoal.torrent")
@@ -40,6 +42,12 @@ RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
+# Seconds between resume-data saves of a running download. Each save flushes libtorrent's write
+# buffer to the file first, so a SIGKILL loses at most this long's worth of received bytes.
+RESUME_INTERVAL: Final = 1.0
+CLOSE_SAVE_TIMEOUT: Final = 3.0  # seconds the session waits for the final resume saves
+_RATE_LIMITS: Final = ("download_rate_limit", "upload_rate_limit")
+_SAVE_FLAGS: Final = lt.torrent_handle.flush_disk_cache | lt.torrent_handle.only_if_modified
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class _Torrent:
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
+    resume: Path | None = None  # where a download keeps its resume data (None: a seed)
+    saving: bool = False  # a save_resume_data() is on its way
 
     def notify(self) -> None:
         self.changed.set()
@@ -80,7 +90,12 @@ class TorrentSession:
     """
 
     def __init__(
-        self, listen_ip: str, port: int = 0, *, overrides: Mapping[str, Any] | None = None
+        self,
+        listen_ip: str,
+        port: int = 0,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        resume_interval: float = RESUME_INTERVAL,
     ) -> None:
         settings = datacenter_settings(listen_ip, port)
         settings.update(overrides or {})
@@ -94,9 +109,24 @@ class TorrentSession:
         if self._port == 0:
             self._ses = None
             raise TorrentError(f"cannot listen for peers on {listen_ip}:{port}")
+        if any(settings.get(k) for k in _RATE_LIMITS):
+            self._limit_every_peer()
         self._torrents: dict[str, _Torrent] = {}
         self._running = False
         self._removed = TransferStats(0, 0)
+        self._resume_interval = resume_interval
+
+    def _limit_every_peer(self) -> None:
+        """Put every peer in the global peer class, where the session's rate limits apply.
+
+        libtorrent exempts private-range peers (the "local" class) from rate limits, and in a
+        datacenter every peer is private: without this, an operator's rate limit does nothing."""
+        every = lt.ip_filter()
+        every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        every.add_rule(
+            "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id
+        )
+        self._lt.set_peer_class_filter(every)
 
     @property
     def listen_port(self) -> int:
@@ -132,12 +162,15 @@ class TorrentSession:
 
     async def _pump(self, rsock: socket.socket) -> NoReturn:
         # No local reference to the session: _close() must drop the last one.
-        next_update = trio.current_time()
+        next_update = next_save = trio.current_time()
         while True:
             if trio.current_time() >= next_update:
                 self._lt.post_torrent_updates(0)  # 0: the basic fields are enough
                 next_update = trio.current_time() + UPDATE_INTERVAL
-            with trio.move_on_at(next_update):
+            if trio.current_time() >= next_save:
+                self._save_resume(_SAVE_FLAGS)
+                next_save = trio.current_time() + self._resume_interval
+            with trio.move_on_at(min(next_update, next_save)):
                 await trio.lowlevel.wait_readable(rsock)
             try:
                 while rsock.recv(4096):
@@ -178,7 +211,16 @@ class TorrentSession:
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
+                self._save_one(rec, lt.torrent_handle.flush_disk_cache)  # no re-hash on restart
                 rec.notify()
+        elif isinstance(alert, lt.save_resume_data_alert):
+            if rec is not None and rec.resume is not None:
+                rec.saving = False
+                store_resume(rec.resume, alert.params)
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            if rec is not None:
+                rec.saving = False
+            log.debug("libtorrent: %s", alert.message())  # mostly "not modified": nothing new
         elif isinstance(alert, lt.cache_flushed_alert):
             if rec is not None and rec.flushing:
                 rec.flushed = True
@@ -190,8 +232,47 @@ class TorrentSession:
                 logging.WARNING if alert.times_in_row == 1 else logging.DEBUG, "%s", alert.message()
             )
 
+    def _save_resume(self, flags: int) -> None:
+        """Ask for the resume data of every download that changed (answered by alerts)."""
+        for rec in self._torrents.values():
+            if rec.resume is not None and rec.error is None and not rec.saving:
+                self._save_one(rec, flags)
+
+    @staticmethod
+    def _save_one(rec: _Torrent, flags: int) -> None:
+        if rec.resume is None:
+            return
+        try:
+            rec.handle.save_resume_data(flags)
+            rec.saving = True
+        except RuntimeError as e:
+            log.warning("cannot save resume data: %s", e)
+
+    def _final_saves(self) -> None:
+        """On shutdown: flush every download and save its resume data (bounded wait)."""
+        ses = self._lt
+        for rec in self._torrents.values():
+            rec.saving = False
+        self._save_resume(lt.torrent_handle.flush_disk_cache)
+        deadline = time.monotonic() + CLOSE_SAVE_TIMEOUT
+        while any(rec.saving for rec in self._torrents.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("shutting down without the resume data of some downloads")
+                return
+            ses.wait_for_alert(int(left * 1000) + 1)
+            for alert in ses.pop_alerts():
+                if isinstance(alert, lt.save_resume_data_alert | lt.save_resume_data_failed_alert):
+                    self._dispatch(alert)
+
     def _close(self) -> None:
-        """Fail the waiters, pause, and destroy the session (blocks up to stop_tracker_timeout)."""
+        """Save resume data, fail the waiters, pause, and destroy the session (blocks up to
+        CLOSE_SAVE_TIMEOUT + stop_tracker_timeout)."""
+        if self._ses is not None:
+            try:
+                self._final_saves()
+            except RuntimeError as e:
+                log.warning("cannot save resume data on shutdown: %s", e)
         for rec in self._torrents.values():
             if not rec.flushed and rec.error is None:
                 rec.error = "the torrent session closed"
@@ -210,9 +291,12 @@ class TorrentSession:
         ih = hexhash(atp.info_hashes)
         if ih in self._torrents:
             return ih
+        resume = None if seed else resume_path(save_path, ih)
         if seed:
             check_payload(atp.ti, save_path)
             atp.trackers = []  # the seeder is handed out by the rollout, never by the tracker
+        elif resume is not None and (resumed := load_resume(resume, atp)) is not None:
+            atp = resumed  # start from the pieces already flushed to the file: no re-hash
         atp.save_path = str(save_path)
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed and pieces is None:
@@ -224,7 +308,9 @@ class TorrentSession:
             handle = ses.add_torrent(atp)
         except RuntimeError as e:
             raise TorrentError(f"cannot add torrent {ih}: {e}") from e
-        self._torrents[ih] = _Torrent(handle, done=seed, progress=1.0 if seed else 0.0)
+        self._torrents[ih] = _Torrent(
+            handle, done=seed, progress=1.0 if seed else 0.0, resume=resume
+        )
         return ih
 
     def seed(self, torrent: bytes, save_path: Path, *, pieces: Sequence[bool] | None = None) -> str:
@@ -370,6 +456,8 @@ class TorrentSession:
         except RuntimeError as e:
             raise TorrentError(f"cannot remove torrent {infohash}: {e}") from e
         finally:
+            if rec.resume is not None:
+                drop_resume(rec.resume)
             if not rec.flushed and rec.error is None:
                 rec.error = "removed from the torrent session"
             rec.notify()
