@@ -19,7 +19,7 @@ import trio
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel, connect
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError
+from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
 from common.torrent import TorrentSession
 from peer.backoff import Backoff
 from peer.context import PeerContext
@@ -27,6 +27,7 @@ from peer.journal import Journal, JournalError
 from peer.layout import Layout
 from peer.lifecycle import activate
 from peer.reports import Reporter
+from peer.space import RESERVE, UNPACK_RATIO
 from peer.stage import refresh, stage
 
 log = logging.getLogger("shoal.peer")
@@ -43,6 +44,8 @@ class PeerConfig:
     torrent_port: int = 6881
     labels: dict[str, str] = field(default_factory=dict)
     keep_releases: int = 5
+    min_free: int = RESERVE
+    unpack_ratio: float = UNPACK_RATIO
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,18 +95,41 @@ async def run_peer(
         torrents = TorrentSession(
             config.bind, config.torrent_port, overrides=config.torrent_settings
         )
-        ctx = PeerContext(config.name, layout, journal, reporter, torrents, config.keep_releases)
+        ctx = PeerContext(
+            config.name,
+            layout,
+            journal,
+            reporter,
+            torrents,
+            config.keep_releases,
+            min_free=config.min_free,
+            unpack_ratio=config.unpack_ratio,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
-            for manifest, torrent, _ in journal.releases():
-                download = layout.download_dir(str(manifest["release_id"]))
-                if download.is_dir():
-                    torrents.seed(torrent, download)
+            _seed_staged(ctx)
             jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
             await _connection_loop(config, ctx, jobs)
     finally:
         journal.close()
+
+
+def _seed_staged(ctx: PeerContext) -> None:
+    """Seed every staged release still on disk; one that cannot be seeded is skipped (logged),
+    never a reason to stop the daemon (no crash loop on a truncated or missing file)."""
+    try:
+        staged = ctx.journal.releases()
+    except JournalError as exc:
+        log.error("cannot list staged releases to seed: %s", exc)
+        return
+    for manifest, torrent, _ in staged:
+        download = ctx.layout.download_dir(str(manifest["release_id"]))
+        if download.is_dir():
+            try:
+                ctx.torrents.seed(torrent, download)
+            except ShoalError as exc:
+                log.error("not seeding %s: %s", manifest["release_id"], exc)
 
 
 def report_crash(reporter: Reporter, key: tuple[str, ...], exc: Exception) -> None:

@@ -462,6 +462,18 @@ class TorrentSession:
                 rec.error = "removed from the torrent session"
             rec.notify()
 
+    def transfer(self, infohash: str) -> tuple[int, int]:
+        """(bytes verified on disk, payload bytes downloaded since added) of one torrent; a
+        resumed download counts only what it fetched after the restart. (0, 0) if unknown."""
+        rec = self._torrents.get(infohash)
+        if rec is None:
+            return (0, 0)
+        try:
+            st = rec.handle.status(0)
+        except RuntimeError as e:
+            raise TorrentError(f"cannot read torrent status of {infohash}: {e}") from e
+        return (int(st.total_done), int(st.total_payload_download))
+
     def has(self, infohash: str) -> bool:
         """Whether the torrent is in this session (downloading, seeding or failed)."""
         return infohash in self._torrents
