@@ -16,16 +16,19 @@ from typing import Any
 import trio
 
 from common.addr import Address
-from common.errors import ConfigError
+from common.errors import ConfigError, ShoalError
 from common.torrent import SliceSeeds, TorrentSession
 from seeder import views
 from seeder.build import build_release
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
+from seeder.retention import KEEP_RELEASES, HostReleases, needed_by_hosts, releases_to_seed
 from seeder.store import Store
 from seeder.tracker import Tracker
 
 log = logging.getLogger("shoal.seeder")
+
+RECONCILE_INTERVAL = 5.0  # seconds between re-derivations of the seeded releases
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SeederConfig:
     tracker_listen: Address | None = None
     piece_size: int = 0
     slices: bool = True
+    keep_releases: int = KEEP_RELEASES
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,13 +73,14 @@ async def run_seeder(
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
-            for manifest, torrent, _ in store.releases():
-                torrents.seed(torrent, data / "releases" / manifest.release_id)
+            slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
+            await nursery.start(slice_seeds.run)
+            seeding = Seeding(store, torrents, slice_seeds, data / "releases", config.keep_releases)
+            seeding.reconcile()
+            nursery.start_soon(seeding.run)
             tracker = Tracker()
             tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
-            await nursery.start(slice_seeds.run)
 
             async def offer_slices(release_id: str, count: int) -> list[tuple[str, int]]:
                 found = store.release(release_id)
@@ -88,7 +93,7 @@ async def run_seeder(
                 slice_seeds=offer_slices if config.slices else None,
             )
             await nursery.start(engine.run)
-            methods = _methods(config, store, engine, torrents, slice_seeds, tracker_url)
+            methods = _methods(config, store, engine, seeding, slice_seeds, tracker_url)
             server = ControlServer(store, engine, methods=methods)
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -98,14 +103,72 @@ async def run_seeder(
         store.close()
 
 
+class Seeding:
+    """Keeps the seeded releases equal to :func:`seeder.retention.releases_to_seed`: the newest
+    `keep`, plus those a running rollout or a host's current/previous needs. Re-derived from the
+    store on every change it hears of and every RECONCILE_INTERVAL (hosts report new currents)."""
+
+    def __init__(
+        self,
+        store: Store,
+        full_seed: TorrentSession,
+        slice_seeds: SliceSeeds,
+        releases_dir: Path,
+        keep: int,
+    ) -> None:
+        self.store, self.full_seed, self.slice_seeds = store, full_seed, slice_seeds
+        self.releases_dir, self.keep = releases_dir, keep
+
+    def wanted(self) -> set[str]:
+        built_at = {mf.release_id: at for mf, _, at in self.store.releases()}
+        hosts = [HostReleases(h.current, h.staged) for h in self.store.hosts()]
+        pinned = needed_by_hosts(hosts, built_at)
+        pinned |= {r.release_id for r in self.store.rollouts(active_only=True, limit=1000)}
+        return releases_to_seed(built_at, self.keep, pinned)
+
+    def reconcile(self) -> list[str]:
+        """Seed what is wanted and stop seeding the rest; returns the ids seeded now."""
+        wanted = self.wanted()
+        seeded = []
+        for manifest, torrent, _ in self.store.releases():
+            rid, ih = manifest.release_id, manifest.infohash
+            if rid in wanted:
+                seeded.append(rid)
+                if not self.full_seed.has(ih):
+                    try:
+                        self.full_seed.seed(torrent, self.releases_dir / rid)
+                        log.info("seeding release %s", rid)
+                    except ShoalError as exc:
+                        log.error("cannot seed release %s: %s", rid, exc)
+            elif self.full_seed.has(ih):
+                self.full_seed.remove(ih)
+                self.slice_seeds.drop(ih)
+                log.info("stopped seeding release %s (beyond --keep-releases %d)", rid, self.keep)
+        return seeded
+
+    def seeded(self) -> list[str]:
+        return sorted(
+            mf.release_id for mf, _, _ in self.store.releases() if self.full_seed.has(mf.infohash)
+        )
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(RECONCILE_INTERVAL)
+            try:
+                self.reconcile()
+            except ShoalError as exc:  # e.g. libtorrent refused a removal: try again later
+                log.error("cannot update the seeded releases: %s", exc)
+
+
 def _methods(
     config: SeederConfig,
     store: Store,
     engine: Engine,
-    full_seed: TorrentSession,
+    seeding: Seeding,
     slice_seeds: SliceSeeds,
     tracker_url: str,
 ) -> dict[str, Handler]:
+    full_seed = seeding.full_seed
     releases_dir = config.data_dir / "releases"
 
     async def release_build(params: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +184,7 @@ def _methods(
             )
         )
         created = store.add_release(built.manifest, built.torrent, time.time())
-        full_seed.seed(built.torrent, built.directory)
+        seeding.reconcile()
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
         return {"release": built.manifest.to_dict(), "created": created}
 
@@ -130,6 +193,7 @@ def _methods(
 
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
         rollout = engine.start_rollout(str(params["release_id"]), str(params.get("hosts", "all")))
+        seeding.reconcile()  # an old release rolled out again is seeded again
         return {"rollout": views.rollout(store, rollout)}
 
     async def rollout_status(params: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +207,7 @@ def _methods(
         return {
             "uploaded": sum(t.uploaded for t in totals),
             "downloaded": sum(t.downloaded for t in totals),
+            "seeding": seeding.seeded(),
         }
 
     return {
