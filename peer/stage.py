@@ -119,7 +119,7 @@ async def _download(ctx: PeerContext, cmd: m.Stage, manifest: Manifest) -> str:
         slice_seeds=_addresses(cmd.slice_seeds),
     )
     took = time.monotonic() - started
-    _, fetched = ctx.torrents.transfer(manifest.infohash)
+    fetched = ctx.torrents.transfer(manifest.infohash).downloaded
     return (
         f"{manifest.size} bytes in {took:.2f}s, {fetched} bytes fetched now (the rest was on"
         f" disk already), {len(sources)} peer(s) connected at the end"

@@ -26,9 +26,11 @@ from common.pieces import (
     missing_slices,
     own_slice_priorities,
 )
+from common.recheck import RecheckPolicy
 from common.torrent.metainfo import check_payload, hexhash, load
 from common.torrent.resume import drop_resume, load_resume, resume_path, store_resume
 from common.torrent.settings import datacenter_settings
+from common.torrent.watch import SeedWatch
 
 log = logging.getLogger("shoal.torrent")
 
@@ -42,12 +44,12 @@ RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
-# Seconds between resume-data saves of a running download. Each save flushes libtorrent's write
-# buffer to the file first, so a SIGKILL loses at most this long's worth of received bytes.
+# Seconds between flushes of a running download, each followed by a resume-data save: a SIGKILL
+# loses at most this long's worth of received bytes (libtorrent keeps the rest in memory).
 RESUME_INTERVAL: Final = 1.0
 CLOSE_SAVE_TIMEOUT: Final = 3.0  # seconds the session waits for the final resume saves
 _RATE_LIMITS: Final = ("download_rate_limit", "upload_rate_limit")
-_SAVE_FLAGS: Final = lt.torrent_handle.flush_disk_cache | lt.torrent_handle.only_if_modified
+_SAVE_FLAGS: Final = lt.torrent_handle.only_if_modified
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,16 @@ class TransferStats:
 
     uploaded: int
     downloaded: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One torrent's bytes: verified on disk, payload downloaded and failed the hash check since
+    it was added to this session."""
+
+    verified: int
+    downloaded: int
+    failed: int
 
 
 @dataclass(eq=False)
@@ -74,8 +86,8 @@ class _Torrent:
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
+    save_path: Path = Path()
     resume: Path | None = None  # where a download keeps its resume data (None: a seed)
-    saving: bool = False  # a save_resume_data() is on its way
 
     def notify(self) -> None:
         self.changed.set()
@@ -96,6 +108,7 @@ class TorrentSession:
         *,
         overrides: Mapping[str, Any] | None = None,
         resume_interval: float = RESUME_INTERVAL,
+        recheck: RecheckPolicy | None = None,
     ) -> None:
         settings = datacenter_settings(listen_ip, port)
         settings.update(overrides or {})
@@ -115,6 +128,7 @@ class TorrentSession:
         self._running = False
         self._removed = TransferStats(0, 0)
         self._resume_interval = resume_interval
+        self._watch = SeedWatch(recheck or RecheckPolicy())
 
     def _limit_every_peer(self) -> None:
         """Put every peer in the global peer class, where the session's rate limits apply.
@@ -163,14 +177,18 @@ class TorrentSession:
     async def _pump(self, rsock: socket.socket) -> NoReturn:
         # No local reference to the session: _close() must drop the last one.
         next_update = next_save = trio.current_time()
+        next_look = next_save + self._watch.policy.tick
         while True:
+            if trio.current_time() >= next_look:
+                self._look_at_seeds()
+                next_look = trio.current_time() + self._watch.policy.tick
             if trio.current_time() >= next_update:
                 self._lt.post_torrent_updates(0)  # 0: the basic fields are enough
                 next_update = trio.current_time() + UPDATE_INTERVAL
             if trio.current_time() >= next_save:
-                self._save_resume(_SAVE_FLAGS)
+                self._flush_downloads()
                 next_save = trio.current_time() + self._resume_interval
-            with trio.move_on_at(min(next_update, next_save)):
+            with trio.move_on_at(min(next_update, next_save, next_look)):
                 await trio.lowlevel.wait_readable(rsock)
             try:
                 while rsock.recv(4096):
@@ -211,17 +229,16 @@ class TorrentSession:
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
-                self._save_one(rec, lt.torrent_handle.flush_disk_cache)  # no re-hash on restart
+                self._flush_one(rec)  # then save: a restart finds it complete, no re-hash
                 rec.notify()
         elif isinstance(alert, lt.save_resume_data_alert):
             if rec is not None and rec.resume is not None:
-                rec.saving = False
                 store_resume(rec.resume, alert.params)
         elif isinstance(alert, lt.save_resume_data_failed_alert):
-            if rec is not None:
-                rec.saving = False
             log.debug("libtorrent: %s", alert.message())  # mostly "not modified": nothing new
         elif isinstance(alert, lt.cache_flushed_alert):
+            if rec is not None and rec.resume is not None:
+                self._save_one(rec, _SAVE_FLAGS)  # every piece it lists is in the file now
             if rec is not None and rec.flushing:
                 rec.flushed = True
                 rec.notify()
@@ -232,11 +249,38 @@ class TorrentSession:
                 logging.WARNING if alert.times_in_row == 1 else logging.DEBUG, "%s", alert.message()
             )
 
-    def _save_resume(self, flags: int) -> None:
-        """Ask for the resume data of every download that changed (answered by alerts)."""
-        for rec in self._torrents.values():
-            if rec.resume is not None and rec.error is None and not rec.saving:
-                self._save_one(rec, flags)
+    def _look_at_seeds(self) -> None:
+        handles = {
+            ih: (rec.handle, rec.save_path)
+            for ih, rec in self._torrents.items()
+            if rec.error is None
+        }
+        try:
+            self._watch.tick(trio.current_time(), handles)
+        except RuntimeError as e:
+            log.warning("cannot check the seeds' files: %s", e)
+
+    @property
+    def rechecks(self) -> int:
+        """Re-checks started because a seed's files changed or were due (diagnostics)."""
+        return self._watch.rechecks
+
+    def _downloads(self) -> list[_Torrent]:
+        return [r for r in self._torrents.values() if r.resume is not None and r.error is None]
+
+    def _flush_downloads(self) -> None:
+        """Write out what running downloads hold in memory; each flush is followed by a resume
+        save (see _dispatch), so a SIGKILL loses at most RESUME_INTERVAL's worth of data."""
+        for rec in self._downloads():
+            if not rec.done:
+                self._flush_one(rec)
+
+    @staticmethod
+    def _flush_one(rec: _Torrent) -> None:
+        try:
+            rec.handle.flush_cache()
+        except RuntimeError as e:
+            log.warning("cannot flush a download: %s", e)
 
     @staticmethod
     def _save_one(rec: _Torrent, flags: int) -> None:
@@ -244,26 +288,36 @@ class TorrentSession:
             return
         try:
             rec.handle.save_resume_data(flags)
-            rec.saving = True
         except RuntimeError as e:
             log.warning("cannot save resume data: %s", e)
 
     def _final_saves(self) -> None:
-        """On shutdown: flush every download and save its resume data (bounded wait)."""
+        """On shutdown: flush every download's written pieces, then save its resume data.
+
+        Two phases, each bounded by CLOSE_SAVE_TIMEOUT: resume data asked for while libtorrent
+        still holds pieces in its write buffer lists only those already in the file."""
+        downloads = {hexhash(r.handle.info_hashes()): r for r in self._downloads()}
+        for rec in downloads.values():
+            self._flush_one(rec)
+        self._wait_for(set(downloads), (lt.cache_flushed_alert,))  # each asks for a save too
+        self._wait_for(
+            set(downloads), (lt.save_resume_data_alert, lt.save_resume_data_failed_alert)
+        )
+
+    def _wait_for(self, pending: set[str], kinds: tuple[type[lt.torrent_alert], ...]) -> None:
+        """Block until each torrent in `pending` posted one of `kinds` (dispatched as usual)."""
         ses = self._lt
-        for rec in self._torrents.values():
-            rec.saving = False
-        self._save_resume(lt.torrent_handle.flush_disk_cache)
         deadline = time.monotonic() + CLOSE_SAVE_TIMEOUT
-        while any(rec.saving for rec in self._torrents.values()):
+        while pending:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.warning("shutting down without the resume data of some downloads")
+                log.warning("shutting down without the resume data of %d download(s)", len(pending))
                 return
             ses.wait_for_alert(int(left * 1000) + 1)
             for alert in ses.pop_alerts():
-                if isinstance(alert, lt.save_resume_data_alert | lt.save_resume_data_failed_alert):
-                    self._dispatch(alert)
+                self._dispatch(alert)
+                if isinstance(alert, kinds):
+                    pending.discard(hexhash(alert.handle.info_hashes()))
 
     def _close(self) -> None:
         """Save resume data, fail the waiters, pause, and destroy the session (blocks up to
@@ -309,7 +363,7 @@ class TorrentSession:
         except RuntimeError as e:
             raise TorrentError(f"cannot add torrent {ih}: {e}") from e
         self._torrents[ih] = _Torrent(
-            handle, done=seed, progress=1.0 if seed else 0.0, resume=resume
+            handle, done=seed, progress=1.0 if seed else 0.0, save_path=save_path, resume=resume
         )
         return ih
 
@@ -462,17 +516,19 @@ class TorrentSession:
                 rec.error = "removed from the torrent session"
             rec.notify()
 
-    def transfer(self, infohash: str) -> tuple[int, int]:
-        """(bytes verified on disk, payload bytes downloaded since added) of one torrent; a
-        resumed download counts only what it fetched after the restart. (0, 0) if unknown."""
+    def transfer(self, infohash: str) -> Transfer:
+        """What one torrent has and moved; a resumed download counts only what it fetched after
+        the restart. All zeros if unknown."""
         rec = self._torrents.get(infohash)
         if rec is None:
-            return (0, 0)
+            return Transfer(0, 0, 0)
         try:
             st = rec.handle.status(0)
         except RuntimeError as e:
             raise TorrentError(f"cannot read torrent status of {infohash}: {e}") from e
-        return (int(st.total_done), int(st.total_payload_download))
+        return Transfer(
+            int(st.total_done), int(st.total_payload_download), int(st.total_failed_bytes)
+        )
 
     def has(self, infohash: str) -> bool:
         """Whether the torrent is in this session (downloading, seeding or failed)."""
