@@ -3,9 +3,13 @@ mid-download, a full disk (a real tmpfs), and releases pruned from disk and from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import trio
 from common.torrent import TorrentSession
 from common.torrent.metainfo import load
 from seeder.client import open_client
-from seeder.localfleet import LocalFleet
+from seeder.localfleet import Daemon, LocalFleet
 from seeder.samplerepo import commit_all
 from tests.conftest import make_app_repo, shoal
 
@@ -182,3 +186,140 @@ async def test_pruned_releases_are_no_longer_seeded(fleet: LocalFleet, tmp_path:
         }
         assert await _serves(HOST_IP, port, torrents[previous], tmp_path / "p", 20) > 0
         assert await _serves(HOST_IP, port, torrents[old], tmp_path / "o", 4) == 0
+
+
+# --- 2. a full disk --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` at `path` (root only); unmounted afterwards whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def fill(path: Path) -> Path:
+    """Write a file until the disk is full; it stays until the caller removes it."""
+    filler = path / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\xff" * (1 << 20))
+            f.flush()
+    return filler
+
+
+async def alive_after(daemon: Daemon, seconds: float) -> bool:
+    await trio.sleep(seconds)
+    return daemon.process.returncode is None
+
+
+async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk", 48) as disk:
+        repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+        home = disk / "web-1"
+        # LocalFleet puts a peer's data under root/hosts/<name>: make that the tmpfs.
+        fleet.peer_dir("web-1").parent.mkdir(parents=True)
+        fleet.peer_dir("web-1").symlink_to(home)
+        flags = (*ANY_PORT, "--min-free", "4M")
+        with trio.fail_after(300):
+            await fleet.start_seeder()
+            peer = await fleet.start_peer("web-1", HOST_IP, extra=flags)
+            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+                await fleet.wait_connected(client, ["web-1"])
+            good = await trio.to_thread.run_sync(build, fleet, repo)
+            out = await trio.to_thread.run_sync(
+                lambda: shoal(fleet.control, "rollout", "start", good, "--wait")
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert os.readlink(home / "current").endswith(good)
+            free_before = free(disk)
+
+            # a. Too big to fit: refused before a byte is downloaded, with the numbers.
+            add_file(repo, "big.bin", os.urandom(14_000_000), "too big for this disk")
+            big = await trio.to_thread.run_sync(build, fleet, repo)
+            status = await finished(fleet, await start_rollout(fleet, big))
+            assert status["state"] == "failed"
+            download = steps(status, "web-1")["download"]
+            assert download["state"] == "failed"
+            assert "not enough disk space" in download["detail"], download
+            assert not (home / "downloads" / big).exists()
+            assert await alive_after(peer, 1.0)
+
+            # A restarted peer that gets the same stage command again refuses again: no crash loop.
+            await fleet.stop(peer)
+            peer = await fleet.start_peer("web-1", HOST_IP, extra=flags)
+            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+                await fleet.wait_connected(client, ["web-1"])
+            status = await finished(fleet, await start_rollout(fleet, big))
+            assert "not enough disk space" in steps(status, "web-1")["download"]["detail"]
+            assert await alive_after(peer, 1.0)
+
+            # b. Fits as an archive, not unpacked (zeros compress ~1000x): ENOSPC at unpack.
+            (repo / "big.bin").unlink()
+            add_file(repo, "zeros.bin", bytes(80_000_000), "unpacks to more than the disk")
+            bomb = await trio.to_thread.run_sync(build, fleet, repo)
+            status = await finished(fleet, await start_rollout(fleet, bomb))
+            unpack = steps(status, "web-1")["unpack"]
+            assert unpack["state"] == "failed" and "disk is full" in unpack["detail"], unpack
+            assert not (home / "releases" / bomb).exists()
+            assert not (home / "downloads" / bomb).exists()
+            assert [p.name for p in (home / "releases").iterdir()] == [good]  # no leftovers
+            assert free(disk) >= free_before - 1_000_000  # the space came back
+            assert await alive_after(peer, 1.0)
+
+            # c. The disk fills while downloading (something else wrote to it): libtorrent's
+            #    ENOSPC fails the step, the journal cannot write either (same disk) but the
+            #    report reaches the seeder from memory, and the partial download is removed.
+            await fleet.stop(peer)
+            slow = (*flags, "--torrent-setting", f"download_rate_limit={RATE}")
+            peer = await fleet.start_peer("web-1", HOST_IP, extra=slow)
+            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+                await fleet.wait_connected(client, ["web-1"])
+            (repo / "zeros.bin").unlink()
+            add_file(repo, "mid.bin", os.urandom(6_000_000), "fits, until the disk fills")
+            mid = await trio.to_thread.run_sync(build, fleet, repo)
+            rollout_id = await start_rollout(fleet, mid)
+            partial = home / "downloads" / mid
+            while not partial.is_dir() or not any(partial.iterdir()):
+                await trio.sleep(0.1)
+            filler = await trio.to_thread.run_sync(fill, disk)
+            try:
+                status = await finished(fleet, rollout_id)
+                assert status["state"] == "failed"
+                download = steps(status, "web-1")["download"]
+                assert download["state"] == "failed", download
+                assert "No space left" in download["detail"], download
+                assert not partial.exists()
+                assert await alive_after(peer, 1.0)
+            finally:
+                filler.unlink()
+            assert os.readlink(home / "current").endswith(good)
+
+            # After all that, the same daemon still deploys what fits.
+            (repo / "mid.bin").unlink()
+            add_file(repo, "small.bin", b"small", "small again")
+            small = await trio.to_thread.run_sync(build, fleet, repo)
+            out = await trio.to_thread.run_sync(
+                lambda: shoal(fleet.control, "rollout", "start", small, "--wait")
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert os.readlink(home / "current").endswith(small)
+            await fleet.stop_all()

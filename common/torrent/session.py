@@ -218,7 +218,8 @@ class TorrentSession:
             return
         rec = self._torrents.get(hexhash(alert.handle.info_hashes()))
         if isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
-            log.error("libtorrent: %s", alert.message())
+            first = rec is not None and rec.error is None  # a full disk fails every write
+            log.log(logging.ERROR if first else logging.DEBUG, "libtorrent: %s", alert.message())
             if rec is not None and rec.error is None:
                 rec.error = alert.message()
                 rec.notify()
