@@ -33,6 +33,7 @@ from peer.stage import refresh, stage
 log = logging.getLogger("shoal.peer")
 
 HELLO_TIMEOUT = 10.0
+JOURNAL_RETRY = 30.0  # seconds between attempts to reopen a read-only journal for writing
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ async def run_peer(
 ) -> None:
     layout = Layout(config.data_dir)
     layout.create()
-    journal = Journal(layout.state_db)
+    journal = Journal.open(layout.state_db)
     try:
         reporter = Reporter(journal, config.name)
         _close_interrupted(journal, reporter)
@@ -108,11 +109,20 @@ async def run_peer(
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             _seed_staged(ctx)
+            nursery.start_soon(_recover_journal, journal)
             jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
             await _connection_loop(config, ctx, jobs)
     finally:
         journal.close()
+
+
+async def _recover_journal(journal: Journal) -> None:
+    """A journal opened read-only (full disk at start-up) becomes writable when space returns."""
+    while True:  # polling: nothing tells us when the disk has room again
+        if journal.reopen():
+            return
+        await trio.sleep(JOURNAL_RETRY)
 
 
 def _seed_staged(ctx: PeerContext) -> None:

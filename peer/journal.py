@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ import msgpack
 
 from common import messages as m
 from common.errors import ShoalError
+
+log = logging.getLogger("shoal.peer.journal")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,12 +68,64 @@ class StepRecord:
 
 
 class Journal:
-    @_storage
+    """The journal. A peer whose disk is full cannot even open it for writing (SQLite must
+    create its WAL files): :meth:`open` then falls back to reading it as it is on disk, and
+    :meth:`reopen` tries again later; meanwhile every write raises JournalError."""
+
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self.path = path
+        self._db = self._connect(path)
+        self.writable = True
+
+    @staticmethod
+    @_storage
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open for writing if the disk allows, else read-only (see :meth:`reopen`)."""
+        try:
+            return cls(path)
+        except JournalError as exc:
+            log.error("journal %s opened read-only until the disk recovers: %s", path, exc)
+        journal = cls.__new__(cls)
+        journal.path, journal.writable = path, False
+        journal._db = cls._read_only(path)
+        return journal
+
+    @staticmethod
+    @_storage
+    def _read_only(path: Path) -> sqlite3.Connection:
+        if not path.exists():  # nothing to read: an empty journal in memory
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            db.executescript(SCHEMA)
+            db.execute("PRAGMA query_only=ON")
+            return db
+        # immutable: no locks, no WAL files to create (changes not checkpointed are not seen)
+        uri = f"file:{path}?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    def reopen(self) -> bool:
+        """Try to get a read-only journal writable again; True once it is."""
+        if self.writable:
+            return True
+        try:
+            db = self._connect(self.path)
+        except JournalError:
+            return False
+        self._db.close()
+        self._db, self.writable = db, True
+        log.info("journal %s is writable again", self.path)
+        return True
 
     def close(self) -> None:
         self._db.close()

@@ -57,7 +57,10 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         return
     rid = manifest.release_id
     if _already_staged(ctx, rid):
-        ctx.torrents.seed(cmd.torrent, ctx.layout.download_dir(rid))
+        try:
+            ctx.torrents.seed(cmd.torrent, ctx.layout.download_dir(rid))
+        except ShoalError as exc:  # the archive went missing: staged all the same, not seeded
+            log.warning("not seeding staged release %s: %s", rid, exc)
         report(rollout_id, "stage", "succeeded", result="succeeded", detail=f"{rid} already staged")
         return
     report(rollout_id, "stage", "running", detail=rid)

@@ -3,7 +3,10 @@ crashes, a journal that cannot write, resume data that is bad."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +114,46 @@ def test_bad_or_foreign_resume_data_is_ignored_and_removed(tmp_path: Path) -> No
     assert load_resume(resume, load(torrent)) is None
     assert not resume.exists()
     assert load_resume(resume, load(torrent)) is None  # missing: nothing to say
+
+
+def test_a_journal_on_a_full_disk_opens_read_only_and_recovers(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        path = disk / "state.db"
+        first = Journal(path)
+        kept = first.record(
+            m.StepReport(rollout_id="r1", host="h", step="unpack", attempt=1, state="running")
+        )
+        first.add_release({"release_id": "app-1"}, b"torrent", 1.0)
+        first.close()
+        filler = disk / "filler"
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\xff" * 65536)
+                f.flush()
+        with pytest.raises(JournalError):
+            Journal(path)  # what used to stop the daemon at start-up
+        journal = Journal.open(path)
+        try:
+            assert not journal.writable
+            assert journal.unsent() == [kept]  # what it knew is still readable
+            assert journal.release("app-1") is not None
+            with pytest.raises(JournalError):
+                journal.add_release({"release_id": "app-2"}, b"t", 2.0)
+            assert not journal.reopen()
+            filler.unlink()
+            assert journal.reopen() and journal.writable
+            journal.add_release({"release_id": "app-2"}, b"t", 2.0)
+            assert journal.release("app-2") is not None
+        finally:
+            journal.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
