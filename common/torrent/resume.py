@@ -15,13 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 import libtorrent as lt
 
 from common.torrent.metainfo import hexhash
 
 log = logging.getLogger("shoal.torrent")
+
+CLOSE_SAVE_TIMEOUT: Final = 3.0  # seconds each shutdown phase (flush, save) may take
 
 
 def resume_path(save_path: Path, infohash: str) -> Path:
@@ -88,3 +93,54 @@ def drop_resume(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("cannot remove resume data %s: %s", path, exc)
+
+
+def flush(handle: lt.torrent_handle) -> None:
+    """Write out what libtorrent holds in memory; the session saves resume data when the
+    cache_flushed alert comes (asked for earlier, resume data lists only pieces in the file)."""
+    try:
+        handle.flush_cache()
+    except RuntimeError as exc:
+        log.warning("cannot flush a download: %s", exc)
+
+
+def request_save(handle: lt.torrent_handle) -> None:
+    """Ask for resume data if anything changed since the last save (answered by an alert)."""
+    try:
+        handle.save_resume_data(lt.torrent_handle.only_if_modified)
+    except RuntimeError as exc:
+        log.warning("cannot save resume data: %s", exc)
+
+
+def final_saves(
+    ses: lt.session,
+    downloads: Mapping[str, lt.torrent_handle],
+    dispatch: Callable[[lt.alert], None],
+) -> None:
+    """Flush every download, then wait for its resume data, each phase bounded by
+    CLOSE_SAVE_TIMEOUT; every alert popped meanwhile goes to `dispatch` (which stores the data
+    and asks for the save after each flush)."""
+    for handle in downloads.values():
+        flush(handle)
+    _wait_for(ses, set(downloads), (lt.cache_flushed_alert,), dispatch)
+    saved = (lt.save_resume_data_alert, lt.save_resume_data_failed_alert)
+    _wait_for(ses, set(downloads), saved, dispatch)
+
+
+def _wait_for(
+    ses: lt.session,
+    pending: set[str],
+    kinds: tuple[type[lt.torrent_alert], ...],
+    dispatch: Callable[[lt.alert], None],
+) -> None:
+    deadline = time.monotonic() + CLOSE_SAVE_TIMEOUT
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("shutting down without the resume data of %d download(s)", len(pending))
+            return
+        ses.wait_for_alert(int(left * 1000) + 1)
+        for alert in ses.pop_alerts():
+            dispatch(alert)
+            if isinstance(alert, kinds):
+                pending.discard(hexhash(alert.handle.info_hashes()))

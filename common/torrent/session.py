@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,16 @@ from common.pieces import (
 )
 from common.recheck import RecheckPolicy
 from common.torrent.metainfo import check_payload, hexhash, load
-from common.torrent.resume import drop_resume, load_resume, resume_path, store_resume
-from common.torrent.settings import datacenter_settings
+from common.torrent.resume import (
+    drop_resume,
+    final_saves,
+    flush,
+    load_resume,
+    request_save,
+    resume_path,
+    store_resume,
+)
+from common.torrent.settings import datacenter_settings, limit_every_peer
 from common.torrent.watch import SeedWatch
 
 log = logging.getLogger("shoal.torrent")
@@ -47,9 +54,6 @@ STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the s
 # Seconds between flushes of a running download, each followed by a resume-data save: a SIGKILL
 # loses at most this long's worth of received bytes (libtorrent keeps the rest in memory).
 RESUME_INTERVAL: Final = 1.0
-CLOSE_SAVE_TIMEOUT: Final = 3.0  # seconds the session waits for the final resume saves
-_RATE_LIMITS: Final = ("download_rate_limit", "upload_rate_limit")
-_SAVE_FLAGS: Final = lt.torrent_handle.only_if_modified
 
 
 @dataclass(frozen=True)
@@ -122,25 +126,12 @@ class TorrentSession:
         if self._port == 0:
             self._ses = None
             raise TorrentError(f"cannot listen for peers on {listen_ip}:{port}")
-        if any(settings.get(k) for k in _RATE_LIMITS):
-            self._limit_every_peer()
+        limit_every_peer(self._lt, settings)
         self._torrents: dict[str, _Torrent] = {}
         self._running = False
         self._removed = TransferStats(0, 0)
         self._resume_interval = resume_interval
         self._watch = SeedWatch(recheck or RecheckPolicy())
-
-    def _limit_every_peer(self) -> None:
-        """Put every peer in the global peer class, where the session's rate limits apply.
-
-        libtorrent exempts private-range peers (the "local" class) from rate limits, and in a
-        datacenter every peer is private: without this, an operator's rate limit does nothing."""
-        every = lt.ip_filter()
-        every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
-        every.add_rule(
-            "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id
-        )
-        self._lt.set_peer_class_filter(every)
 
     @property
     def listen_port(self) -> int:
@@ -230,7 +221,7 @@ class TorrentSession:
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
-                self._flush_one(rec)  # then save: a restart finds it complete, no re-hash
+                flush(rec.handle)  # then save: a restart finds it complete, no re-hash
                 rec.notify()
         elif isinstance(alert, lt.save_resume_data_alert):
             if rec is not None and rec.resume is not None:
@@ -239,7 +230,7 @@ class TorrentSession:
             log.debug("libtorrent: %s", alert.message())  # mostly "not modified": nothing new
         elif isinstance(alert, lt.cache_flushed_alert):
             if rec is not None and rec.resume is not None:
-                self._save_one(rec, _SAVE_FLAGS)  # every piece it lists is in the file now
+                request_save(rec.handle)  # every piece it lists is in the file now
             if rec is not None and rec.flushing:
                 rec.flushed = True
                 rec.notify()
@@ -274,55 +265,16 @@ class TorrentSession:
         save (see _dispatch), so a SIGKILL loses at most RESUME_INTERVAL's worth of data."""
         for rec in self._downloads():
             if not rec.done:
-                self._flush_one(rec)
-
-    @staticmethod
-    def _flush_one(rec: _Torrent) -> None:
-        try:
-            rec.handle.flush_cache()
-        except RuntimeError as e:
-            log.warning("cannot flush a download: %s", e)
-
-    @staticmethod
-    def _save_one(rec: _Torrent, flags: int) -> None:
-        if rec.resume is None:
-            return
-        try:
-            rec.handle.save_resume_data(flags)
-        except RuntimeError as e:
-            log.warning("cannot save resume data: %s", e)
+                flush(rec.handle)
 
     def _final_saves(self) -> None:
-        """On shutdown: flush every download's written pieces, then save its resume data.
-
-        Two phases, each bounded by CLOSE_SAVE_TIMEOUT: resume data asked for while libtorrent
-        still holds pieces in its write buffer lists only those already in the file."""
-        downloads = {hexhash(r.handle.info_hashes()): r for r in self._downloads()}
-        for rec in downloads.values():
-            self._flush_one(rec)
-        self._wait_for(set(downloads), (lt.cache_flushed_alert,))  # each asks for a save too
-        self._wait_for(
-            set(downloads), (lt.save_resume_data_alert, lt.save_resume_data_failed_alert)
-        )
-
-    def _wait_for(self, pending: set[str], kinds: tuple[type[lt.torrent_alert], ...]) -> None:
-        """Block until each torrent in `pending` posted one of `kinds` (dispatched as usual)."""
-        ses = self._lt
-        deadline = time.monotonic() + CLOSE_SAVE_TIMEOUT
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("shutting down without the resume data of %d download(s)", len(pending))
-                return
-            ses.wait_for_alert(int(left * 1000) + 1)
-            for alert in ses.pop_alerts():
-                self._dispatch(alert)
-                if isinstance(alert, kinds):
-                    pending.discard(hexhash(alert.handle.info_hashes()))
+        """On shutdown: flush every download, then save its resume data (bounded waits)."""
+        downloads = {hexhash(r.handle.info_hashes()): r.handle for r in self._downloads()}
+        final_saves(self._lt, downloads, self._dispatch)
 
     def _close(self) -> None:
         """Save resume data, fail the waiters, pause, and destroy the session (blocks up to
-        CLOSE_SAVE_TIMEOUT + stop_tracker_timeout)."""
+        resume.CLOSE_SAVE_TIMEOUT twice + stop_tracker_timeout)."""
         if self._ses is not None:
             try:
                 self._final_saves()
