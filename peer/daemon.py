@@ -233,7 +233,11 @@ async def _session(
 
         async def receive() -> None:
             while True:
-                _dispatch(ctx, jobs, await channel.receive())
+                msg = await channel.receive()
+                try:
+                    _dispatch(ctx, jobs, msg)
+                except Exception:  # one command we cannot handle must not end the daemon
+                    log.exception("cannot handle %s from the seeder", msg.TYPE)
 
         conn.start_soon(guarded, heartbeats)
         conn.start_soon(guarded, lambda: ctx.reporter.pump(channel.send))
