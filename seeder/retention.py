@@ -3,38 +3,44 @@
 Seeding costs a libtorrent torrent (memory, file handles, announces) per release, forever. The
 seeder keeps ``keep`` releases (newest first by build time) and, whatever their age, every
 release that a running rollout ships or that a host runs (its ``current``) or would roll back to
-(its ``previous``: the newest release it has staged that is older than its current). The rest
+(its ``previous``: the release live on it before the current one). The rest
 stay in the store and on disk, and are seeded again the moment a rollout needs one. Pure logic:
 the service derives the set each time from the store instead of keeping a second copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 KEEP_RELEASES = 5
 
 
 @dataclass(frozen=True)
-class HostReleases:
-    current: str | None
-    staged: Sequence[str]
+class Activation:
+    """A release that went live on a host (a rollout target that succeeded), and when."""
+
+    host: str
+    release_id: str
+    at: float
 
 
-def needed_by_hosts(hosts: Iterable[HostReleases], built_at: Mapping[str, float]) -> set[str]:
-    """Each host's current release and its rollback target (see the module docstring)."""
-    needed: set[str] = set()
-    for host in hosts:
-        if host.current is None:
-            continue
-        needed.add(host.current)
-        now_at = built_at.get(host.current)
-        if now_at is None:
-            continue
-        older = [r for r in host.staged if r != host.current and built_at.get(r, now_at) < now_at]
-        if older:
-            needed.add(max(older, key=lambda r: built_at[r]))
+def needed_by_hosts(currents: Iterable[str | None], activations: Iterable[Activation]) -> set[str]:
+    """Every host's current release (as the host reports it) and, from the seeder's own
+    history, the last two releases that went live on each host: its current and the previous
+    one it would roll back to."""
+    needed = {c for c in currents if c is not None}
+    by_host: dict[str, list[Activation]] = {}
+    for a in activations:
+        by_host.setdefault(a.host, []).append(a)
+    for history in by_host.values():
+        latest: list[str] = []
+        for a in sorted(history, key=lambda a: a.at, reverse=True):
+            if a.release_id not in latest:
+                latest.append(a.release_id)
+            if len(latest) == 2:
+                break
+        needed.update(latest)
     return needed
 
 

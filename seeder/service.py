@@ -22,13 +22,14 @@ from seeder import views
 from seeder.build import build_release
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
-from seeder.retention import KEEP_RELEASES, HostReleases, needed_by_hosts, releases_to_seed
-from seeder.store import Store
+from seeder.retention import KEEP_RELEASES, Activation, needed_by_hosts, releases_to_seed
+from seeder.store import FINAL_STATES, Store
 from seeder.tracker import Tracker
 
 log = logging.getLogger("shoal.seeder")
 
 RECONCILE_INTERVAL = 5.0  # seconds between re-derivations of the seeded releases
+HISTORY = 1000  # latest rollouts looked at for each host's current and previous release
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,15 @@ class Seeding:
 
     def wanted(self) -> set[str]:
         built_at = {mf.release_id: at for mf, _, at in self.store.releases()}
-        hosts = [HostReleases(h.current, h.staged) for h in self.store.hosts()]
-        pinned = needed_by_hosts(hosts, built_at)
-        pinned |= {r.release_id for r in self.store.rollouts(active_only=True, limit=1000)}
+        rollouts = self.store.rollouts(limit=HISTORY)
+        live = [
+            Activation(t.host, r.release_id, t.updated_at)
+            for r in rollouts
+            for t in r.targets
+            if t.state == "succeeded"
+        ]
+        pinned = needed_by_hosts((h.current for h in self.store.hosts()), live)
+        pinned |= {r.release_id for r in rollouts if r.state not in FINAL_STATES}
         return releases_to_seed(built_at, self.keep, pinned)
 
     def reconcile(self) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 
 from common.recheck import RecheckPolicy, RecheckState, checked, look
 from peer.space import SpaceNeed, shortfall, space_needed
-from seeder.retention import HostReleases, needed_by_hosts, releases_to_seed
+from seeder.retention import Activation, needed_by_hosts, releases_to_seed
 
 MB = 1_000_000
 
@@ -105,13 +105,17 @@ def test_keep_must_not_be_negative() -> None:
 
 
 def test_hosts_pin_their_current_and_rollback_target() -> None:
-    hosts = [
-        HostReleases(current="r3", staged=["r1", "r2", "r3", "r4"]),  # r4 staged, not live yet
-        HostReleases(current="r1", staged=["r1"]),  # nothing older to roll back to
-        HostReleases(current=None, staged=["r5"]),  # a new host: pins nothing
+    live = [
+        Activation("web-1", "r1", 10.0),
+        Activation("web-1", "r2", 20.0),
+        Activation("web-1", "r3", 30.0),  # web-1 runs r3, would roll back to r2
+        Activation("web-2", "r1", 10.0),
+        Activation("web-2", "r4", 40.0),
+        Activation("web-2", "r4", 50.0),  # the same release again: r1 is still its previous
     ]
-    assert needed_by_hosts(hosts, BUILT) == {"r3", "r2", "r1"}
+    assert needed_by_hosts([], live) == {"r3", "r2", "r4", "r1"}
+    assert needed_by_hosts([], live[:3]) == {"r3", "r2"}  # r1 is two releases back: not pinned
 
 
-def test_a_current_release_unknown_to_the_seeder_is_still_pinned() -> None:
-    assert needed_by_hosts([HostReleases("elsewhere", ["r1"])], BUILT) == {"elsewhere"}
+def test_a_current_the_seeder_never_rolled_out_is_pinned_too() -> None:
+    assert needed_by_hosts(["elsewhere", None], []) == {"elsewhere"}

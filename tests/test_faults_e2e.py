@@ -173,7 +173,8 @@ async def test_pruned_releases_are_no_longer_seeded(fleet: LocalFleet, tmp_path:
         assert (home / "releases" / previous).is_dir()  # the rollback target is kept
 
         # The seeder keeps 1 (the newest) plus the host's current and previous; it stops the rest
-        # (its reconcile runs on every build and rollout start).
+        # (its reconcile runs on every build and rollout start, and every 5 s: wait for one).
+        await trio.sleep(6)
         stats = await trio.to_thread.run_sync(cli_json, fleet, "seeder", "stats")
         assert stats["seeding"] == sorted([previous, current])
 
