@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from common.torrent import TorrentSession
+from common.torrent import TorrentSession, torrent_infohash
 from common.torrent.metainfo import load
 from seeder.client import open_client
 from seeder.localfleet import Daemon, LocalFleet
@@ -324,3 +324,54 @@ async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
             assert out.returncode == 0, out.stdout + out.stderr
             assert os.readlink(home / "current").endswith(small)
             await fleet.stop_all()
+
+
+# --- 4. a corrupted seeding peer -------------------------------------------------------------
+
+
+async def _leech(ip: str, port: int, torrent: bytes, dest: Path, wait: float) -> tuple[int, int]:
+    """(failed, verified) bytes of a fresh session that fetches from one peer for `wait` s."""
+    async with trio.open_nursery() as nursery:
+        session = TorrentSession("127.0.93.8")
+        await nursery.start(session.run)
+        with trio.move_on_after(wait):
+            await session.download(torrent, dest, peers=[(ip, port)])
+        got = session.transfer(torrent_infohash(torrent))
+        nursery.cancel_scope.cancel()
+    return got.failed, got.verified
+
+
+async def test_a_peer_whose_staged_file_changed_stops_serving_bad_pieces(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
+    add_file(repo, "blob.bin", os.urandom(3_000_000), "several pieces")
+    with trio.fail_after(180):
+        await fleet.start_seeder()
+        await fleet.start_peer("web-1", HOST_IP, extra=ANY_PORT)
+        async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+            await fleet.wait_connected(client, ["web-1"])
+        rid = await trio.to_thread.run_sync(build, fleet, repo)
+        out = await trio.to_thread.run_sync(
+            lambda: shoal(fleet.control, "rollout", "start", rid, "--wait")
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        torrent = (fleet.root / "seeder" / "releases" / rid / "release.torrent").read_bytes()
+        size = int(load(torrent).ti.total_size())  # type: ignore[union-attr]
+        archive = next(
+            p
+            for p in (fleet.peer_dir("web-1") / "downloads" / rid).iterdir()
+            if not p.name.startswith(".")
+        )
+        await trio.sleep(11)  # one look at the good file (every 10 s)
+        with archive.open("r+b") as f:  # a bad disk, or an operator's mistake
+            f.seek(size // 2)
+            f.write(os.urandom(200_000))
+        log = fleet.root / "logs" / "web-1.log"
+        while "re-checking torrent" not in log.read_text():
+            await trio.sleep(0.5)
+        await trio.sleep(2)  # the re-check of a 3 MB file
+        port = int((await trio.to_thread.run_sync(cli_json, fleet, "hosts"))[0]["bt_port"])
+        failed, verified = await _leech(HOST_IP, port, torrent, tmp_path / "leech", 6)
+    assert failed == 0, "the peer served a piece it should have known was bad"
+    assert 0 < verified < size  # the good pieces are still offered, the changed ones are not
