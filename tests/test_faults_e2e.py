@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 HOST_IP = "127.0.93.2"  # an address of its own: other suites use 127.0.0.x at the same time
 ANY_PORT = ("--torrent-port", "0")
-RATE = 1_000_000  # bytes/s the killed peer downloads at, so that it dies half-way
+RATE = 500_000  # bytes/s each of the seeder's sessions sends at, so that the peer dies half-way
 RESUME_INTERVAL = 1.0  # common.torrent.session.RESUME_INTERVAL
 
 
@@ -99,10 +99,11 @@ async def test_a_peer_killed_mid_download_fetches_again_at_most_what_it_had_not_
 ) -> None:
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     add_file(repo, "blob.bin", os.urandom(8_000_000), "a release worth interrupting")
-    slow = (*ANY_PORT, "--torrent-setting", f"download_rate_limit={RATE}")
+    # The seeder sends slowly (not the peer reading slowly: the seeder's counter would then
+    # include what waits in the socket buffers, megabytes on loopback).
     with trio.fail_after(180):
-        await fleet.start_seeder()
-        peer = await fleet.start_peer("web-1", HOST_IP, extra=slow)
+        await fleet.start_seeder(extra=("--torrent-setting", f"upload_rate_limit={RATE}"))
+        peer = await fleet.start_peer("web-1", HOST_IP, extra=ANY_PORT)
         async with open_client(fleet.control) as client:  # type: ignore[arg-type]
             await fleet.wait_connected(client, ["web-1"])
         rid = await trio.to_thread.run_sync(build, fleet, repo)
@@ -114,18 +115,19 @@ async def test_a_peer_killed_mid_download_fetches_again_at_most_what_it_had_not_
             await trio.sleep(0.2)
         await fleet.stop(peer, signal.SIGKILL)  # no shutdown: only what was saved survives
         at_kill = await settled_upload(fleet)  # every byte the killed peer received
-        assert at_kill < size * 0.8, "the download was not interrupted"
+        assert at_kill < size * 0.9, "the download was not interrupted"
 
         await fleet.start_peer("web-1", HOST_IP, extra=ANY_PORT)
         status = await finished(fleet, rollout_id)
         assert status["state"] == "succeeded", status
         total = await settled_upload(fleet)
 
-    # The bound: one piece per connection (the seeder's slice seeds and its full seed) plus
-    # what was received but not yet written, i.e. at most one flush interval at RATE, plus one
-    # more interval of slack for the flush itself.
+    # The bound: one piece per connection (the seeder's slice seed and its full seed) plus
+    # what was received but not yet written: one flush interval at the rate of both
+    # connections (RATE each), plus half an interval of slack for the flush itself.
     connections = 2
-    bound = connections * piece_size(fleet, rid) + 2 * RESUME_INTERVAL * RATE
+    bound = connections * piece_size(fleet, rid) + 1.5 * RESUME_INTERVAL * connections * RATE
+    assert at_kill > 2 * bound, "the kill came too early to tell kept bytes from lost ones"
     again = total - size
     print(f"FIGURES size={size} at_kill={at_kill} total={total} again={again} bound={bound}")
     assert again <= bound, f"sent {again} bytes twice (bound {bound}); at kill {at_kill}"
