@@ -242,10 +242,10 @@ class TorrentSession:
             )
 
     def _look_at_seeds(self) -> None:
-        handles = {
+        handles = {  # seeds, and downloads once their last write is done (flushed)
             ih: (rec.handle, rec.save_path)
             for ih, rec in self._torrents.items()
-            if rec.error is None
+            if rec.error is None and (rec.resume is None or rec.flushed)
         }
         try:
             self._watch.tick(trio.current_time(), handles)
