@@ -16,6 +16,7 @@ from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
 from peer.daemon import PeerConfig, run_peer
+from peer.space import RESERVE, UNPACK_RATIO
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -26,6 +27,19 @@ def parse_labels(text: str) -> dict[str, str]:
             raise ConfigError(f"label {part!r} is not KEY=VALUE")
         labels[key] = value
     return labels
+
+
+def _size(text: str) -> int:
+    """``123``, ``64K``, ``64M``, ``2G`` -> bytes (binary multiples)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    body, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    try:
+        value = int(body) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--torrent-port", type=int, default=6881)
     run.add_argument("--labels", default="", help="k=v,k=v")
     run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
+    run.add_argument(
+        "--min-free",
+        type=_size,
+        default=RESERVE,
+        help="bytes staging always leaves free on the data disk (default 64M; K/M/G suffixes)",
+    )
+    run.add_argument(
+        "--unpack-ratio",
+        type=float,
+        default=UNPACK_RATIO,
+        help="unpacked size / archive size assumed by the space check (default 3)",
+    )
     add_override_option(run)
     return parser
 
@@ -56,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             torrent_port=args.torrent_port,
             labels=parse_labels(args.labels),
             keep_releases=args.keep,
+            min_free=args.min_free,
+            unpack_ratio=args.unpack_ratio,
             torrent_settings=parse_overrides(args.torrent_setting),
         )
         trio.run(run_until_signalled, lambda: run_peer(config))

@@ -12,6 +12,7 @@ from peer.journal import Journal
 from peer.layout import Layout
 from peer.replies import Replies
 from peer.reports import Reporter
+from peer.space import RESERVE, UNPACK_RATIO
 
 
 @dataclass
@@ -22,6 +23,8 @@ class PeerContext:
     reporter: Reporter
     torrents: TorrentSession
     keep_releases: int = 5
+    min_free: int = RESERVE  # bytes staging always leaves free on the data disk
+    unpack_ratio: float = UNPACK_RATIO  # unpacked size / archive size, for the space check
     activation_lock: trio.Lock = field(default_factory=trio.Lock)
     replies: Replies = field(default_factory=Replies)
     fence: Fence = field(init=False)

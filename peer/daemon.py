@@ -19,20 +19,22 @@ import trio
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel, connect
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError
+from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
 from common.torrent import TorrentSession
 from peer.backoff import Backoff
 from peer.context import PeerContext
-from peer.journal import Journal
+from peer.journal import Journal, JournalError
 from peer.layout import Layout
 from peer.lifecycle import activate
 from peer.preflight import preflight
 from peer.reports import Reporter
+from peer.space import RESERVE, UNPACK_RATIO
 from peer.stage import refresh, stage
 
 log = logging.getLogger("shoal.peer")
 
 HELLO_TIMEOUT = 10.0
+JOURNAL_RETRY = 30.0  # seconds between attempts to reopen a read-only journal for writing
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,23 @@ class PeerConfig:
     torrent_port: int = 6881
     labels: dict[str, str] = field(default_factory=dict)
     keep_releases: int = 5
+    min_free: int = RESERVE
+    unpack_ratio: float = UNPACK_RATIO
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
-class Jobs:
-    """Stage/activate jobs, at most one per key, in the daemon's nursery (never detached)."""
+CrashHandler = Callable[[tuple[str, ...], Exception], None]
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+
+class Jobs:
+    """Stage/activate jobs, at most one per key, in the daemon's nursery (never detached).
+
+    A job that raises is that job's failure, not the daemon's: `crashed` is told (it reports the
+    step as failed with result ``error``) and the daemon and its other jobs go on."""
+
+    def __init__(self, nursery: trio.Nursery, crashed: CrashHandler) -> None:
         self.nursery = nursery
+        self.crashed = crashed
         self.running: set[tuple[str, ...]] = set()
 
     def start(self, key: tuple[str, ...], job: Callable[[], Awaitable[None]]) -> None:
@@ -61,6 +72,12 @@ class Jobs:
         async def run() -> None:
             try:
                 await job()
+            except Exception as exc:
+                log.exception("job %s crashed", "/".join(key))
+                try:
+                    self.crashed(key, exc)
+                except Exception:
+                    log.exception("cannot report the crash of job %s", "/".join(key))
             finally:
                 self.running.discard(key)
 
@@ -73,30 +90,81 @@ async def run_peer(
 ) -> None:
     layout = Layout(config.data_dir)
     layout.create()
-    journal = Journal(layout.state_db)
+    journal = Journal.open(layout.state_db)
     try:
         reporter = Reporter(journal, config.name)
         _close_interrupted(journal, reporter)
         torrents = TorrentSession(
             config.bind, config.torrent_port, overrides=config.torrent_settings
         )
-        ctx = PeerContext(config.name, layout, journal, reporter, torrents, config.keep_releases)
+        ctx = PeerContext(
+            config.name,
+            layout,
+            journal,
+            reporter,
+            torrents,
+            config.keep_releases,
+            min_free=config.min_free,
+            unpack_ratio=config.unpack_ratio,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
-            for manifest, torrent, _ in journal.releases():
-                download = layout.download_dir(str(manifest["release_id"]))
-                if download.is_dir():
-                    torrents.seed(torrent, download)
-            jobs = Jobs(nursery)
+            _seed_staged(ctx)
+            nursery.start_soon(_recover_journal, journal)
+            jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
             await _connection_loop(config, ctx, jobs)
     finally:
         journal.close()
 
 
+async def _recover_journal(journal: Journal) -> None:
+    """A journal opened read-only (full disk at start-up) becomes writable when space returns."""
+    while True:  # polling: nothing tells us when the disk has room again
+        if journal.reopen():
+            return
+        await trio.sleep(JOURNAL_RETRY)
+
+
+def _seed_staged(ctx: PeerContext) -> None:
+    """Seed every staged release still on disk; one that cannot be seeded is skipped (logged),
+    never a reason to stop the daemon (no crash loop on a truncated or missing file)."""
+    try:
+        staged = ctx.journal.releases()
+    except JournalError as exc:
+        log.error("cannot list staged releases to seed: %s", exc)
+        return
+    for manifest, torrent, _ in staged:
+        download = ctx.layout.download_dir(str(manifest["release_id"]))
+        if download.is_dir():
+            try:
+                ctx.torrents.seed(torrent, download)
+            except ShoalError as exc:
+                log.error("not seeding %s: %s", manifest["release_id"], exc)
+
+
+def report_crash(reporter: Reporter, key: tuple[str, ...], exc: Exception) -> None:
+    """Report a crashed job as its step's failure: key is ``(step, rollout_id[, attempt])``."""
+    step, rollout_id = key[0], key[1]
+    attempt = int(key[2]) if len(key) > 2 and key[2].isdigit() else 1
+    reporter.step(
+        rollout_id,
+        step,
+        "failed",
+        attempt=attempt,
+        result="error",
+        detail=f"internal error in the peer ({type(exc).__name__}: {exc}); the daemon goes on",
+    )
+
+
 def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
     """Activation steps that were running when we stopped failed; staging simply resumes."""
-    for step in journal.running_steps():
+    try:
+        running = journal.running_steps()
+    except JournalError as exc:
+        log.error("cannot list the steps that were running: %s", exc)
+        return
+    for step in running:
         if step.step not in ("stage", *m.STAGE_STEPS):
             reporter.step(
                 step.rollout_id,
@@ -124,7 +192,11 @@ async def _connection_loop(config: PeerConfig, ctx: PeerContext, jobs: Jobs) -> 
 async def _session(
     config: PeerConfig, ctx: PeerContext, jobs: Jobs, channel: Channel, backoff: Backoff
 ) -> None:
-    staged = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
+    try:
+        staged = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
+    except JournalError as exc:
+        log.error("cannot list staged releases: %s", exc)
+        staged = []
     await channel.send(
         m.Hello(
             name=config.name,
@@ -162,7 +234,11 @@ async def _session(
 
         async def receive() -> None:
             while True:
-                _dispatch(ctx, jobs, await channel.receive())
+                msg = await channel.receive()
+                try:
+                    _dispatch(ctx, jobs, msg)
+                except Exception:  # one command we cannot handle must not end the daemon
+                    log.exception("cannot handle %s from the seeder", msg.TYPE)
 
         conn.start_soon(guarded, heartbeats)
         conn.start_soon(guarded, lambda: ctx.reporter.pump(channel.send))
@@ -181,7 +257,7 @@ def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
             ctx.replies.send_nowait(refused)
             return
     if isinstance(msg, m.Ack):
-        ctx.journal.ack(msg.seq)
+        ctx.reporter.ack(msg.seq)
     elif isinstance(msg, m.Abort):
         ctx.fence.abort(msg)
         log.warning("rollout %s aborted%s", msg.rollout_id, " (kill)" if msg.kill else "")

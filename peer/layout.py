@@ -51,19 +51,25 @@ class Layout:
     def switch_previous(self, release_id: str | None) -> None:
         _switch(self.previous_link, release_id)
 
-    def prune(self, order: Iterable[str], *, keep: int = KEEP_RELEASES) -> list[str]:
-        """Delete all but the newest ``keep`` releases (``order``: oldest first).
-
-        ``current`` and ``previous`` are never deleted, whatever their age.
-        """
+    def prunable(self, order: Iterable[str], *, keep: int = KEEP_RELEASES) -> list[str]:
+        """The releases on disk beyond the newest ``keep`` (``order``: oldest first), except
+        ``current`` and ``previous``, which are never pruned whatever their age."""
         protected = {self.current(), self.previous()}
         ordered = [
             r for r in order if self.release_dir(r).exists() or self.download_dir(r).exists()
         ]
-        doomed = [r for r in ordered[: max(0, len(ordered) - keep)] if r not in protected]
+        return [r for r in ordered[: max(0, len(ordered) - keep)] if r not in protected]
+
+    def delete(self, release_id: str) -> None:
+        """Remove a release's unpacked tree and its download (stop seeding it first)."""
+        shutil.rmtree(self.release_dir(release_id), ignore_errors=True)
+        shutil.rmtree(self.download_dir(release_id), ignore_errors=True)
+
+    def prune(self, order: Iterable[str], *, keep: int = KEEP_RELEASES) -> list[str]:
+        """Delete all but the newest ``keep`` releases (see :meth:`prunable`); returns them."""
+        doomed = self.prunable(order, keep=keep)
         for release_id in doomed:
-            shutil.rmtree(self.release_dir(release_id), ignore_errors=True)
-            shutil.rmtree(self.download_dir(release_id), ignore_errors=True)
+            self.delete(release_id)
         return doomed
 
 

@@ -30,6 +30,7 @@ from common.errors import ShoalError
 from peer.context import PeerContext
 from peer.hooks import HookOutcome, run_hook
 from peer.install import apply_files, apply_permissions
+from peer.retention import prune_releases
 
 log = logging.getLogger("shoal.peer.lifecycle")
 
@@ -161,10 +162,7 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
         result="succeeded",
         detail=f"current -> {rid}",
     )
-    order = [str(mf["release_id"]) for mf, _, _ in ctx.journal.releases()]
-    for gone in ctx.layout.prune(order, keep=ctx.keep_releases):
-        ctx.journal.remove_release(gone)
-        log.info("pruned release %s", gone)
+    prune_releases(ctx)
 
 
 def _stop_if_killed(ctx: PeerContext, cmd: m.Activate, step: str) -> None:

@@ -1,11 +1,20 @@
 """Staging a release on this host: download from the swarm, verify, unpack. Nothing goes live.
 
 Each step is reported. Staging is safe to repeat: an already staged release is reported as such,
-and an interrupted download resumes from what libtorrent already has on disk.
+and an interrupted download (even a SIGKILLed one) resumes from libtorrent's resume data, i.e.
+from the pieces already written to disk.
+
+Staging checks for disk space first and refuses, with the numbers, a release that cannot fit. A
+stage that fails for any reason leaves nothing behind: the partial download, its resume data and
+any half-unpacked tree are removed, so a full disk gets its space back and ``current`` is never
+touched (staging never changes it).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import shutil
 import time
 from typing import Any
 
@@ -18,6 +27,13 @@ from common.release import Manifest
 from common.torrent import torrent_infohash
 from peer.context import PeerContext
 from peer.progress import Meter
+from peer.space import allocated_bytes, free_bytes, shortfall, space_needed
+
+log = logging.getLogger("shoal.peer.stage")
+
+
+class StageError(ShoalError):
+    """A stage step failed; the message says why, for the operator."""
 
 
 def _addresses(pairs: list[list[Any]]) -> list[tuple[str, int]]:
@@ -41,52 +57,31 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         report(rollout_id, "stage", "failed", result="error", detail=str(exc))
         return
     rid = manifest.release_id
-    if ctx.journal.release(rid) is not None and ctx.layout.release_dir(rid).is_dir():
-        ctx.torrents.seed(cmd.torrent, ctx.layout.download_dir(rid))
+    if _already_staged(ctx, rid):
+        try:
+            ctx.torrents.seed(cmd.torrent, ctx.layout.download_dir(rid))
+        except ShoalError as exc:  # the archive went missing: staged all the same, not seeded
+            log.warning("not seeding staged release %s: %s", rid, exc)
         report(rollout_id, "stage", "succeeded", result="succeeded", detail=f"{rid} already staged")
         return
     report(rollout_id, "stage", "running", detail=rid)
     step = "download"
     try:
         if torrent_infohash(cmd.torrent) != manifest.infohash:
-            raise ShoalError("the torrent does not match the release manifest's infohash")
+            raise StageError("the torrent does not match the release manifest's infohash")
         report(rollout_id, step, "running")
-        started = time.monotonic()
-        peers = _addresses(cmd.peers)
-        piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
-        seeds = _addresses(cmd.slice_seeds)
-        meter = Meter(manifest.size)
-
-        def progress(fraction: float) -> None:
-            if sample := meter.update(fraction, time.monotonic()):
-                ctx.reporter.progress(rollout_id, sample.done, sample.total, sample.rate)
-
-        sources = await ctx.torrents.download(
-            cmd.torrent,
-            ctx.layout.download_dir(rid),
-            peers=peers,
-            piece_slice=piece_slice,
-            slice_seeds=seeds,
-            on_progress=progress,
-        )
-        took = time.monotonic() - started
-        detail = (
-            f"{manifest.size} bytes in {took:.2f}s, {len(sources)} peer(s) connected at the end"
-        )
+        check_space(ctx, manifest)
+        detail = await _download(ctx, cmd, manifest)
         report(rollout_id, step, "succeeded", result="succeeded", detail=detail)
 
         step = "verify"
         report(rollout_id, step, "running")
-        archive = ctx.layout.download_dir(rid) / manifest.archive
-        digest = await trio.to_thread.run_sync(file_digest, archive)
-        if digest != manifest.digest:
-            raise ShoalError(f"digest mismatch: got {digest}, manifest says {manifest.digest}")
+        digest = await _verify(ctx, manifest)
         report(rollout_id, step, "succeeded", result="succeeded", detail=digest)
 
         step = "unpack"
         report(rollout_id, step, "running")
-        await trio.to_thread.run_sync(unpack, archive, ctx.layout.release_dir(rid))
-        ctx.journal.add_release(manifest.to_dict(), cmd.torrent, time.time())
+        await _unpack(ctx, manifest, cmd.torrent)
         report(
             rollout_id,
             step,
@@ -94,8 +89,91 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
             result="succeeded",
             detail=str(ctx.layout.release_dir(rid)),
         )
-    except ShoalError as exc:
-        report(rollout_id, step, "failed", result="error", detail=str(exc))
-        report(rollout_id, "stage", "failed", result="error", detail=f"{step}: {exc}")
+    except (ShoalError, OSError) as exc:
+        reason = explain(exc)
+        discard(ctx, manifest)
+        report(rollout_id, step, "failed", result="error", detail=reason)
+        report(rollout_id, "stage", "failed", result="error", detail=f"{step}: {reason}")
         return
     report(rollout_id, "stage", "succeeded", result="succeeded", detail=f"{rid} staged")
+
+
+def _already_staged(ctx: PeerContext, rid: str) -> bool:
+    return ctx.journal.release(rid) is not None and ctx.layout.release_dir(rid).is_dir()
+
+
+def check_space(ctx: PeerContext, manifest: Manifest) -> None:
+    """Refuse before downloading a release that cannot fit next to what is on disk."""
+    have = allocated_bytes(ctx.layout.download_dir(manifest.release_id) / manifest.archive)
+    need = space_needed(manifest.size, have, ratio=ctx.unpack_ratio, reserve=ctx.min_free)
+    missing = shortfall(need, free_bytes(ctx.layout.root))
+    if missing is not None:
+        raise StageError(missing)
+
+
+async def _download(ctx: PeerContext, cmd: m.Stage, manifest: Manifest) -> str:
+    """Fetch the archive from the swarm; returns the report's detail (the peer's own counters)."""
+    started = time.monotonic()
+    piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
+    meter = Meter(manifest.size)
+
+    def progress(fraction: float) -> None:
+        if sample := meter.update(fraction, time.monotonic()):
+            ctx.reporter.progress(cmd.rollout_id, sample.done, sample.total, sample.rate)
+
+    sources = await ctx.torrents.download(
+        cmd.torrent,
+        ctx.layout.download_dir(manifest.release_id),
+        peers=_addresses(cmd.peers),
+        piece_slice=piece_slice,
+        slice_seeds=_addresses(cmd.slice_seeds),
+        on_progress=progress,
+    )
+    took = time.monotonic() - started
+    fetched = ctx.torrents.transfer(manifest.infohash).downloaded
+    return (
+        f"{manifest.size} bytes in {took:.2f}s, {fetched} bytes fetched now (the rest was on"
+        f" disk already), {len(sources)} peer(s) connected at the end"
+    )
+
+
+async def _verify(ctx: PeerContext, manifest: Manifest) -> str:
+    archive = ctx.layout.download_dir(manifest.release_id) / manifest.archive
+    digest = await trio.to_thread.run_sync(file_digest, archive)
+    if digest != manifest.digest:
+        raise StageError(f"digest mismatch: got {digest}, manifest says {manifest.digest}")
+    return digest
+
+
+async def _unpack(ctx: PeerContext, manifest: Manifest, torrent: bytes) -> None:
+    rid = manifest.release_id
+    archive = ctx.layout.download_dir(rid) / manifest.archive
+    await trio.to_thread.run_sync(unpack, archive, ctx.layout.release_dir(rid))
+    ctx.journal.add_release(manifest.to_dict(), torrent, time.time())
+
+
+def discard(ctx: PeerContext, manifest: Manifest) -> None:
+    """Remove what a failed stage left: the torrent, its partial download and resume data, and
+    an unpacked tree that never got journalled. ``current`` and ``previous`` are never touched.
+    Never raises: cleaning up must not hide the reason the stage failed."""
+    rid = manifest.release_id
+    try:
+        ctx.torrents.remove(manifest.infohash, delete_files=True)
+    except ShoalError as exc:
+        log.warning("cannot remove torrent of %s: %s", rid, exc)
+    shutil.rmtree(ctx.layout.download_dir(rid), ignore_errors=True)
+    try:
+        staged = ctx.journal.release(rid) is not None
+    except ShoalError:
+        staged = False
+    if not staged and rid not in (ctx.layout.current(), ctx.layout.previous()):
+        shutil.rmtree(ctx.layout.release_dir(rid), ignore_errors=True)
+
+
+def explain(exc: BaseException) -> str:
+    """The operator's one-line reason, saying plainly when the disk is full."""
+    text = str(exc) or type(exc).__name__
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
+    if full and "disk is full" not in text:
+        return f"the disk is full: {text}"
+    return text

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let peers fetch any piece from the seeder (default: each its own slice)",
     )
+    run.add_argument(
+        "--keep-releases",
+        type=_keep,
+        default=5,
+        help="releases kept seeded besides those a rollout or a host's current/previous needs",
+    )
     add_override_option(run)
 
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
@@ -153,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, quiet=args.command not in ("seeder", "demo"))
@@ -201,6 +217,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             tracker_interval=args.tracker_interval,
             piece_size=args.piece_size,
             slices=not args.no_slices,
+            keep_releases=args.keep_releases,
             torrent_settings=parse_overrides(args.torrent_setting),
         )
         await run_until_signalled(lambda: run_seeder(config))

@@ -68,7 +68,9 @@ class LocalFleet:
                     self._check_alive()
                     await trio.sleep(0.1)
 
-    async def start_peer(self, name: str, ip: str, *, labels: str = "") -> Daemon:
+    async def start_peer(
+        self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
+    ) -> Daemon:
         assert self.control is not None, "start the seeder first"
         return await self._spawn(
             name,
@@ -86,6 +88,7 @@ class LocalFleet:
                 str(self.peer_dir(name)),
                 "--labels",
                 labels,
+                *extra,
             ],
         )
 

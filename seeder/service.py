@@ -21,13 +21,15 @@ from common.errors import ConfigError, TorrentError
 from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from seeder import views
-from seeder.build import V1_TORRENT, build_release, v1_torrent
+from seeder.build import build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine, UnknownRelease
 from seeder.events import EventHub
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
+from seeder.retention import KEEP_RELEASES
 from seeder.rollout import select_hosts
+from seeder.seeding import Seeding
 from seeder.store import Store
 from seeder.streams import Watching
 from seeder.swarms import DEFAULT_INTERVAL
@@ -49,6 +51,7 @@ class SeederConfig:
     tracker_interval: int = DEFAULT_INTERVAL
     piece_size: int = 0
     slices: bool = True
+    keep_releases: int = KEEP_RELEASES
     torrent_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,15 +121,13 @@ async def run_seeder(
                     f"tracker cannot listen on {tracker_at} (--tracker-listen): {exc.strerror}"
                 ) from None
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            # The full seed announces (it is the swarm's origin, listed by the tracker), after
-            # the tracker listens, so the first announce of a restart is not refused.
-            for manifest, torrent, _ in store.releases():
-                directory = data / "releases" / manifest.release_id
-                torrents.seed(torrent, directory)
-                if (directory / V1_TORRENT).is_file():
-                    torrents.seed((directory / V1_TORRENT).read_bytes(), directory)
             slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
             await nursery.start(slice_seeds.run)
+            # The full seed announces (it is the swarm's origin, listed by the tracker), after
+            # the tracker listens, so the first announce of a restart is not refused.
+            seeding = Seeding(store, torrents, slice_seeds, data / "releases", config.keep_releases)
+            seeding.reconcile()
+            nursery.start_soon(seeding.run)
 
             async def offer_slices(release_id: str, count: int) -> list[tuple[str, int]]:
                 found = store.release(release_id)
@@ -143,7 +144,7 @@ async def run_seeder(
             await nursery.start(engine.run)
             preflights = Preflights()
             methods = _methods(
-                config, store, engine, torrents, slice_seeds, tracker, tracker_url, bt
+                config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
@@ -192,12 +193,13 @@ def _methods(
     config: SeederConfig,
     store: Store,
     engine: Engine,
-    full_seed: TorrentSession,
+    seeding: Seeding,
     slice_seeds: SliceSeeds,
     tracker: Tracker,
     tracker_url: str,
     full_seed_at: Address,
 ) -> dict[str, Handler]:
+    full_seed = seeding.full_seed
     releases_dir = config.data_dir / "releases"
 
     def known_release(params: dict[str, Any]) -> tuple[Manifest, bytes]:
@@ -250,7 +252,7 @@ def _methods(
             )
         )
         created = store.add_release(built.manifest, built.torrent, time.time())
-        full_seed.seed(built.torrent, built.directory)
+        seeding.reconcile()
         await _until_listed(tracker, built.torrent, full_seed_at)
         log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
         for warning in built.warnings:
@@ -266,6 +268,7 @@ def _methods(
 
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
         rollout = engine.start_rollout(str(params["release_id"]), str(params.get("hosts", "all")))
+        seeding.reconcile()  # an old release rolled out again is seeded again
         return {"rollout": views.rollout(store, rollout)}
 
     async def rollout_status(params: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +282,7 @@ def _methods(
         return {
             "uploaded": sum(t.uploaded for t in totals),
             "downloaded": sum(t.downloaded for t in totals),
+            "seeding": seeding.seeded(),
         }
 
     return {

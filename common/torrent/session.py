@@ -25,8 +25,19 @@ from common.pieces import (
     missing_slices,
     own_slice_priorities,
 )
+from common.recheck import RecheckPolicy
 from common.torrent.metainfo import check_payload, hexhash, load
-from common.torrent.settings import datacenter_settings
+from common.torrent.resume import (
+    drop_resume,
+    final_saves,
+    flush,
+    load_resume,
+    request_save,
+    resume_path,
+    store_resume,
+)
+from common.torrent.settings import datacenter_settings, limit_every_peer
+from common.torrent.watch import SeedWatch
 
 log = logging.getLogger("shoal.torrent")
 
@@ -40,6 +51,9 @@ RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
+# Seconds between flushes of a running download, each followed by a resume-data save: a SIGKILL
+# loses at most this long's worth of received bytes (libtorrent keeps the rest in memory).
+RESUME_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,16 @@ class TransferStats:
 
     uploaded: int
     downloaded: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One torrent's bytes: verified on disk, payload downloaded and failed the hash check since
+    it was added to this session."""
+
+    verified: int
+    downloaded: int
+    failed: int
 
 
 @dataclass(eq=False)
@@ -66,6 +90,8 @@ class _Torrent:
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
+    save_path: Path = Path()
+    resume: Path | None = None  # where a download keeps its resume data (None: a seed)
 
     def notify(self) -> None:
         self.changed.set()
@@ -80,7 +106,13 @@ class TorrentSession:
     """
 
     def __init__(
-        self, listen_ip: str, port: int = 0, *, overrides: Mapping[str, Any] | None = None
+        self,
+        listen_ip: str,
+        port: int = 0,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        resume_interval: float = RESUME_INTERVAL,
+        recheck: RecheckPolicy | None = None,
     ) -> None:
         settings = datacenter_settings(listen_ip, port)
         settings.update(overrides or {})
@@ -94,9 +126,12 @@ class TorrentSession:
         if self._port == 0:
             self._ses = None
             raise TorrentError(f"cannot listen for peers on {listen_ip}:{port}")
+        limit_every_peer(self._lt, settings)
         self._torrents: dict[str, _Torrent] = {}
         self._running = False
         self._removed = TransferStats(0, 0)
+        self._resume_interval = resume_interval
+        self._watch = SeedWatch(recheck or RecheckPolicy())
 
     @property
     def listen_port(self) -> int:
@@ -132,12 +167,19 @@ class TorrentSession:
 
     async def _pump(self, rsock: socket.socket) -> NoReturn:
         # No local reference to the session: _close() must drop the last one.
-        next_update = trio.current_time()
+        next_update = next_save = trio.current_time()
+        next_look = next_save + self._watch.policy.tick
         while True:
+            if trio.current_time() >= next_look:
+                self._look_at_seeds()
+                next_look = trio.current_time() + self._watch.policy.tick
             if trio.current_time() >= next_update:
                 self._lt.post_torrent_updates(0)  # 0: the basic fields are enough
                 next_update = trio.current_time() + UPDATE_INTERVAL
-            with trio.move_on_at(next_update):
+            if trio.current_time() >= next_save:
+                self._flush_downloads()
+                next_save = trio.current_time() + self._resume_interval
+            with trio.move_on_at(min(next_update, next_save, next_look)):
                 await trio.lowlevel.wait_readable(rsock)
             try:
                 while rsock.recv(4096):
@@ -167,7 +209,8 @@ class TorrentSession:
             return
         rec = self._torrents.get(hexhash(alert.handle.info_hashes()))
         if isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
-            log.error("libtorrent: %s", alert.message())
+            first = rec is not None and rec.error is None  # a full disk fails every write
+            log.log(logging.ERROR if first else logging.DEBUG, "libtorrent: %s", alert.message())
             if rec is not None and rec.error is None:
                 rec.error = alert.message()
                 rec.notify()
@@ -178,8 +221,16 @@ class TorrentSession:
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
+                flush(rec.handle)  # then save: a restart finds it complete, no re-hash
                 rec.notify()
+        elif isinstance(alert, lt.save_resume_data_alert):
+            if rec is not None and rec.resume is not None:
+                store_resume(rec.resume, alert.params)
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            log.debug("libtorrent: %s", alert.message())  # mostly "not modified": nothing new
         elif isinstance(alert, lt.cache_flushed_alert):
+            if rec is not None and rec.resume is not None:
+                request_save(rec.handle)  # every piece it lists is in the file now
             if rec is not None and rec.flushing:
                 rec.flushed = True
                 rec.notify()
@@ -190,8 +241,45 @@ class TorrentSession:
                 logging.WARNING if alert.times_in_row == 1 else logging.DEBUG, "%s", alert.message()
             )
 
+    def _look_at_seeds(self) -> None:
+        handles = {  # seeds, and downloads once their last write is done (flushed)
+            ih: (rec.handle, rec.save_path)
+            for ih, rec in self._torrents.items()
+            if rec.error is None and (rec.resume is None or rec.flushed)
+        }
+        try:
+            self._watch.tick(trio.current_time(), handles)
+        except RuntimeError as e:
+            log.warning("cannot check the seeds' files: %s", e)
+
+    @property
+    def rechecks(self) -> int:
+        """Re-checks started because a seed's files changed or were due (diagnostics)."""
+        return self._watch.rechecks
+
+    def _downloads(self) -> list[_Torrent]:
+        return [r for r in self._torrents.values() if r.resume is not None and r.error is None]
+
+    def _flush_downloads(self) -> None:
+        """Write out what running downloads hold in memory; each flush is followed by a resume
+        save (see _dispatch), so a SIGKILL loses at most RESUME_INTERVAL's worth of data."""
+        for rec in self._downloads():
+            if not rec.done:
+                flush(rec.handle)
+
+    def _final_saves(self) -> None:
+        """On shutdown: flush every download, then save its resume data (bounded waits)."""
+        downloads = {hexhash(r.handle.info_hashes()): r.handle for r in self._downloads()}
+        final_saves(self._lt, downloads, self._dispatch)
+
     def _close(self) -> None:
-        """Fail the waiters, pause, and destroy the session (blocks up to stop_tracker_timeout)."""
+        """Save resume data, fail the waiters, pause, and destroy the session (blocks up to
+        resume.CLOSE_SAVE_TIMEOUT twice + stop_tracker_timeout)."""
+        if self._ses is not None:
+            try:
+                self._final_saves()
+            except RuntimeError as e:
+                log.warning("cannot save resume data on shutdown: %s", e)
         for rec in self._torrents.values():
             if not rec.flushed and rec.error is None:
                 rec.error = "the torrent session closed"
@@ -216,8 +304,11 @@ class TorrentSession:
         ih = hexhash(atp.info_hashes)
         if ih in self._torrents:
             return ih
+        resume = None if seed else resume_path(save_path, ih)
         if seed:
             check_payload(atp.ti, save_path)
+        elif resume is not None and (resumed := load_resume(resume, atp)) is not None:
+            atp = resumed  # start from the pieces already flushed to the file: no re-hash
         if not announce:
             atp.trackers = []
         atp.save_path = str(save_path)
@@ -231,7 +322,9 @@ class TorrentSession:
             handle = ses.add_torrent(atp)
         except RuntimeError as e:
             raise TorrentError(f"cannot add torrent {ih}: {e}") from e
-        self._torrents[ih] = _Torrent(handle, done=seed, progress=1.0 if seed else 0.0)
+        self._torrents[ih] = _Torrent(
+            handle, done=seed, progress=1.0 if seed else 0.0, save_path=save_path, resume=resume
+        )
         return ih
 
     def seed(
@@ -385,9 +478,25 @@ class TorrentSession:
         except RuntimeError as e:
             raise TorrentError(f"cannot remove torrent {infohash}: {e}") from e
         finally:
+            if rec.resume is not None:
+                drop_resume(rec.resume)
             if not rec.flushed and rec.error is None:
                 rec.error = "removed from the torrent session"
             rec.notify()
+
+    def transfer(self, infohash: str) -> Transfer:
+        """What one torrent has and moved; a resumed download counts only what it fetched after
+        the restart. All zeros if unknown."""
+        rec = self._torrents.get(infohash)
+        if rec is None:
+            return Transfer(0, 0, 0)
+        try:
+            st = rec.handle.status(0)
+        except RuntimeError as e:
+            raise TorrentError(f"cannot read torrent status of {infohash}: {e}") from e
+        return Transfer(
+            int(st.total_done), int(st.total_payload_download), int(st.total_failed_bytes)
+        )
 
     def has(self, infohash: str) -> bool:
         """Whether the torrent is in this session (downloading, seeding or failed)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import libtorrent as lt
@@ -107,3 +107,21 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
                 f"--torrent-setting {pair!r}: {key} takes a {kind.__name__}"
             ) from None
     return out
+
+
+RATE_LIMITS: Final = ("download_rate_limit", "upload_rate_limit")
+
+
+def limit_every_peer(ses: lt.session, settings: Mapping[str, Any]) -> None:
+    """With a rate limit set, put every peer in the global peer class, where it applies.
+
+    libtorrent exempts private-range peers (its "local" class) from rate limits, and in a
+    datacenter every peer is private: without this, an operator's rate limit does nothing."""
+    if not any(settings.get(k) for k in RATE_LIMITS):
+        return
+    every = lt.ip_filter()
+    every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    every.add_rule(
+        "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id
+    )
+    ses.set_peer_class_filter(every)

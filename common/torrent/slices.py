@@ -67,6 +67,12 @@ class SliceSeeds:
         )
         return [(self.ip, s.listen_port) for s in self._sessions[:count]]
 
+    def drop(self, infohash: str) -> None:
+        """Stop offering a release's slices (the seeder no longer seeds it)."""
+        for session in self._sessions:
+            session.remove(infohash)
+        self._offered = {key: n for key, n in self._offered.items() if key[1] != infohash}
+
     def stats(self) -> TransferStats:
         totals = [s.stats() for s in self._sessions]
         return TransferStats(sum(t.uploaded for t in totals), sum(t.downloaded for t in totals))
