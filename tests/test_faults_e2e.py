@@ -374,6 +374,9 @@ async def test_a_peer_whose_staged_file_changed_stops_serving_bad_pieces(
             await trio.sleep(0.5)
         await trio.sleep(2)  # the re-check of a 3 MB file
         port = int((await trio.to_thread.run_sync(cli_json, fleet, "hosts"))[0]["bt_port"])
+        # The seeder's full seed is on the tracker too: stop it, so web-1 is the only source.
+        assert fleet.seeder is not None
+        await fleet.stop(fleet.seeder)
         failed, verified = await _leech(HOST_IP, port, torrent, tmp_path / "leech", 6)
     assert failed == 0, "the peer served a piece it should have known was bad"
     assert 0 < verified < size  # the good pieces are still offered, the changed ones are not
