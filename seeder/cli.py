@@ -21,11 +21,11 @@ from common.cli import add_override_option
 from common.errors import ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
-from seeder import render
+from seeder import render, rollout_cli
 from seeder.client import open_client
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
-FINAL = ("succeeded", "failed")
+FINAL = ("succeeded", "failed", "halted", "aborted")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,14 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
     )
-    start = with_seeder(rollout.add_parser("start", help="roll a release out"))
-    start.add_argument("release_id")
-    start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
+    start = rollout_cli.add_commands(rollout, sub, with_seeder)
     start.add_argument("--wait", action="store_true", help="follow it until it ends")
     start.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
-    status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
-    status.add_argument("rollout_id", nargs="?")
-    status.add_argument("--json", action="store_true")
 
     with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
         "--json", action="store_true"
@@ -144,20 +139,29 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
-        elif args.action == "start":
-            return await _start(client, args)
+        elif (code := await rollout_cli.run(client, args)) is not None:
+            return code
         else:
-            r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
-            _emit(r, args.json, render.rollout)
+            return await _start(client, args)
     return 0
 
 
 async def _start(client: Any, args: argparse.Namespace) -> int:
     started = trio.current_time()
-    r = (await client.call("rollout.start", release_id=args.release_id, hosts=args.hosts))[
-        "rollout"
-    ]
-    print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
+    if args.command == "rollback":  # already started and announced by rollout_cli
+        r = (await client.call("rollout.status", rollout_id=args.started_id))["rollout"]
+    else:
+        params = rollout_cli.wave_params(args)
+        r = (
+            await client.call(
+                "rollout.start", release_id=args.release_id, hosts=args.hosts, **params
+            )
+        )["rollout"]
+        if args.json and not args.wait:
+            _emit(r, True, str)
+            return 0
+        print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
+        print(rollout_cli.plan_text(r), flush=True)
     if not args.wait:
         print(r["rollout_id"])
         return 0

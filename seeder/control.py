@@ -8,7 +8,6 @@ message ends that one connection and nothing else.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +18,8 @@ from common.channel import Channel
 from common.errors import ConnectionClosed, ProtocolError, ShoalError
 from common.protocol import Role
 from seeder.engine import Engine
-from seeder.store import HostRecord, Store
+from seeder.store import Store
+from seeder.writers import PeerWriter
 
 log = logging.getLogger("shoal.seeder.control")
 
@@ -60,36 +60,37 @@ class ControlServer:
             await channel.aclose()
 
     async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
-        record = HostRecord(
-            name=hello.name,
-            address=hello.address,
-            bt_port=hello.bt_port,
-            labels=hello.labels,
-            current=hello.current,
-            staged=hello.staged,
-            connected=True,
-            last_seen=time.time(),
-        )
-        self.store.upsert_host(record, time.time())
+        self.engine.host_record(hello)
         await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("peer %s connected from %s", hello.name, hello.address)
-        self.engine.attach(hello.name, channel)
-        try:
-            while True:
-                with trio.fail_after(HEARTBEAT_INTERVAL * 4):
-                    msg = await channel.receive()
-                if isinstance(msg, m.Heartbeat):
-                    self.store.touch_host(hello.name, time.time())
-                elif isinstance(msg, m.StepReport):
-                    self.engine.on_report(hello.name, msg)
-                    await channel.send(m.Ack(seq=msg.seq))
-                elif isinstance(msg, m.OutputLine):
-                    log.info("[%s %s] %s", hello.name, msg.step, msg.line)
-        except trio.TooSlowError:
-            log.warning("peer %s went silent; closing its connection", hello.name)
-        finally:
-            self.engine.detach(hello.name, channel)
-            log.info("peer %s disconnected", hello.name)
+        writer = PeerWriter(hello.name, channel)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, writer, nursery.cancel_scope)
+            self.engine.attach(hello.name, writer)
+            try:
+                while True:
+                    with trio.fail_after(HEARTBEAT_INTERVAL * 4):
+                        msg = await channel.receive()
+                    if isinstance(msg, m.Heartbeat):
+                        self.engine.heartbeat(hello.name)
+                    elif isinstance(msg, m.StepReport):
+                        self.engine.on_report(hello.name, msg, writer)
+                    elif isinstance(msg, m.Refused):
+                        self.engine.on_refused(hello.name, msg)
+                    elif isinstance(msg, m.OutputLine):
+                        log.info("[%s %s] %s", hello.name, msg.step, msg.line)
+            except trio.TooSlowError:
+                log.warning("peer %s went silent; closing its connection", hello.name)
+            finally:
+                self.engine.detach(hello.name, writer)
+                writer.stop()
+                log.info("peer %s disconnected", hello.name)
+
+    @staticmethod
+    async def _writer(writer: PeerWriter, connection: trio.CancelScope) -> None:
+        """The peer's writer; when it gives up on the peer, the whole connection ends."""
+        await writer.run()
+        connection.cancel()
 
     async def _serve_cli(self, channel: Channel) -> None:
         while True:

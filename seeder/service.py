@@ -63,7 +63,6 @@ async def run_seeder(
     bt = _public(config.torrent_listen or listen.with_port(0), "--torrent-listen")
     tracker_at = _public(config.tracker_listen or listen.with_port(0), "--tracker-listen")
     store = Store(data / "seeder.db")
-    store.mark_all_disconnected()
     try:
         torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         async with trio.open_nursery() as nursery:
@@ -128,15 +127,52 @@ def _methods(
     async def release_list(params: dict[str, Any]) -> dict[str, Any]:
         return {"releases": [views.release(mf, at) for mf, _, at in store.releases()]}
 
+    def options(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to")}
+
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
-        rollout = engine.start_rollout(str(params["release_id"]), str(params.get("hosts", "all")))
+        rollout = engine.start_rollout(
+            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        )
+        return {"rollout": views.rollout(store, rollout)}
+
+    async def rollout_plan(params: dict[str, Any]) -> dict[str, Any]:
+        plan, opts, _ = engine.plan(
+            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        )
+        return {"plan": {**plan.to_dict(), "options": opts.to_dict()}}
+
+    async def rollback(params: dict[str, Any]) -> dict[str, Any]:
+        to = params.get("to")
+        rollout = engine.start_rollback(
+            str(params.get("hosts") or "all"), None if to is None else str(to), options(params)
+        )
         return {"rollout": views.rollout(store, rollout)}
 
     async def rollout_status(params: dict[str, Any]) -> dict[str, Any]:
-        return {"rollout": views.find_rollout(store, params.get("rollout_id"))}
+        rollout_id = params.get("rollout_id")
+        model = engine.model(str(rollout_id)) if rollout_id else engine.latest()
+        limit = int(params.get("timeline_limit", views.TIMELINE_LIMIT))
+        return {"rollout": views.rollout(store, model, limit)}
+
+    def operator(action: str) -> Handler:
+        async def handle(params: dict[str, Any]) -> dict[str, Any]:
+            model = engine.operator(
+                str(params["rollout_id"]), action, kill=bool(params.get("now", False))
+            )
+            return {"rollout": views.rollout(store, model)}
+
+        return handle
+
+    async def rollout_list(params: dict[str, Any]) -> dict[str, Any]:
+        return {"rollouts": store.summaries(int(params.get("limit", 50)))}
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
-        return {"hosts": views.hosts(store, engine.connected())}
+        return {
+            "hosts": views.hosts(
+                store.hosts(), engine.connected(), engine.last_seen, engine.host_target
+            )
+        }
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:
         totals = [full_seed.stats(), slice_seeds.stats()]
@@ -151,5 +187,12 @@ def _methods(
         "release.list": release_list,
         "rollout.start": rollout_start,
         "rollout.status": rollout_status,
+        "rollout.show": rollout_status,
+        "rollout.plan": rollout_plan,
+        "rollout.pause": operator("pause"),
+        "rollout.resume": operator("resume"),
+        "rollout.abort": operator("abort"),
+        "rollout.list": rollout_list,
+        "rollback.start": rollback,
         "hosts.list": hosts_list,
     }

@@ -1,0 +1,69 @@
+"""One writer task per connected peer: commands go out through a bounded queue, each send with
+a timeout, so a stalled peer never delays commands to the others.
+
+A peer whose queue is full or whose send times out is disconnected: when it comes back, the
+engine gives it the command of each of its targets' current state again (nothing is lost, as
+commands are derived from state, and peers treat repeats idempotently).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from common import messages as m
+from common.channel import Channel
+from common.errors import ConnectionClosed
+
+log = logging.getLogger("shoal.seeder.writers")
+
+QUEUE_SIZE = 256
+SEND_TIMEOUT = 10.0
+
+
+class PeerWriter:
+    def __init__(self, host: str, channel: Channel, *, send_timeout: float = SEND_TIMEOUT) -> None:
+        self.host = host
+        self.channel = channel
+        self.send_timeout = send_timeout
+        self._send, self._receive = trio.open_memory_channel[m.Message](QUEUE_SIZE)
+        self._stop = trio.CancelScope()
+
+    def offer(self, msg: m.Message) -> bool:
+        """Queue one message without waiting; False (and the peer is cut off) if it is full."""
+        try:
+            self._send.send_nowait(msg)
+        except trio.WouldBlock:
+            log.warning(
+                "peer %s is not keeping up (%d queued); disconnecting", self.host, QUEUE_SIZE
+            )
+            self.stop()
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def stop(self) -> None:
+        self._stop.cancel()
+
+    async def run(self) -> None:
+        """Send queued messages until stopped; ends (closing the connection) on a stalled send."""
+        with self._stop:
+            async with self._receive:
+                async for msg in self._receive:
+                    try:
+                        with trio.fail_after(self.send_timeout):
+                            await self.channel.send(msg)
+                    except trio.TooSlowError:
+                        log.warning(
+                            "peer %s took over %.0fs to take a %s; disconnecting",
+                            self.host,
+                            self.send_timeout,
+                            msg.TYPE,
+                        )
+                        break
+                    except ConnectionClosed:
+                        break
+        self._send.close()
+        await self.channel.aclose()
