@@ -56,6 +56,8 @@ class ControlServer:
             await channel.fail(exc)
         except ConnectionClosed:
             pass
+        except Exception:  # one connection's bug must not take the seeder down
+            log.exception("closing a control connection after an internal error")
         finally:
             await channel.aclose()
 
@@ -64,6 +66,7 @@ class ControlServer:
         await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("peer %s connected from %s", hello.name, hello.address)
         writer = PeerWriter(hello.name, channel)
+        failure: ConnectionClosed | ProtocolError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, writer, nursery.cancel_scope)
             self.engine.attach(hello.name, writer)
@@ -81,10 +84,14 @@ class ControlServer:
                         log.info("[%s %s] %s", hello.name, msg.step, msg.line)
             except trio.TooSlowError:
                 log.warning("peer %s went silent; closing its connection", hello.name)
+            except (ConnectionClosed, ProtocolError) as exc:
+                failure = exc  # raised below, outside the nursery (not in an exception group)
             finally:
                 self.engine.detach(hello.name, writer)
                 writer.stop()
                 log.info("peer %s disconnected", hello.name)
+        if failure is not None:
+            raise failure
 
     @staticmethod
     async def _writer(writer: PeerWriter, connection: trio.CancelScope) -> None:
