@@ -29,6 +29,7 @@ class PeerWriter:
         self.send_timeout = send_timeout
         self._send, self._receive = trio.open_memory_channel[m.Message](QUEUE_SIZE)
         self._stop = trio.CancelScope()
+        self.closed = False  # run() ended: the connection is closed
 
     def offer(self, msg: m.Message) -> bool:
         """Queue one message without waiting; False (and the peer is cut off) if it is full."""
@@ -66,4 +67,5 @@ class PeerWriter:
                     except ConnectionClosed:
                         break
         self._send.close()
+        self.closed = True
         await self.channel.aclose()

@@ -136,9 +136,7 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
         # 4. The failing peer stays up and takes the next rollout.
         (fleet.peer_dir("web-2") / "fail-ValidateService").unlink()
         out = await trio.to_thread.run_sync(
-            lambda: shoal(
-                fleet.control, "rollout", "start", r3, "--hosts", "web-2,web-3", "--wait"
-            )
+            lambda: shoal(fleet.control, "rollout", "start", r3, "--hosts", "web-2,web-3", "--wait")
         )
         assert out.returncode == 0, out.stdout + out.stderr
         assert current(fleet, "web-2") == r3
