@@ -130,7 +130,7 @@ async def test_pause_survives_a_restart_then_resume_and_rollback_without_transfe
         await trio.sleep(3)  # staging finishes meanwhile; nothing may be activated
         r = cli(fleet, "rollout", "show", rid)
         assert r["state"] == "paused"
-        assert {h: hooks_of(fleet, h, r2) for h in HOSTS} == dict.fromkeys(HOSTS, [])
+        assert {h: hooks_of(fleet, h, r2) for h in HOSTS} == {h: [] for h in HOSTS}
         assert cli(fleet, "rollout", "resume", rid)["state"] in ("staging", "activating")
         r = await until(fleet, rid, ("succeeded", "failed", "halted", "aborted"))
         assert r["state"] == "succeeded", r["error"]
