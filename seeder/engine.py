@@ -340,7 +340,7 @@ class Engine:
         commit = Commit(
             rollout=model,
             targets=fx.dirty,
-            rollout_changed=fx.rollout_changed or bool(fx.dirty),
+            rollout_changed=fx.rollout_changed,
             step=(event.host, fx.step) if isinstance(event, mc.Report) and fx.step else None,
             timeline=timeline,
             currents=[(c.host, c.release_id) for c in fx.commands if isinstance(c, mc.SetCurrent)],

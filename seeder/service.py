@@ -134,7 +134,7 @@ def _methods(
         rollout = engine.start_rollout(
             str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
         )
-        return {"rollout": views.rollout(store, rollout)}
+        return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
 
     async def rollout_plan(params: dict[str, Any]) -> dict[str, Any]:
         plan, opts, _ = engine.plan(
@@ -147,20 +147,20 @@ def _methods(
         rollout = engine.start_rollback(
             str(params.get("hosts") or "all"), None if to is None else str(to), options(params)
         )
-        return {"rollout": views.rollout(store, rollout)}
+        return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
 
     async def rollout_status(params: dict[str, Any]) -> dict[str, Any]:
         rollout_id = params.get("rollout_id")
         model = engine.model(str(rollout_id)) if rollout_id else engine.latest()
         limit = int(params.get("timeline_limit", views.TIMELINE_LIMIT))
-        return {"rollout": views.rollout(store, model, limit)}
+        return {"rollout": await views.rollout(store, model, limit)}
 
     def operator(action: str) -> Handler:
         async def handle(params: dict[str, Any]) -> dict[str, Any]:
             model = engine.operator(
                 str(params["rollout_id"]), action, kill=bool(params.get("now", False))
             )
-            return {"rollout": views.rollout(store, model)}
+            return {"rollout": await views.rollout(store, model, 0, steps=False)}
 
         return handle
 

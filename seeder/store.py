@@ -193,9 +193,9 @@ class Store:
         with self._tx() as db:
             for c in batch:
                 r = c.rollout
-                if c.create or c.rollout_changed:
+                if c.create:
                     db.execute(
-                        "INSERT OR REPLACE INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             r.rollout_id,
                             r.release_id,
@@ -211,6 +211,20 @@ class Store:
                             r.bake_until,
                             r.created_at,
                             r.updated_at,
+                        ),
+                    )
+                elif c.rollout_changed:  # options and plan never change after the start
+                    db.execute(
+                        """UPDATE rollouts SET state=?, error=?, wave=?, paused_from=?,
+                           bake_until=?, updated_at=? WHERE rollout_id=?""",
+                        (
+                            r.state.value,
+                            r.error,
+                            r.wave,
+                            r.paused_from,
+                            r.bake_until,
+                            r.updated_at,
+                            r.rollout_id,
                         ),
                     )
                 hosts = r.targets.keys() if c.create else c.targets

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from common.release import Manifest
 from seeder.model import RolloutModel
 from seeder.states import TERMINAL, RolloutState
 from seeder.store import Store
 
 TIMELINE_LIMIT = 1000
+CHUNK = 250  # targets between two checkpoints of the loop
 
 _WAVE_STATE = {
     RolloutState.ACTIVATING: "activating",
@@ -70,27 +73,31 @@ def wave_state(r: RolloutModel, index: int) -> str:
     return _WAVE_STATE.get(r.state, "pending")
 
 
-def rollout(store: Store, r: RolloutModel, timeline_limit: int = TIMELINE_LIMIT) -> dict[str, Any]:
+async def rollout(
+    store: Store, r: RolloutModel, timeline_limit: int = TIMELINE_LIMIT, *, steps: bool = True
+) -> dict[str, Any]:
+    """The rollout as ``status``/``show`` print it. Built in slices with checkpoints between,
+    so that a view of thousands of hosts never stalls the seeder's loop."""
     targets = []
-    for wave in r.plan.waves:
-        for host in wave:
-            t = r.targets[host]
-            steps = list(t.steps.values())
-            targets.append(
-                {
-                    "host": t.host,
-                    "state": t.state.value,
-                    "step": t.step,
-                    "error": t.error,
-                    "wave": t.wave + 1,
-                    "release_id": t.release_id,
-                    "previous": t.previous,
-                    "exit_codes": {s.step: s.exit_code for s in steps if s.exit_code is not None},
-                    "steps": [s.to_dict() for s in steps],
-                    "output": t.failed_output(),
-                }
-            )
-    targets.sort(key=lambda t: str(t["host"]))
+    for i, host in enumerate(sorted(r.targets)):
+        if i % CHUNK == CHUNK - 1:
+            await trio.lowlevel.checkpoint()
+        t = r.targets[host]
+        records = list(t.steps.values()) if steps else []
+        targets.append(
+            {
+                "host": t.host,
+                "state": t.state.value,
+                "step": t.step,
+                "error": t.error,
+                "wave": t.wave + 1,
+                "release_id": t.release_id,
+                "previous": t.previous,
+                "exit_codes": {s.step: s.exit_code for s in records if s.exit_code is not None},
+                "steps": [s.to_dict() for s in records],
+                "output": t.failed_output(),
+            }
+        )
     return {
         "rollout_id": r.rollout_id,
         "release_id": r.release_id,
@@ -113,5 +120,5 @@ def rollout(store: Store, r: RolloutModel, timeline_limit: int = TIMELINE_LIMIT)
             for i, w in enumerate(r.plan.waves)
         ],
         "targets": targets,
-        "timeline": store.timeline(r.rollout_id, timeline_limit),
+        "timeline": store.timeline(r.rollout_id, timeline_limit) if timeline_limit else [],
     }

@@ -20,6 +20,7 @@ log = logging.getLogger("shoal.seeder.writers")
 
 QUEUE_SIZE = 256
 SEND_TIMEOUT = 10.0
+BATCH = 64  # messages per write at most
 
 
 class PeerWriter:
@@ -53,15 +54,21 @@ class PeerWriter:
         with self._stop:
             async with self._receive:
                 async for msg in self._receive:
+                    batch = [msg]  # whatever queued meanwhile goes out in the same write
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
                     try:
                         with trio.fail_after(self.send_timeout):
-                            await self.channel.send(msg)
+                            await self.channel.send_many(batch)
                     except trio.TooSlowError:
                         log.warning(
-                            "peer %s took over %.0fs to take a %s; disconnecting",
+                            "peer %s took over %.0fs to take %d message(s); disconnecting",
                             self.host,
                             self.send_timeout,
-                            msg.TYPE,
+                            len(batch),
                         )
                         break
                     except ConnectionClosed:
