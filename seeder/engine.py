@@ -363,9 +363,9 @@ class Engine:
             return
         self.store.commit([commit for commit, _, _ in batch])
         for commit, commands, acks in batch:
+            self._ack_now(acks)
             for cmd in commands:
                 self._dispatch(commit.rollout, cmd)
-            self._ack_now(acks)
             for seq, at, kind, data in commit.timeline:
                 try:
                     self.on_event(m.RolloutEvent(commit.rollout.rollout_id, seq, at, kind, data))

@@ -50,7 +50,7 @@ class PeerWriter:
         self._stop.cancel()
 
     async def run(self) -> None:
-        """Send queued messages until stopped; ends (closing the connection) on a stalled send."""
+        """Send queued messages until stopped; returns early on a stalled or broken send."""
         with self._stop:
             async with self._receive:
                 async for msg in self._receive:
@@ -74,5 +74,4 @@ class PeerWriter:
                     except ConnectionClosed:
                         break
         self._send.close()
-        self.closed = True
-        await self.channel.aclose()
+        self.closed = True  # the connection's handler closes the connection
