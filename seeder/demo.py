@@ -73,7 +73,7 @@ async def _rollout(
         r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]
         print(f"demo: rollout {r['rollout_id']} started", flush=True)
         with trio.fail_after(120):
-            while r["state"] not in ("succeeded", "failed"):
+            while r["state"] not in ("succeeded", "failed", "halted", "aborted"):
                 await trio.sleep(0.2)
                 r = (await client.call("rollout.status", rollout_id=r["rollout_id"]))["rollout"]
         print(render.rollout(r))
