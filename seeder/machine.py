@@ -208,6 +208,7 @@ def _report(r: RolloutModel, ev: Report, now: float, fx: Effects) -> None:
         list(ev.output),
     )
     t.steps[key] = record
+    t.version += 1
     fx.step = record
     t.step = ev.step
     t.updated_at = now
@@ -522,6 +523,7 @@ def _target(
 def _moved(r: RolloutModel, t: TargetModel, before: TargetState, now: float, fx: Effects) -> None:
     """Keep the derived indexes in step with one target's move from ``before``."""
     t.updated_at = now
+    t.version += 1
     r.counts[before] -= 1
     r.counts[t.state] += 1
     if (before in SETTLED) != (t.state in SETTLED):

@@ -54,6 +54,8 @@ class TargetModel:
     deadline: float = 0.0  # of the activation (or rollback) under way; 0: none
     activated: bool = False  # Activate was sent: a failure now counts against its wave's budget
     steps: dict[tuple[str, int], StepRecord] = field(default_factory=dict)
+    version: int = 0  # bumped on every change: views cache what they built per version
+    view: tuple[int, dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     def failed_output(self) -> list[str]:
         failed = [s for s in self.steps.values() if s.state == "failed" and s.output]

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from common.release import Manifest
-from seeder.model import RolloutModel
+from seeder.model import RolloutModel, TargetModel
 from seeder.states import TERMINAL, RolloutState
 from seeder.store import Store
 
@@ -65,6 +65,36 @@ def hosts(
     return out
 
 
+def _target(t: TargetModel) -> dict[str, Any]:
+    """One target with its steps; rebuilt only when the target changed since the last view."""
+    if t.view is not None and t.view[0] == t.version:
+        return t.view[1]
+    records = list(t.steps.values())
+    view = {
+        **_target_brief(t),
+        "exit_codes": {s.step: s.exit_code for s in records if s.exit_code is not None},
+        "steps": [s.to_dict() for s in records],
+        "output": t.failed_output(),
+    }
+    t.view = (t.version, view)
+    return view
+
+
+def _target_brief(t: TargetModel) -> dict[str, Any]:
+    return {
+        "host": t.host,
+        "state": t.state.value,
+        "step": t.step,
+        "error": t.error,
+        "wave": t.wave + 1,
+        "release_id": t.release_id,
+        "previous": t.previous,
+        "exit_codes": {},
+        "steps": [],
+        "output": [],
+    }
+
+
 def wave_state(r: RolloutModel, index: int) -> str:
     if index < r.wave:
         return "done"
@@ -83,21 +113,8 @@ async def rollout(
         if i % CHUNK == CHUNK - 1:
             await trio.lowlevel.checkpoint()
         t = r.targets[host]
-        records = list(t.steps.values()) if steps else []
-        targets.append(
-            {
-                "host": t.host,
-                "state": t.state.value,
-                "step": t.step,
-                "error": t.error,
-                "wave": t.wave + 1,
-                "release_id": t.release_id,
-                "previous": t.previous,
-                "exit_codes": {s.step: s.exit_code for s in records if s.exit_code is not None},
-                "steps": [s.to_dict() for s in records],
-                "output": t.failed_output(),
-            }
-        )
+        targets.append(_target(t) if steps else _target_brief(t))
+
     return {
         "rollout_id": r.rollout_id,
         "release_id": r.release_id,
