@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return 1
+    except ExceptionGroup as group:  # e.g. the seeder's store refused its data dir at start-up
+        ours, rest = group.split(ShoalError)
+        if ours is None or rest is not None:
+            raise
+        for leaf in _leaves(ours):
+            print(f"shoal: error: {leaf}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -183,6 +190,14 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
         return 1
     print(render.summary(r, trio.current_time() - started))
     return 0 if r["state"] == "succeeded" else 1
+
+
+def _leaves(group: BaseExceptionGroup[ShoalError]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 def _emit(data: Any, as_json: bool, fmt: Any) -> None:
