@@ -11,11 +11,10 @@ rollouts; peers reconnect and get the command of their target's state again.
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,11 @@ import trio
 
 from common import messages as m
 from common.errors import ShoalError
-from common.pieces import slice_count
 from seeder import machine as mc
 from seeder.gate import gate_environment, run_gate
 from seeder.model import RolloutModel, TargetModel
 from seeder.selector import select_hosts
+from seeder.stageplan import SliceProvider, UnknownRelease, stage_message
 from seeder.states import TERMINAL, TargetState
 from seeder.store import Commit, HostRecord, Store
 from seeder.waves import Plan, PlanError, RolloutOptions, plan_waves
@@ -35,17 +34,10 @@ from seeder.writers import PeerWriter
 
 log = logging.getLogger("shoal.seeder.engine")
 
-# (release id, slice count) -> the [ip, port] of each slice seed offering that release
-SliceProvider = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 OnEvent = Callable[[m.RolloutEvent], None]
 
-SWARM_PEERS = 30
 TICK = 0.5
 CACHE = 8  # finished rollouts kept in memory for status and show
-
-
-class UnknownRelease(ShoalError):
-    pass
 
 
 class UnknownRollout(ShoalError):
@@ -412,7 +404,9 @@ class Engine:
     async def _prepare_stage(self, r: RolloutModel, release_id: str) -> None:
         key = (r.rollout_id, release_id)
         try:
-            build = await self._stage_plan(r, release_id)
+            build = await stage_message(
+                self.store, r, release_id, seeder_bt=self.seeder_bt, slice_seeds=self.slice_seeds
+            )
         except Exception:
             log.exception("cannot prepare the Stage of %s for rollout %s", release_id, r.rollout_id)
             self._stage_waiting.pop(key, None)
@@ -420,40 +414,6 @@ class Engine:
         self._stage_plans[key] = build
         for cmd in self._stage_waiting.pop(key, []):
             self._send(cmd.host, build(cmd.host))
-
-    async def _stage_plan(self, r: RolloutModel, release_id: str) -> Callable[[str], m.Stage]:
-        """What every target of a rollout is told to stage (computed once per release)."""
-        found = self.store.release(release_id)
-        if found is None:
-            raise UnknownRelease(f"release {release_id} is gone")
-        manifest, torrent = found
-        records = {h.name: h for h in self.store.hosts()}
-        names = sorted(h for h, t in r.targets.items() if t.release_id == release_id)
-        index = {name: i for i, name in enumerate(names)}
-        addresses = [[records[n].address, records[n].bt_port] for n in names if n in records]
-        count = slice_count(len(names))
-        seeds = await self.slice_seeds(release_id, count) if self.slice_seeds else []
-        manifest_dict = manifest.to_dict()
-
-        def message(host: str) -> m.Stage:
-            mine = records.get(host)
-            own = [mine.address, mine.bt_port] if mine is not None else None
-            sample = random.sample(addresses, min(len(addresses), SWARM_PEERS + 1))
-            peers = [a for a in sample if a != own][:SWARM_PEERS]
-            if self.slice_seeds is None:  # the seeder is one plain seed in the swarm
-                peers.insert(0, [self.seeder_bt[0], self.seeder_bt[1]])
-            i = index.get(host, count)
-            return m.Stage(
-                rollout_id=r.rollout_id,
-                manifest=manifest_dict,
-                torrent=torrent,
-                peers=peers,
-                slice=[i, count] if self.slice_seeds and i < count else [],
-                slice_seeds=[[ip, port] for ip, port in seeds],
-                token=r.token,
-            )
-
-        return message
 
     async def _gate(self, r: RolloutModel, cmd: mc.RunGate) -> None:
         env = gate_environment(r.rollout_id, r.release_id, cmd.wave + 1, cmd.hosts)

@@ -13,12 +13,35 @@ state may go is :mod:`seeder.states`' table; this module decides when a trigger 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Any
 
-from common.errors import ShoalError
 from common.messages import STAGE_STEPS
-from seeder.model import ROLLBACK_ATTEMPT, RolloutModel, StepRecord, TargetModel
+from seeder.model import ROLLBACK_ATTEMPT, RolloutModel, StepRecord
+from seeder.moves import (
+    NotAllowed,
+    hosts_text,
+    move_rollout,
+    move_target,
+    timeline_rollout,
+    wave_entry,
+)
+from seeder.rollout_events import (
+    Command,
+    Connected,
+    Effects,
+    Event,
+    GateResult,
+    Operator,
+    Refused,
+    Report,
+    Restarted,
+    RunGate,
+    SendAbort,
+    SendActivate,
+    SendStage,
+    SetCurrent,
+    Start,
+    Tick,
+)
 from seeder.states import (
     FAILURES,
     SETTLED,
@@ -27,148 +50,47 @@ from seeder.states import (
     RolloutTrigger,
     TargetState,
     TargetTrigger,
-    rollout_next,
-    target_next,
 )
+
+__all__ = [  # the machine's whole interface: apply, and the types it takes and gives
+    "Command",
+    "Connected",
+    "Effects",
+    "Event",
+    "GateResult",
+    "NotAllowed",
+    "Operator",
+    "Refused",
+    "Report",
+    "Restarted",
+    "RunGate",
+    "SendAbort",
+    "SendActivate",
+    "SendStage",
+    "SetCurrent",
+    "Start",
+    "Tick",
+    "apply",
+]
 
 RS, RT, TS, TT = RolloutState, RolloutTrigger, TargetState, TargetTrigger
 FINAL_STEP_STATES = ("succeeded", "failed")
-
-
-class NotAllowed(ShoalError):
-    """An operator request that the rollout's state does not allow (e.g. resume a halted one)."""
-
-
-# --- events in ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    """The rollout was created: tell every target to stage."""
-
-
-@dataclass(frozen=True)
-class Report:
-    host: str
-    step: str
-    attempt: int
-    state: str
-    result: str = ""
-    detail: str = ""
-    exit_code: int | None = None
-    output: tuple[str, ...] = ()
-    at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Refused:
-    host: str
-    token: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Connected:
-    """A target's peer (re)connected: it gets the command of its current state again."""
-
-    host: str
-
-
-@dataclass(frozen=True)
-class Restarted:
-    """The seeder restarted with this rollout live: redo what died with the old process."""
-
-
-@dataclass(frozen=True)
-class Operator:
-    action: str  # "pause", "resume" or "abort"
-    kill: bool = False  # abort --now: kill running hooks too
-
-
-@dataclass(frozen=True)
-class GateResult:
-    wave: int  # 0-based
-    exit_code: int | None  # None: it did not run or timed out
-    output: tuple[str, ...] = ()
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed: deadlines and bakes are checked against ``now``."""
-
-
-Event = Start | Report | Refused | Connected | Restarted | Operator | GateResult | Tick
-
-
-# --- effects out -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SendStage:
-    host: str
-    release_id: str
-    token: int
-
-
-@dataclass(frozen=True)
-class SendActivate:
-    host: str
-    release_id: str
-    attempt: int
-    token: int
-
-
-@dataclass(frozen=True)
-class SendAbort:
-    host: str
-    token: int
-    kill: bool
-
-
-@dataclass(frozen=True)
-class RunGate:
-    wave: int  # 0-based
-    hosts: tuple[str, ...]
-    command: str
-    timeout: float
-
-
-@dataclass(frozen=True)
-class SetCurrent:
-    """A host now runs this release (it reported a full activation)."""
-
-    host: str
-    release_id: str
-
-
-Command = SendStage | SendActivate | SendAbort | RunGate | SetCurrent
-
-
-@dataclass
-class Effects:
-    commands: list[Command] = field(default_factory=list)
-    timeline: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    dirty: set[str] = field(default_factory=set)  # targets whose persisted fields changed
-    rollout_changed: bool = False
-    step: StepRecord | None = None  # the new step record of a Report, to persist
-    duplicate: bool = False  # a Report that changed nothing (already known)
 
 
 def apply(r: RolloutModel, event: Event, now: float) -> tuple[RolloutModel, Effects]:
     fx = Effects()
     if isinstance(event, Start):
         for t in r.targets.values():
-            _target(r, t, TT.STAGE_SENT, now, fx)
+            move_target(r, t, TT.STAGE_SENT, now, fx)
             fx.commands.append(SendStage(t.host, t.release_id, r.token))
-        _timeline_rollout(r, fx)
+        timeline_rollout(r, fx)
     elif isinstance(event, Report):
         _report(r, event, now, fx)
     elif isinstance(event, Refused):
         refused = r.targets.get(event.host)
         if refused is not None and event.token == r.token:
             refused.error = f"refused by the peer: {event.reason}"
-            _target(r, refused, TT.REFUSED, now, fx)
+            move_target(r, refused, TT.REFUSED, now, fx)
     elif isinstance(event, Connected):
         _resend(r, event.host, fx)
     elif isinstance(event, Restarted):
@@ -236,7 +158,7 @@ def _report(r: RolloutModel, ev: Report, now: float, fx: Effects) -> None:
     if trigger in (TT.STAGE_FAILED, TT.ACTIVATE_FAILED) and not t.error:
         t.error = _step_failure(ev)
     before = t.state
-    _target(r, t, trigger, now, fx)
+    move_target(r, t, trigger, now, fx)
     if t.state is TS.SUCCEEDED and before is TS.ACTIVATING:
         fx.commands.append(SetCurrent(t.host, t.release_id))
         if r.state is RS.ROLLING_BACK:
@@ -284,21 +206,21 @@ def _operator(r: RolloutModel, ev: Operator, now: float, fx: Effects) -> None:
     if ev.action == "pause":
         if r.state is RS.PAUSED:
             return  # already paused: nothing to do
-        _rollout(r, RT.PAUSE, now, fx, verb="pause")
+        move_rollout(r, RT.PAUSE, now, fx, verb="pause")
         r.paused_from = "staging" if r.wave < 0 else "activating"
     elif ev.action == "resume":
         if r.state is not RS.PAUSED:
             raise NotAllowed(f"rollout {r.rollout_id} is {r.state}, not paused")
         trigger = RT.RESUME_STAGING if r.paused_from == "staging" else RT.RESUME
-        _rollout(r, trigger, now, fx, verb="resume")
+        move_rollout(r, trigger, now, fx, verb="resume")
         r.paused_from = ""
     elif ev.action == "abort":
-        _rollout(r, RT.ABORT, now, fx, verb="abort")
+        move_rollout(r, RT.ABORT, now, fx, verb="abort")
         r.error = "aborted by an operator" + (": running hooks killed" if ev.kill else "")
         for t in r.targets.values():
             if t.state not in SETTLED:
                 fx.commands.append(SendAbort(t.host, r.token, ev.kill))
-        _timeline_rollout(r, fx)
+        timeline_rollout(r, fx)
     else:
         raise NotAllowed(f"unknown operator request {ev.action!r}")
 
@@ -330,13 +252,13 @@ def _deadlines(r: RolloutModel, now: float, fx: Effects) -> None:
         for t in r.targets.values():
             if t.state in (TS.PENDING, TS.STAGING):
                 t.error = error
-                _target(r, t, TT.DEADLINE, now, fx)
+                move_target(r, t, TT.DEADLINE, now, fx)
     while r.heap and r.heap[0][0] < now:
         due, host = heapq.heappop(r.heap)
         t = r.targets[host]
         if t.deadline == due and t.state in (TS.ACTIVATING, TS.ROLLING_BACK):
             t.error = t.error or f"no result within the {r.options.activate_timeout:g}s deadline"
-            _target(r, t, TT.DEADLINE, now, fx)
+            move_target(r, t, TT.DEADLINE, now, fx)
 
 
 # --- moving the rollout on ---------------------------------------------------------------------
@@ -355,7 +277,7 @@ def _advance(r: RolloutModel, now: float, fx: Effects) -> None:
             if now < r.bake_until:
                 return
             if r.options.gate:
-                _rollout(r, RT.BAKED, now, fx)
+                move_rollout(r, RT.BAKED, now, fx)
                 fx.commands.append(_gate(r))
                 return
             _next_wave(r, now, fx)
@@ -372,13 +294,13 @@ def _staging(r: RolloutModel, now: float, fx: Effects) -> bool:
     possible = total - len(failed)
     need = r.plan.min_staged
     if len(failed) > r.plan.max_failures or possible < need:
-        r.error = f"staging failed on {_hosts(failed)}; nothing was activated" + (
+        r.error = f"staging failed on {hosts_text(failed)}; nothing was activated" + (
             f" (--min-staged needs {need} of {total})" if possible < need else ""
         )
-        _rollout(r, RT.STAGE_FELL_SHORT, now, fx)
+        move_rollout(r, RT.STAGE_FELL_SHORT, now, fx)
         return False
     if r.counts[TS.STAGED] >= need:
-        _rollout(r, RT.STAGED_ENOUGH, now, fx)
+        move_rollout(r, RT.STAGED_ENOUGH, now, fx)
         _start_wave(r, 0, now, fx)
         return True
     return False
@@ -391,9 +313,9 @@ def _activating(r: RolloutModel, now: float, fx: Effects) -> bool:
         return True
     w = r.wave
     if r.wave_settled[w] == len(r.plan.waves[w]):
-        _rollout(r, RT.WAVE_DONE, now, fx)
+        move_rollout(r, RT.WAVE_DONE, now, fx)
         r.bake_until = now + r.options.bake
-        fx.timeline.append(("wave", _wave_entry(r, w, "done")))
+        fx.timeline.append(("wave", wave_entry(r, w, "done")))
         return True
     limit = r.options.concurrency or len(r.targets)
     while r.ready and r.in_flight < limit:
@@ -403,7 +325,7 @@ def _activating(r: RolloutModel, now: float, fx: Effects) -> bool:
         t.activated = True
         t.deadline = now + r.options.activate_timeout
         heapq.heappush(r.heap, (t.deadline, t.host))
-        _target(r, t, TT.ACTIVATE_SENT, now, fx)
+        move_target(r, t, TT.ACTIVATE_SENT, now, fx)
         fx.commands.append(SendActivate(t.host, t.release_id, 1, r.token))
     return False
 
@@ -416,22 +338,22 @@ def _rolling_back(r: RolloutModel, now: float, fx: Effects) -> None:
             continue
         if t.previous is None:
             t.error = "no previous release to go back to: it stays on " + t.release_id
-            _target(r, t, TT.NO_PREVIOUS, now, fx)
+            move_target(r, t, TT.NO_PREVIOUS, now, fx)
             continue
         t.deadline = now + r.options.activate_timeout
         heapq.heappush(r.heap, (t.deadline, t.host))
-        _target(r, t, TT.ROLLBACK_SENT, now, fx)
+        move_target(r, t, TT.ROLLBACK_SENT, now, fx)
         fx.commands.append(SendActivate(t.host, t.previous, ROLLBACK_ATTEMPT, r.token))
     if r.in_flight or r.rollback_queue:
         return
     stuck = [t for t in r.targets.values() if t.state is TS.ROLLBACK_FAILED]
     if stuck:
-        r.error += f"; rollback failed on {_hosts(stuck)}"
-        _rollout(r, RT.ROLLBACK_FAILED, now, fx)
+        r.error += f"; rollback failed on {hosts_text(stuck)}"
+        move_rollout(r, RT.ROLLBACK_FAILED, now, fx)
     else:
         back = r.counts[TS.ROLLED_BACK]
         r.error += f"; rolled back {back} host(s) to their previous release"
-        _rollout(r, RT.ROLLBACK_DONE, now, fx)
+        move_rollout(r, RT.ROLLBACK_DONE, now, fx)
 
 
 def _over_budget(r: RolloutModel) -> str:
@@ -442,7 +364,7 @@ def _over_budget(r: RolloutModel) -> str:
         failed = [t for t in r.targets.values() if t.state is TS.FAILED]
         return (
             f"{total_failed} failure(s) exceed --max-failures {r.options.max_failures} "
-            f"({r.plan.max_failures} of {len(r.targets)}): {_hosts(failed)}"
+            f"({r.plan.max_failures} of {len(r.targets)}): {hosts_text(failed)}"
         )
     if wave_budget is not None and r.wave_failed[w] > wave_budget:
         failed = [
@@ -452,7 +374,7 @@ def _over_budget(r: RolloutModel) -> str:
         ]
         return (
             f"{r.wave_failed[w]} failure(s) in wave {w + 1} exceed --wave-max-failures "
-            f"{r.options.wave_max_failures} ({wave_budget}): {_hosts(failed)}"
+            f"{r.options.wave_max_failures} ({wave_budget}): {hosts_text(failed)}"
         )
     return ""
 
@@ -460,22 +382,22 @@ def _over_budget(r: RolloutModel) -> str:
 def _halt(r: RolloutModel, reason: str, now: float, fx: Effects) -> None:
     r.error = f"halted: {reason}"
     if r.options.auto_rollback:
-        _rollout(r, RT.ROLLBACK, now, fx)
+        move_rollout(r, RT.ROLLBACK, now, fx)
         r.rollback_queue.extend(
             h for wave in r.plan.waves for h in wave if r.targets[h].state is TS.SUCCEEDED
         )
     else:
-        _rollout(r, RT.HALT, now, fx)
+        move_rollout(r, RT.HALT, now, fx)
 
 
 def _next_wave(r: RolloutModel, now: float, fx: Effects) -> None:
     if r.wave + 1 >= len(r.plan.waves):
         failed = [t for t in r.targets.values() if t.state in FAILURES]
         if failed:
-            r.error = f"succeeded within the failure budget; failed on {_hosts(failed)}"
-        _rollout(r, RT.LAST_WAVE_PASSED, now, fx)
+            r.error = f"succeeded within the failure budget; failed on {hosts_text(failed)}"
+        move_rollout(r, RT.LAST_WAVE_PASSED, now, fx)
         return
-    _rollout(r, RT.GATE_PASSED if r.state is RS.GATING else RT.NEXT_WAVE, now, fx)
+    move_rollout(r, RT.GATE_PASSED if r.state is RS.GATING else RT.NEXT_WAVE, now, fx)
     _start_wave(r, r.wave + 1, now, fx)
 
 
@@ -484,80 +406,8 @@ def _start_wave(r: RolloutModel, w: int, now: float, fx: Effects) -> None:
     fx.rollout_changed = True
     r.ready.clear()
     r.ready.extend(h for h in r.plan.waves[w] if r.targets[h].state is TS.STAGED)
-    fx.timeline.append(("wave", _wave_entry(r, w, "activating")))
+    fx.timeline.append(("wave", wave_entry(r, w, "activating")))
 
 
 def _gate(r: RolloutModel) -> RunGate:
     return RunGate(r.wave, tuple(r.plan.waves[r.wave]), r.options.gate, r.options.gate_timeout)
-
-
-# --- the two writers of state ------------------------------------------------------------------
-
-
-def _rollout(
-    r: RolloutModel, trigger: RolloutTrigger, now: float, fx: Effects, verb: str = ""
-) -> None:
-    new = rollout_next(r.state, trigger)
-    if new is None:
-        raise NotAllowed(
-            f"cannot {verb or trigger.value} rollout {r.rollout_id}: it is {r.state.value}"
-        )
-    r.state = new
-    r.updated_at = now
-    fx.rollout_changed = True
-    if trigger is not RT.ABORT:  # abort records its entry once its error text is set
-        _timeline_rollout(r, fx)
-
-
-def _target(
-    r: RolloutModel, t: TargetModel, trigger: TargetTrigger, now: float, fx: Effects
-) -> None:
-    new = target_next(t.state, trigger)
-    if new is None:
-        return
-    before = t.state
-    t.state = new
-    _moved(r, t, before, now, fx)
-
-
-def _moved(r: RolloutModel, t: TargetModel, before: TargetState, now: float, fx: Effects) -> None:
-    """Keep the derived indexes in step with one target's move from ``before``."""
-    t.updated_at = now
-    t.version += 1
-    r.counts[before] -= 1
-    r.counts[t.state] += 1
-    if (before in SETTLED) != (t.state in SETTLED):
-        r.wave_settled[t.wave] += 1 if t.state in SETTLED else -1
-    if t.state is TS.FAILED and t.activated:
-        r.wave_failed[t.wave] += 1
-    if t.state not in (TS.ACTIVATING, TS.ROLLING_BACK):
-        t.deadline = 0.0
-    if t.state is TS.STAGED and t.wave == r.wave:
-        r.ready.append(t.host)
-    fx.dirty.add(t.host)
-    fx.timeline.append(
-        (
-            "target",
-            {
-                "host": t.host,
-                "state": t.state.value,
-                "step": t.step,
-                "wave": t.wave + 1,
-                "error": t.error,
-            },
-        )
-    )
-
-
-def _timeline_rollout(r: RolloutModel, fx: Effects) -> None:
-    fx.timeline.append(("rollout", {"state": r.state.value, "error": r.error, "wave": r.wave + 1}))
-
-
-def _wave_entry(r: RolloutModel, w: int, state: str) -> dict[str, Any]:
-    return {"wave": w + 1, "state": state, "hosts": list(r.plan.waves[w])}
-
-
-def _hosts(targets: list[TargetModel]) -> str:
-    shown = ", ".join(f"{t.host} ({t.error})" if t.error else t.host for t in targets[:5])
-    more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
-    return f"{len(targets)} host(s): {shown}{more}"
