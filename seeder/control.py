@@ -78,6 +78,8 @@ class ControlServer:
                         self.engine.heartbeat(hello.name)
                     elif isinstance(msg, m.StepReport):
                         self.engine.on_report(hello.name, msg, writer)
+                        # a backlog of reports arrives in one read: let the acks drain meanwhile
+                        await trio.lowlevel.checkpoint()
                     elif isinstance(msg, m.Refused):
                         self.engine.on_refused(hello.name, msg)
                     elif isinstance(msg, m.OutputLine):

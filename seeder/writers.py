@@ -18,7 +18,7 @@ from common.errors import ConnectionClosed
 
 log = logging.getLogger("shoal.seeder.writers")
 
-QUEUE_SIZE = 256
+QUEUE_SIZE = 1024  # a peer's whole journal backlog of acks fits many times over
 SEND_TIMEOUT = 10.0
 BATCH = 64  # messages per write at most
 

@@ -252,3 +252,20 @@ async def test_a_silent_peer_is_dropped(
             with pytest.raises(ConnectionClosed):
                 await client.receive()
     assert not connected(server, "web-1")
+
+
+async def test_a_backlog_of_reports_in_one_burst_is_acked_without_a_disconnect(
+    server: ControlServer,
+) -> None:
+    with trio.fail_after(20):
+        async with connection(server) as (client, done):
+            await peer_connected(client)
+            rid = start_rollout(server)
+            assert isinstance(await client.receive(), m.Stage)
+            burst = [
+                m.StepReport(rid, "web-1", f"step-{i}", 1, "running", seq=i) for i in range(3000)
+            ]
+            await client.send_many(burst)  # one write, as a reconnecting peer's journal does
+            acks = [await client.receive() for _ in burst]
+            assert acks == [m.Ack(seq=i) for i in range(3000)]
+            assert not done.is_set() and connected(server, "web-1")
