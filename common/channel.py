@@ -34,6 +34,17 @@ class Channel:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed(f"connection lost while sending {msg.TYPE}") from exc
 
+    async def send_many(self, msgs: list[m.Message]) -> None:
+        """Send several messages with one write (a writer draining its queue)."""
+        data = b"".join(self.conn.send(msg) for msg in msgs)
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionClosed(
+                    f"connection lost while sending {len(msgs)} messages"
+                ) from exc
+
     async def receive(self) -> m.Message:
         """Next message; ConnectionClosed at end of stream, RemoteProtocolError on garbage."""
         while True:

@@ -25,7 +25,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render
+from seeder import follow, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -118,16 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
     )
-    start = with_seeder(rollout.add_parser("start", help="roll a release out"))
-    start.add_argument("release_id")
-    start.add_argument("--hosts", default="all", help="all | NAME,NAME | LABEL=VALUE")
+    start = rollout_cli.add_commands(rollout, sub, with_seeder)
     start.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
     start.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
-    start.add_argument(
-        "--json",
-        action="store_true",
-        help="the rollout as JSON (with --wait: its events as JSON lines)",
-    )
     watch = with_seeder(rollout.add_parser("watch", help="follow a rollout live until it ends"))
     watch.add_argument("rollout_id", nargs="?", help="default: the latest rollout")
     watch.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds to watch at most")
@@ -141,9 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=10.0, help="seconds to wait for answers (default: 10)"
     )
     pre.add_argument("--json", action="store_true")
-    status = with_seeder(rollout.add_parser("status", help="show a rollout (default: latest)"))
-    status.add_argument("rollout_id", nargs="?")
-    status.add_argument("--json", action="store_true")
 
     with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
         "--json", action="store_true"
@@ -176,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         return trio.run(dispatch, args)
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
+        return 1
+    except ExceptionGroup as group:  # e.g. the seeder's store refused its data dir at start-up
+        ours, rest = group.split(ShoalError)
+        if ours is None or rest is not None:
+            raise
+        for leaf in _leaves(ours):
+            print(f"shoal: error: {leaf}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -267,9 +264,7 @@ async def dispatch(args: argparse.Namespace) -> int:
                 as_json=args.json,
                 reconnect=_redialer(args),
             )
-        elif args.action == "start":
-            return await _start(client, args)
-        elif args.action == "watch":
+        elif args.command == "rollout" and args.action == "watch":
             return await follow.watch_rollout(
                 client,
                 args.rollout_id,
@@ -277,7 +272,7 @@ async def dispatch(args: argparse.Namespace) -> int:
                 wait_for=args.timeout,
                 reconnect=_redialer(args),
             )
-        elif args.action == "preflight":
+        elif args.command == "rollout" and args.action == "preflight":
             checked = await client.call(
                 "rollout.preflight",
                 release_id=args.release_id,
@@ -286,25 +281,33 @@ async def dispatch(args: argparse.Namespace) -> int:
             )
             _emit(checked, args.json, render.preflight)
             return 0 if checked["ok"] else 1
+        elif (code := await rollout_cli.run(client, args)) is not None:
+            return code
         else:
-            r = (await client.call("rollout.status", rollout_id=args.rollout_id))["rollout"]
-            _emit(r, args.json, render.rollout)
+            return await _start(client, args)
     return 0
 
 
 async def _start(client: Any, args: argparse.Namespace) -> int:
-    r = (await client.call("rollout.start", release_id=args.release_id, hosts=args.hosts))[
-        "rollout"
-    ]
-    if not args.wait:
-        if args.json:
+    """``rollout start`` (and ``rollback --wait``): start it, then follow it with ``--wait``."""
+    if args.command == "rollback":  # already started and announced by rollout_cli
+        r = (await client.call("rollout.status", rollout_id=args.started_id))["rollout"]
+    else:
+        params = rollout_cli.wave_params(args)
+        r = (
+            await client.call(
+                "rollout.start", release_id=args.release_id, hosts=args.hosts, **params
+            )
+        )["rollout"]
+        if args.json and not args.wait:
             _emit(r, True, str)
-        else:
-            print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)")
-            print(r["rollout_id"])
+            return 0
+        if not args.json:
+            print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
+            print(rollout_cli.plan_text(r), flush=True)
+    if not args.wait:
+        print(r["rollout_id"])
         return 0
-    if not args.json:
-        print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
     return await follow.watch_rollout(
         client,
         r["rollout_id"],
@@ -405,6 +408,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def _leaves(group: BaseExceptionGroup[ShoalError]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 def _emit(data: Any, as_json: bool, fmt: Any) -> None:

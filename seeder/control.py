@@ -10,7 +10,6 @@ truncated message ends that one connection and nothing else.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,8 @@ from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, 
 from common.protocol import Role
 from seeder.engine import Engine
 from seeder.preflight import Preflights
-from seeder.store import HostRecord, Store
+from seeder.store import Store
+from seeder.writers import PeerWriter
 
 log = logging.getLogger("shoal.seeder.control")
 
@@ -108,44 +108,55 @@ class ControlServer:
             await channel.fail(exc)
         except ConnectionClosed:
             pass
+        except Exception:  # one connection's bug must not take the seeder down
+            log.exception("closing a control connection after an internal error")
         finally:
             await channel.aclose()
 
     async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
-        record = HostRecord(
-            name=hello.name,
-            address=hello.address,
-            bt_port=hello.bt_port,
-            labels=hello.labels,
-            current=hello.current,
-            staged=hello.staged,
-            connected=True,
-            last_seen=time.time(),
-        )
-        self.store.upsert_host(record, time.time())
+        self.engine.host_record(hello)
         await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("peer %s connected from %s", hello.name, hello.address)
-        self.engine.attach(hello.name, channel)
-        try:
-            while True:
-                with trio.fail_after(HEARTBEAT_INTERVAL * 4):
-                    msg = await channel.receive()
-                if isinstance(msg, m.Heartbeat):
-                    self.store.touch_host(hello.name, time.time())
-                elif isinstance(msg, m.StepReport):
-                    self.engine.on_report(hello.name, msg)
-                    await channel.send(m.Ack(seq=msg.seq))
-                elif isinstance(msg, m.OutputLine | m.Progress):
-                    self.observe(hello.name, msg)
-                elif isinstance(msg, m.PreflightResult):
-                    self.preflights.on_result(hello.name, msg)
-                elif isinstance(msg, m.Refused):
-                    log.warning("peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason)
-        except trio.TooSlowError:
-            log.warning("peer %s went silent; closing its connection", hello.name)
-        finally:
-            self.engine.detach(hello.name, channel)
-            log.info("peer %s disconnected", hello.name)
+        writer = PeerWriter(hello.name, channel)
+        failure: ConnectionClosed | ProtocolError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, writer, nursery.cancel_scope)
+            self.engine.attach(hello.name, writer)
+            try:
+                while True:
+                    with trio.fail_after(HEARTBEAT_INTERVAL * 4):
+                        msg = await channel.receive()
+                    if isinstance(msg, m.Heartbeat):
+                        self.engine.heartbeat(hello.name)
+                    elif isinstance(msg, m.StepReport):
+                        self.engine.on_report(hello.name, msg, writer)
+                        # a backlog of reports arrives in one read: let the acks drain meanwhile
+                        await trio.lowlevel.checkpoint()
+                    elif isinstance(msg, m.Refused):
+                        log.warning(
+                            "peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason
+                        )
+                        self.engine.on_refused(hello.name, msg)
+                    elif isinstance(msg, m.OutputLine | m.Progress):
+                        self.observe(hello.name, msg)
+                    elif isinstance(msg, m.PreflightResult):
+                        self.preflights.on_result(hello.name, msg)
+            except trio.TooSlowError:
+                log.warning("peer %s went silent; closing its connection", hello.name)
+            except (ConnectionClosed, ProtocolError) as exc:
+                failure = exc  # raised below, outside the nursery (not in an exception group)
+            finally:
+                self.engine.detach(hello.name, writer)
+                writer.stop()
+                log.info("peer %s disconnected", hello.name)
+        if failure is not None:
+            raise failure
+
+    @staticmethod
+    async def _writer(writer: PeerWriter, connection: trio.CancelScope) -> None:
+        """The peer's writer; when it gives up on the peer, the whole connection ends."""
+        await writer.run()
+        connection.cancel()
 
     async def _serve_cli(self, channel: Channel) -> None:
         while True:

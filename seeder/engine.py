@@ -1,44 +1,61 @@
-"""The rollout engine: applies peer reports to the store and tells peers what to do next.
+"""The rollout engine: the IO shell around :mod:`seeder.machine`.
 
-It owns the live side of rollouts (which peers are connected, what was sent on which connection)
-and leaves the decisions to :mod:`seeder.rollout`. After any change it re-evaluates every active
-rollout; a timer tick also checks deadlines. Everything durable is in the store, so a restarted
-seeder picks up where it left off: connected peers get their pending commands again, and peers
-treat repeated commands idempotently.
+It turns what happens (reports, refusals, connections, operator requests, gate results, time) into
+machine events, commits each event together with the state change it caused in one store
+transaction (events arriving together share one transaction), and only then hands the resulting
+commands to the per-peer writers and the timeline entries to ``on_event``. Live rollouts stay in
+memory, so an event costs O(1) in the number of targets. After a restart it reloads the live
+rollouts; peers reconnect and get the command of their target's state again.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from common import messages as m
-from common.channel import Channel
-from common.errors import ConnectionClosed, ShoalError
-from common.pieces import slice_count
-from seeder import rollout as plan
-from seeder.store import Rollout, StepEvent, Store
+from common.errors import ShoalError
+from seeder import machine as mc
+from seeder.gate import gate_environment, run_gate
+from seeder.model import RolloutModel, TargetModel
+from seeder.selector import select_hosts
+from seeder.stageplan import SliceProvider, UnknownRelease, stage_message
+from seeder.states import TERMINAL, TargetState
+from seeder.store import Commit, HostRecord, Store
+from seeder.waves import Plan, PlanError, RolloutOptions, plan_waves
+from seeder.writers import PeerWriter
 
 log = logging.getLogger("shoal.seeder.engine")
 
-# (release id, slice count) -> the [ip, port] of each slice seed offering that release
-SliceProvider = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
+OnEvent = Callable[[m.RolloutEvent], None]
 
-SWARM_PEERS = 30
+TICK = 0.5
+CACHE = 8  # finished rollouts kept in memory for status and show
 
 
-class UnknownRelease(ShoalError):
+class UnknownRollout(ShoalError):
     pass
 
 
-def _ignore(event: m.RolloutEvent) -> None:
-    pass
+class Overlap(ShoalError):
+    """Targets of a new rollout are still in another rollout."""
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    stage: float = 1800.0
+    activate: float = 3600.0
+
+
+def _no_event(event: m.RolloutEvent) -> None:
+    return None
 
 
 class Engine:
@@ -47,78 +64,239 @@ class Engine:
         store: Store,
         *,
         seeder_bt: tuple[str, int],
-        deadlines: plan.Deadlines | None = None,
+        deadlines: Deadlines | None = None,
         clock: Callable[[], float] = time.time,
         slice_seeds: SliceProvider | None = None,
-        on_event: Callable[[m.RolloutEvent], None] = _ignore,
+        on_event: OnEvent = _no_event,
     ) -> None:
         self.store = store
-        self.on_event = on_event
-        self._seq: dict[str, int] = {}  # per rollout: the seq of its last event (this run)
         self.seeder_bt = seeder_bt
-        self.deadlines = deadlines or plan.Deadlines()
+        self.deadlines = deadlines or Deadlines()
         self.clock = clock
         self.slice_seeds = slice_seeds
-        self._channels: dict[str, Channel] = {}
-        self._sent: set[tuple[str, str, str, int]] = set()
-        self._wake = trio.Event()
+        self.on_event = on_event
+        self.last_seen: dict[str, float] = {}
+        self._writers: dict[str, PeerWriter] = {}
+        self._live: dict[str, RolloutModel] = {}
+        self._finished: OrderedDict[str, RolloutModel] = OrderedDict()
+        self._by_host: dict[str, str] = {}  # host -> id of the newest rollout it is in
+        self._seq: dict[str, int] = {}
+        self._token = store.max_token()
+        self._batch: list[tuple[Commit, list[mc.Command], list[tuple[PeerWriter, int]]]] = []
+        self._batch_ready = trio.Event()
+        self._stage_plans: dict[tuple[str, str], Callable[[str], m.Stage]] = {}
+        self._stage_waiting: dict[tuple[str, str], list[mc.SendStage]] = {}
+        self._nursery: trio.Nursery | None = None
+        for rollout_id in reversed(store.rollout_ids(live_only=True, limit=1000)):
+            self._adopt(rollout_id)
+
+    def _adopt(self, rollout_id: str) -> RolloutModel | None:
+        model = self.store.load_rollout(rollout_id)
+        if model is None:
+            return None
+        self._seq[rollout_id] = self.store.max_seq(rollout_id)
+        self._keep(model)
+        for host in model.targets:
+            self._by_host[host] = rollout_id
+        return model
+
+    def _keep(self, model: RolloutModel) -> None:
+        busy = model.counts[TargetState.PENDING] + model.counts[TargetState.STAGING]
+        live = model.state not in TERMINAL or model.in_flight or busy
+        if live:
+            self._live[model.rollout_id] = model
+            self._finished.pop(model.rollout_id, None)
+        else:
+            self._live.pop(model.rollout_id, None)
+            self._finished[model.rollout_id] = model
+            self._finished.move_to_end(model.rollout_id)
+            while len(self._finished) > CACHE:
+                self._finished.popitem(last=False)
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def model(self, rollout_id: str) -> RolloutModel:
+        found = self._live.get(rollout_id) or self._finished.get(rollout_id)
+        if found is None:
+            found = self.store.load_rollout(rollout_id)
+            if found is None:
+                raise UnknownRollout(f"unknown rollout {rollout_id!r}")
+            self._seq.setdefault(rollout_id, self.store.max_seq(rollout_id))
+            self._keep(found)
+        return found
+
+    def latest(self) -> RolloutModel:
+        ids = self.store.rollout_ids(limit=1)
+        if not ids:
+            raise UnknownRollout("no rollout has been started yet")
+        return self.model(ids[0])
+
+    def host_target(self, host: str) -> tuple[str, TargetModel] | None:
+        rollout_id = self._by_host.get(host)
+        if rollout_id is None:
+            return None
+        r = self._live.get(rollout_id) or self._finished.get(rollout_id)
+        return (rollout_id, r.targets[host]) if r is not None else None
 
     # --- peers coming and going ----------------------------------------------------------------
 
-    def attach(self, host: str, channel: Channel) -> None:
-        self._channels[host] = channel
-        # Nothing was sent on a new connection yet. (Keys hold id(channel), and the id of a
-        # dead channel can be reused by the new one: without this, its commands were skipped.)
-        self._sent = {key for key in self._sent if key[1] != host}
-        self.store.set_host_connected(host, True, self.clock())
-        self.wake()
+    def attach(self, host: str, writer: PeerWriter) -> None:
+        old = self._writers.get(host)
+        if old is not None and old is not writer:
+            old.stop()
+        self._writers[host] = writer
+        self.last_seen[host] = self.clock()
+        rollout_id = self._by_host.get(host)
+        if rollout_id in self._live:
+            self._event(self._live[rollout_id], mc.Connected(host))
 
-    def detach(self, host: str, channel: Channel) -> None:
-        if self._channels.get(host) is channel:
-            del self._channels[host]
-            self.store.set_host_connected(host, False, self.clock())
+    def detach(self, host: str, writer: PeerWriter) -> None:
+        if self._writers.get(host) is writer:
+            del self._writers[host]
+            self.last_seen[host] = self.clock()
 
-    def connected(self) -> set[str]:
-        return set(self._channels)
+    def heartbeat(self, host: str) -> None:
+        self.last_seen[host] = self.clock()
 
     async def send_to(self, host: str, msg: m.Message) -> bool:
-        """Send one message outside any rollout (a preflight check); False if it did not go."""
-        channel = self._channels.get(host)
-        if channel is None:
-            return False
-        try:
-            await channel.send(msg)
-        except ConnectionClosed:
-            self.detach(host, channel)
-            return False
-        return True
+        """Queue one message outside any rollout (a preflight check) on the host's writer;
+        False if the host is not connected or its queue is full."""
+        writer = self._writers.get(host)
+        return writer is not None and writer.offer(msg)
 
-    def wake(self) -> None:
-        self._wake.set()
+    def connected(self) -> set[str]:
+        return set(self._writers)
 
     # --- operator requests ---------------------------------------------------------------------
 
-    def start_rollout(self, release_id: str, selector: str) -> Rollout:
+    def plan(
+        self, release_id: str, selector: str, params: dict[str, Any]
+    ) -> tuple[Plan, RolloutOptions, list[str]]:
         if self.store.release(release_id) is None:
             raise UnknownRelease(f"unknown release {release_id!r}")
-        targets = plan.select_hosts(selector, self.store.hosts())
-        now = self.clock()
-        rollout_id = time.strftime("r%Y%m%d-%H%M%S-", time.gmtime(now)) + secrets.token_hex(2)
-        self.store.create_rollout(rollout_id, release_id, selector, targets, now)
-        log.info("rollout %s of %s on %d host(s)", rollout_id, release_id, len(targets))
-        self._emit(rollout_id, "rollout", state="staging", error="", wave=None)
-        self.wake()
-        rollout = self.store.rollout(rollout_id)
-        assert rollout is not None
-        return rollout
+        hosts = self.store.hosts()
+        targets = select_hosts(selector, hosts)
+        opts = self._options(params)
+        labels = {h.name: h.labels for h in hosts}
+        return plan_waves(targets, labels, opts), opts, targets
 
-    # --- reports -------------------------------------------------------------------------------
+    def _options(self, params: dict[str, Any]) -> RolloutOptions:
+        defaults = {
+            "stage_timeout": self.deadlines.stage,
+            "activate_timeout": self.deadlines.activate,
+        }
+        return RolloutOptions.from_params({**defaults, **params})
 
-    def on_report(self, host: str, report: m.StepReport) -> None:
-        """Store one step report (idempotently) and move the target along."""
+    def start_rollout(
+        self, release_id: str, selector: str = "all", params: dict[str, Any] | None = None
+    ) -> RolloutModel:
+        plan, opts, targets = self.plan(release_id, selector, params or {})
+        current = {h.name: h.current for h in self.store.hosts()}
+        releases = {h: release_id for h in targets}
+        return self._create("rollout", release_id, selector, plan, opts, releases, current)
+
+    def start_rollback(
+        self, selector: str = "all", to: str | None = None, params: dict[str, Any] | None = None
+    ) -> RolloutModel:
+        """Back to each host's previous release (or ``to``), through waves, from disk if it can."""
+        hosts = self.store.hosts()
+        records = {h.name: h for h in hosts}
+        chosen = select_hosts(selector, hosts)
+        if to is not None and self.store.release(to) is None:
+            raise UnknownRelease(f"unknown release {to!r}")
+        releases: dict[str, str] = {}
+        unknown = []
+        for name in chosen:
+            goal = to or records[name].previous
+            if goal is None:
+                unknown.append(name)
+            elif goal != records[name].current:
+                releases[name] = goal
+        if unknown:
+            raise PlanError(
+                f"no previous release is known for {', '.join(unknown)}; name one with --to"
+            )
+        if not releases:
+            raise PlanError(f"every selected host already runs {to or 'its previous release'}")
+        missing = sorted({r for r in releases.values() if self.store.release(r) is None})
+        if missing:
+            raise UnknownRelease(f"release(s) {', '.join(missing)} are no longer on the seeder")
+        opts = self._options(params or {})
+        plan = plan_waves(sorted(releases), {h.name: h.labels for h in hosts}, opts)
+        current = {h.name: h.current for h in hosts}
+        return self._create("rollback", to or "previous", selector, plan, opts, releases, current)
+
+    def _create(
+        self,
+        kind: str,
+        release_id: str,
+        selector: str,
+        plan: Plan,
+        opts: RolloutOptions,
+        releases: dict[str, str],
+        current: dict[str, str | None],
+    ) -> RolloutModel:
+        busy: dict[str, list[str]] = {}
+        for host in releases:
+            other = self._by_host.get(host)
+            if other in self._live and self._live[other].state not in TERMINAL:
+                busy.setdefault(other, []).append(host)
+        if busy:
+            rollout_id, hosts = next(iter(busy.items()))
+            state = self._live[rollout_id].state
+            raise Overlap(
+                f"{len(hosts)} target(s) ({', '.join(hosts[:5])}) are in rollout {rollout_id} "
+                f"({state}); wait for it to end, or pause or abort it"
+            )
         now = self.clock()
-        event = StepEvent(
-            rollout_id=report.rollout_id,
+        rollout_id = time.strftime("r%Y%m%d-%H%M%S-", time.gmtime(now)) + secrets.token_hex(3)
+        self._token += 1
+        model = RolloutModel(
+            rollout_id=rollout_id,
+            release_id=release_id,
+            selector=selector,
+            kind=kind,
+            token=self._token,
+            options=opts,
+            plan=plan,
+            created_at=now,
+            updated_at=now,
+        )
+        for index, wave in enumerate(plan.waves):
+            for host in wave:
+                model.targets[host] = TargetModel(
+                    host, releases[host], current.get(host), index, updated_at=now
+                )
+        model.reindex()
+        self._seq[rollout_id] = 0
+        self._live[rollout_id] = model
+        for host in model.targets:
+            self._by_host[host] = rollout_id
+        log.info("%s %s of %s on %d host(s)", kind, rollout_id, release_id, len(releases))
+        self._event(model, mc.Start(), create=True, flush=True)
+        return model
+
+    def operator(self, rollout_id: str, action: str, *, kill: bool = False) -> RolloutModel:
+        model = self.model(rollout_id)
+        if model.rollout_id not in self._live:
+            raise mc.NotAllowed(f"rollout {rollout_id} has ended ({model.state.value})")
+        self._event(model, mc.Operator(action, kill), flush=True)
+        return model
+
+    # --- peer reports --------------------------------------------------------------------------
+
+    def on_report(self, host: str, report: m.StepReport, writer: PeerWriter | None = None) -> None:
+        """Apply one step report (idempotently); the peer gets its ack once it is committed."""
+        acks = [(writer, report.seq)] if writer is not None else []
+        model = self._live.get(report.rollout_id) or self._finished.get(report.rollout_id)
+        if model is None:
+            try:
+                model = self.model(report.rollout_id)
+            except UnknownRollout:
+                log.warning("report from %s for unknown rollout %s", host, report.rollout_id)
+                self._ack_now(acks)
+                return
+        event = mc.Report(
             host=host,
             step=report.step,
             attempt=report.attempt,
@@ -126,125 +304,165 @@ class Engine:
             result=report.result,
             detail=report.detail,
             exit_code=report.exit_code,
-            output=report.output,
+            output=tuple(report.output),
             at=report.at,
         )
-        if not self.store.record_event(event, now):
+        self._event(model, event, acks=acks)
+
+    def on_refused(self, host: str, msg: m.Refused) -> None:
+        model = self._live.get(msg.rollout_id)
+        if model is not None:
+            log.warning("peer %s refused rollout %s: %s", host, msg.rollout_id, msg.reason)
+            self._event(model, mc.Refused(host, msg.token, msg.reason))
+
+    # --- applying events -----------------------------------------------------------------------
+
+    def _event(
+        self,
+        model: RolloutModel,
+        event: mc.Event,
+        *,
+        acks: list[tuple[PeerWriter, int]] | None = None,
+        create: bool = False,
+        flush: bool = False,
+    ) -> None:
+        now = self.clock()
+        model, fx = mc.apply(model, event, now)
+        if not (create or fx.dirty or fx.timeline or fx.commands or fx.rollout_changed):
+            self._ack_now(acks or [])
             return
-        step = {k: v for k, v in vars(event).items() if k not in ("rollout_id", "at")}
-        self._emit(report.rollout_id, "step", **step)
-        rollout = self.store.rollout(report.rollout_id)
-        target = next((t for t in rollout.targets if t.host == host), None) if rollout else None
-        if target is None:
-            log.warning("report from %s for unknown rollout %s", host, report.rollout_id)
-            return
-        new_state = plan.target_state_after(target, report.step, report.state)
-        error = report.detail if report.state == "failed" else None
-        self.store.set_target(
-            report.rollout_id, host, now, state=new_state, step=report.step, error=error
+        timeline = []
+        for kind, data in fx.timeline:
+            self._seq[model.rollout_id] += 1
+            timeline.append((self._seq[model.rollout_id], now, kind, data))
+        commit = Commit(
+            rollout=model,
+            targets=fx.dirty,
+            rollout_changed=fx.rollout_changed,
+            step=(event.host, fx.step) if isinstance(event, mc.Report) and fx.step else None,
+            timeline=timeline,
+            currents=[(c.host, c.release_id) for c in fx.commands if isinstance(c, mc.SetCurrent)],
+            create=create,
         )
-        if new_state != target.state or report.step != target.step:
-            self._target_event(report.rollout_id, host, new_state, report.step, error or "")
-        if report.step == "activate" and report.state == "succeeded" and rollout is not None:
-            self.store.set_host_current(host, rollout.release_id)
-        self.wake()
+        if fx.rollout_changed or create:
+            model.updated_at = now
+        self._batch.append((commit, fx.commands, acks or []))
+        if fx.rollout_changed or model.state in TERMINAL:
+            self._keep(model)
+        if flush:
+            self._flush()
+        else:
+            self._batch_ready.set()
+
+    def _flush(self) -> None:
+        """Commit every pending event in one transaction, then send what they caused."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        self.store.commit([commit for commit, _, _ in batch])
+        for commit, commands, acks in batch:
+            self._ack_now(acks)
+            for cmd in commands:
+                self._dispatch(commit.rollout, cmd)
+            for seq, at, kind, data in commit.timeline:
+                try:
+                    self.on_event(m.RolloutEvent(commit.rollout.rollout_id, seq, at, kind, data))
+                except Exception:  # a subscriber's bug must not stop rollouts
+                    log.exception("rollout event subscriber failed")
+
+    def _ack_now(self, acks: list[tuple[PeerWriter, int]]) -> None:
+        for writer, seq in acks:
+            writer.offer(m.Ack(seq=seq))
+
+    def _dispatch(self, r: RolloutModel, cmd: mc.Command) -> None:
+        if isinstance(cmd, mc.SendStage):
+            key = (r.rollout_id, cmd.release_id)
+            build = self._stage_plans.get(key)
+            if build is not None:
+                self._send(cmd.host, build(cmd.host))
+            else:
+                waiting = self._stage_waiting.setdefault(key, [])
+                waiting.append(cmd)
+                if len(waiting) == 1:
+                    assert self._nursery is not None, "Engine.run() must be running"
+                    self._nursery.start_soon(self._prepare_stage, r, cmd.release_id)
+        elif isinstance(cmd, mc.SendActivate):
+            self._send(
+                cmd.host,
+                m.Activate(
+                    rollout_id=r.rollout_id,
+                    release_id=cmd.release_id,
+                    attempt=cmd.attempt,
+                    token=cmd.token,
+                ),
+            )
+        elif isinstance(cmd, mc.SendAbort):
+            self._send(cmd.host, m.Abort(rollout_id=r.rollout_id, token=cmd.token, kill=cmd.kill))
+        elif isinstance(cmd, mc.RunGate):
+            assert self._nursery is not None, "Engine.run() must be running"
+            self._nursery.start_soon(self._gate, r, cmd)
+
+    def _send(self, host: str, msg: m.Message) -> None:
+        writer = self._writers.get(host)
+        if writer is not None:  # else it gets the command again when it connects
+            writer.offer(msg)
+
+    async def _prepare_stage(self, r: RolloutModel, release_id: str) -> None:
+        key = (r.rollout_id, release_id)
+        try:
+            build = await stage_message(
+                self.store, r, release_id, seeder_bt=self.seeder_bt, slice_seeds=self.slice_seeds
+            )
+        except Exception:
+            log.exception("cannot prepare the Stage of %s for rollout %s", release_id, r.rollout_id)
+            self._stage_waiting.pop(key, None)
+            return
+        self._stage_plans[key] = build
+        for cmd in self._stage_waiting.pop(key, []):
+            self._send(cmd.host, build(cmd.host))
+
+    async def _gate(self, r: RolloutModel, cmd: mc.RunGate) -> None:
+        env = gate_environment(r.rollout_id, r.release_id, cmd.wave + 1, cmd.hosts)
+        log.info("rollout %s: gate after wave %d: %s", r.rollout_id, cmd.wave + 1, cmd.command)
+        outcome = await run_gate(cmd.command, env, cmd.timeout)
+        self._event(r, mc.GateResult(cmd.wave, outcome.exit_code, outcome.output, outcome.detail))
 
     # --- the loop ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for model in list(self._live.values()):
+                self._event(model, mc.Restarted())
+            nursery.start_soon(self._committer)
+            task_status.started()
+            while True:
+                await trio.sleep(TICK)
+                self.tick()
+
+    def tick(self) -> None:
+        for model in list(self._live.values()):
+            self._event(model, mc.Tick())
+
+    async def _committer(self) -> None:
         while True:
-            with trio.move_on_after(1.0):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self.tick()
+            await self._batch_ready.wait()
+            self._batch_ready = trio.Event()
+            # let the reports that arrived together share a transaction
+            await trio.lowlevel.checkpoint()
+            self._flush()
 
-    async def tick(self) -> None:
+    def host_record(self, hello: m.Hello) -> None:
+        """A peer said hello: remember it (its labels, what it runs)."""
         now = self.clock()
-        for rollout in self.store.rollouts(active_only=True):
-            late = plan.overdue(rollout, now, self.deadlines)
-            for host in late:
-                error = f"no result within the {rollout.state} deadline"
-                self.store.set_target(rollout.rollout_id, host, now, state="failed", error=error)
-                self._target_event(rollout.rollout_id, host, "failed", "", error)
-            if late:
-                rollout = self.store.rollout(rollout.rollout_id) or rollout
-            outcome = plan.phase_outcome(rollout)
-            if outcome is not None:
-                state, error = outcome
-                self.store.set_rollout_state(rollout.rollout_id, state, now, error)
-                log.info("rollout %s: %s %s", rollout.rollout_id, state, error)
-                self._emit(rollout.rollout_id, "rollout", state=state, error=error, wave=None)
-                rollout.state = state
-            actions = [
-                a for a in plan.next_actions(rollout, self.connected()) if self._due(rollout, a)
-            ]
-            stage = None
-            if any(a.kind == "stage" for a in actions):
-                stage = await self._stage_plan(rollout)
-            for action in actions:
-                if action.kind == "stage" and stage is not None:
-                    msg: m.Message = stage(action.host)
-                else:
-                    msg = m.Activate(rollout_id=rollout.rollout_id, release_id=rollout.release_id)
-                await self._send(rollout, action, msg)
-
-    def _due(self, rollout: Rollout, action: plan.Action) -> bool:
-        """Not yet sent on the host's current connection (a new connection gets it again)."""
-        channel = self._channels[action.host]
-        return (rollout.rollout_id, action.host, action.kind, id(channel)) not in self._sent
-
-    async def _send(self, rollout: Rollout, action: plan.Action, msg: m.Message) -> None:
-        channel = self._channels.get(action.host)
-        if channel is None:
-            return
-        self._sent.add((rollout.rollout_id, action.host, action.kind, id(channel)))
-        now = self.clock()
-        state = "staging" if action.kind == "stage" else "activating"
-        self.store.set_target(rollout.rollout_id, action.host, now, state=state)
-        before = next((t for t in rollout.targets if t.host == action.host), None)
-        if before is not None and before.state != state:
-            self._target_event(rollout.rollout_id, action.host, state, before.step, before.error)
-        try:
-            await channel.send(msg)
-        except ConnectionClosed:
-            self.detach(action.host, channel)
-
-    def _emit(self, rollout_id: str, kind: str, **data: Any) -> None:
-        """Hand one timeline event to ``on_event`` (the watchers' hub)."""
-        seq = self._seq[rollout_id] = self._seq.get(rollout_id, 0) + 1
-        self.on_event(
-            m.RolloutEvent(rollout_id=rollout_id, seq=seq, at=self.clock(), kind=kind, data=data)
+        record = HostRecord(
+            hello.name,
+            hello.address,
+            hello.bt_port,
+            hello.labels,
+            hello.current,
+            hello.staged,
+            True,
+            now,
         )
-
-    def _target_event(self, rollout_id: str, host: str, state: str, step: str, error: str) -> None:
-        self._emit(rollout_id, "target", host=host, state=state, step=step, wave=None, error=error)
-
-    async def _stage_plan(self, rollout: Rollout) -> Callable[[str], m.Stage]:
-        """What every target of a rollout is told to stage (the store is read once per tick)."""
-        found = self.store.release(rollout.release_id)
-        assert found is not None
-        manifest, torrent = found
-        records = {h.name: h for h in self.store.hosts()}
-        names = [t.host for t in rollout.targets]
-        addresses = {n: [records[n].address, records[n].bt_port] for n in names if n in records}
-        count = slice_count(len(names))
-        seeds = await self.slice_seeds(rollout.release_id, count) if self.slice_seeds else []
-
-        def message(host: str) -> m.Stage:
-            others = [a for n, a in addresses.items() if n != host]
-            random.shuffle(others)
-            peers = others[:SWARM_PEERS]
-            index = names.index(host)
-            if self.slice_seeds is None:  # the seeder is one plain seed in the swarm
-                peers.insert(0, [self.seeder_bt[0], self.seeder_bt[1]])
-            return m.Stage(
-                rollout_id=rollout.rollout_id,
-                manifest=manifest.to_dict(),
-                torrent=torrent,
-                peers=peers,
-                slice=[index, count] if self.slice_seeds and index < count else [],
-                slice_seeds=[[ip, port] for ip, port in seeds],
-            )
-
-        return message
+        self.store.upsert_host(record, now)

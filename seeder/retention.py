@@ -11,37 +11,14 @@ the service derives the set each time from the store instead of keeping a second
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 KEEP_RELEASES = 5
 
 
-@dataclass(frozen=True)
-class Activation:
-    """A release that went live on a host (a rollout target that succeeded), and when."""
-
-    host: str
-    release_id: str
-    at: float
-
-
-def needed_by_hosts(currents: Iterable[str | None], activations: Iterable[Activation]) -> set[str]:
-    """Every host's current release (as the host reports it) and, from the seeder's own
-    history, the last two releases that went live on each host: its current and the previous
-    one it would roll back to."""
-    needed = {c for c in currents if c is not None}
-    by_host: dict[str, list[Activation]] = {}
-    for a in activations:
-        by_host.setdefault(a.host, []).append(a)
-    for history in by_host.values():
-        latest: list[str] = []
-        for a in sorted(history, key=lambda a: a.at, reverse=True):
-            if a.release_id not in latest:
-                latest.append(a.release_id)
-            if len(latest) == 2:
-                break
-        needed.update(latest)
-    return needed
+def needed_by_hosts(hosts: Iterable[tuple[str | None, str | None]]) -> set[str]:
+    """Every host's ``(current, previous)``: what it runs and what it would roll back to (the
+    store keeps both, written as activations succeed and as hosts report in)."""
+    return {release for pair in hosts for release in pair if release is not None}
 
 
 def releases_to_seed(built_at: Mapping[str, float], keep: int, pinned: Iterable[str]) -> set[str]:

@@ -12,13 +12,13 @@ import trio
 from common.errors import ShoalError
 from common.torrent import SliceSeeds, TorrentSession, torrent_infohash
 from seeder.build import V1_TORRENT
-from seeder.retention import Activation, needed_by_hosts, releases_to_seed
-from seeder.store import FINAL_STATES, Store
+from seeder.retention import needed_by_hosts, releases_to_seed
+from seeder.store import Store
 
 log = logging.getLogger("shoal.seeder.seeding")
 
 RECONCILE_INTERVAL = 5.0  # seconds between re-derivations of the seeded releases
-HISTORY = 1000  # latest rollouts looked at for each host's current and previous release
+HISTORY = 1000  # latest rollouts looked at for the releases that live ones ship
 
 
 class Seeding:
@@ -39,15 +39,11 @@ class Seeding:
 
     def wanted(self) -> set[str]:
         built_at = {mf.release_id: at for mf, _, at in self.store.releases()}
-        rollouts = self.store.rollouts(limit=HISTORY)
-        live = [
-            Activation(t.host, r.release_id, t.updated_at)
-            for r in rollouts
-            for t in r.targets
-            if t.state == "succeeded"
-        ]
-        pinned = needed_by_hosts((h.current for h in self.store.hosts()), live)
-        pinned |= {r.release_id for r in rollouts if r.state not in FINAL_STATES}
+        pinned = needed_by_hosts((h.current, h.previous) for h in self.store.hosts())
+        live = set(self.store.rollout_ids(live_only=True, limit=HISTORY))
+        pinned |= {
+            s["release_id"] for s in self.store.summaries(HISTORY) if s["rollout_id"] in live
+        }
         return releases_to_seed(built_at, self.keep, pinned)
 
     def reconcile(self) -> list[str]:

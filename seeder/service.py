@@ -23,15 +23,16 @@ from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_ha
 from seeder import views
 from seeder.build import build_release, v1_torrent
 from seeder.control import ControlServer, Handler
-from seeder.engine import Engine, UnknownRelease
+from seeder.engine import Engine
 from seeder.events import EventHub
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
 from seeder.retention import KEEP_RELEASES
-from seeder.rollout import select_hosts
 from seeder.seeding import Seeding
+from seeder.selector import select_hosts
+from seeder.stageplan import UnknownRelease
 from seeder.store import Store
-from seeder.streams import Watching
+from seeder.streams import Watching, publisher
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tracker import Tracker
 
@@ -100,7 +101,6 @@ async def run_seeder(
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
     store = Store(data / "seeder.db")
-    store.mark_all_disconnected()
     try:
         try:
             torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
@@ -134,14 +134,15 @@ async def run_seeder(
                 assert found is not None, release_id
                 return await slice_seeds.endpoints(found[1], data / "releases" / release_id, count)
 
-            watching = Watching(store, EventHub(), LiveLog())
+            hub = EventHub()
             engine = Engine(
                 store,
                 seeder_bt=(bt.host, bt.port),
                 slice_seeds=offer_slices if config.slices else None,
-                on_event=watching.on_event,
+                on_event=publisher(hub),
             )
             await nursery.start(engine.run)
+            watching = Watching(store, engine, hub, LiveLog())
             preflights = Preflights()
             methods = _methods(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
@@ -206,7 +207,7 @@ def _methods(
         release_id = str(params["release_id"])
         found = store.release(release_id)
         if found is None:
-            raise views.NotFound(
+            raise UnknownRelease(
                 f"no release {release_id!r} on this seeder (`shoal release list` shows them)"
             )
         return found
@@ -266,16 +267,54 @@ def _methods(
     async def release_list(params: dict[str, Any]) -> dict[str, Any]:
         return {"releases": [views.release(mf, at) for mf, _, at in store.releases()]}
 
+    def options(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to")}
+
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
-        rollout = engine.start_rollout(str(params["release_id"]), str(params.get("hosts", "all")))
+        rollout = engine.start_rollout(
+            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        )
         seeding.reconcile()  # an old release rolled out again is seeded again
-        return {"rollout": views.rollout(store, rollout)}
+        return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
+
+    async def rollout_plan(params: dict[str, Any]) -> dict[str, Any]:
+        plan, opts, _ = engine.plan(
+            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        )
+        return {"plan": {**plan.to_dict(), "options": opts.to_dict()}}
+
+    async def rollback(params: dict[str, Any]) -> dict[str, Any]:
+        to = params.get("to")
+        rollout = engine.start_rollback(
+            str(params.get("hosts") or "all"), None if to is None else str(to), options(params)
+        )
+        seeding.reconcile()  # the releases it goes back to are seeded again
+        return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
 
     async def rollout_status(params: dict[str, Any]) -> dict[str, Any]:
-        return {"rollout": views.find_rollout(store, params.get("rollout_id"))}
+        rollout_id = params.get("rollout_id")
+        model = engine.model(str(rollout_id)) if rollout_id else engine.latest()
+        limit = int(params.get("timeline_limit", views.TIMELINE_LIMIT))
+        return {"rollout": await views.rollout(store, model, limit)}
+
+    def operator(action: str) -> Handler:
+        async def handle(params: dict[str, Any]) -> dict[str, Any]:
+            model = engine.operator(
+                str(params["rollout_id"]), action, kill=bool(params.get("now", False))
+            )
+            return {"rollout": await views.rollout(store, model, 0, steps=False)}
+
+        return handle
+
+    async def rollout_list(params: dict[str, Any]) -> dict[str, Any]:
+        return {"rollouts": store.summaries(int(params.get("limit", 50)))}
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
-        return {"hosts": views.hosts(store, engine.connected())}
+        return {
+            "hosts": views.hosts(
+                store.hosts(), engine.connected(), engine.last_seen, engine.host_target
+            )
+        }
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:
         totals = [full_seed.stats(), slice_seeds.stats()]
@@ -293,6 +332,13 @@ def _methods(
         "release.fetch": release_fetch,
         "rollout.start": rollout_start,
         "rollout.status": rollout_status,
+        "rollout.show": rollout_status,
+        "rollout.plan": rollout_plan,
+        "rollout.pause": operator("pause"),
+        "rollout.resume": operator("resume"),
+        "rollout.abort": operator("abort"),
+        "rollout.list": rollout_list,
+        "rollback.start": rollback,
         "hosts.list": hosts_list,
     }
 

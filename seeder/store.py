@@ -1,47 +1,60 @@
-"""The seeder's state store: hosts, releases, rollouts, targets and per-host step events.
+"""The seeder's state store: hosts, releases, rollouts, targets, step events and timelines.
 
 The one module that talks to the database (SQLite, embedded, WAL). Everything the seeder must not
-forget across a restart lives here; the rest of the seeder keeps only caches. Step events are
-applied idempotently, keyed by (rollout, host, step, attempt): a report re-sent after a reconnect
-changes nothing, and a final state is never overwritten by a late "running".
+forget across a restart lives here; the live rollout model is in memory (:mod:`seeder.model`) and
+written through with :meth:`Store.commit`, which puts a group of events *and* the state changes
+they caused into one transaction: a crash keeps both or neither. Heartbeats and connection state
+are not stored (they are derived from live connections).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import ShoalError
 from common.release import Manifest
+from seeder.model import RolloutModel, StepRecord, TargetModel
+from seeder.states import TERMINAL, RolloutState, TargetState
+from seeder.waves import Plan, RolloutOptions
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY, address TEXT NOT NULL, bt_port INTEGER NOT NULL,
-    labels TEXT NOT NULL, current TEXT, staged TEXT NOT NULL,
-    connected INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL);
+    labels TEXT NOT NULL, current TEXT, previous TEXT, staged TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
     created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rollouts (
-    rollout_id TEXT PRIMARY KEY, release_id TEXT NOT NULL REFERENCES releases,
-    selector TEXT NOT NULL, state TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+    rollout_id TEXT PRIMARY KEY, release_id TEXT NOT NULL, selector TEXT NOT NULL,
+    kind TEXT NOT NULL, token INTEGER NOT NULL UNIQUE, options TEXT NOT NULL, plan TEXT NOT NULL,
+    state TEXT NOT NULL, error TEXT NOT NULL, wave INTEGER NOT NULL, paused_from TEXT NOT NULL,
+    bake_until REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS targets (
-    rollout_id TEXT NOT NULL REFERENCES rollouts, host TEXT NOT NULL,
-    state TEXT NOT NULL, step TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
+    rollout_id TEXT NOT NULL REFERENCES rollouts, host TEXT NOT NULL, release_id TEXT NOT NULL,
+    previous TEXT, wave INTEGER NOT NULL, state TEXT NOT NULL, step TEXT NOT NULL,
+    error TEXT NOT NULL, activated INTEGER NOT NULL, deadline REAL NOT NULL,
     updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, host));
 CREATE TABLE IF NOT EXISTS events (
     rollout_id TEXT NOT NULL, host TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL,
     state TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL, exit_code INTEGER,
     output TEXT NOT NULL, at REAL NOT NULL, received_at REAL NOT NULL,
     PRIMARY KEY (rollout_id, host, step, attempt));
+CREATE TABLE IF NOT EXISTS timeline (
+    rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (rollout_id, seq));
 """
 
-FINAL_STATES = ("succeeded", "failed")
+
+class StoreError(ShoalError):
+    """The data directory holds a database this seeder cannot use."""
 
 
 @dataclass
@@ -54,42 +67,20 @@ class HostRecord:
     staged: list[str]
     connected: bool
     last_seen: float
+    previous: str | None = None
 
 
 @dataclass
-class Target:
-    rollout_id: str
-    host: str
-    state: str
-    step: str = ""
-    error: str = ""
-    updated_at: float = 0.0
+class Commit:
+    """One applied event: its step record (if a report) and everything it changed."""
 
-
-@dataclass
-class Rollout:
-    rollout_id: str
-    release_id: str
-    selector: str
-    state: str
-    error: str
-    created_at: float
-    updated_at: float
-    targets: list[Target] = field(default_factory=list)
-
-
-@dataclass
-class StepEvent:
-    rollout_id: str
-    host: str
-    step: str
-    attempt: int
-    state: str
-    result: str
-    detail: str
-    exit_code: int | None
-    output: list[str]
-    at: float
+    rollout: RolloutModel
+    targets: Iterable[str] = ()
+    rollout_changed: bool = False
+    step: tuple[str, StepRecord] | None = None  # (host, record)
+    timeline: list[tuple[int, float, str, dict[str, Any]]] = field(default_factory=list)
+    currents: list[tuple[str, str]] = field(default_factory=list)  # (host, release now live)
+    create: bool = False
 
 
 class Store:
@@ -102,7 +93,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} was written by another version of shoal (schema {version}, "
+                f"this one needs {SCHEMA_VERSION}); use a new --data-dir"
+            )
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -120,12 +119,16 @@ class Store:
     # --- hosts ---------------------------------------------------------------------------------
 
     def upsert_host(self, host: HostRecord, now: float) -> None:
+        """A peer said hello: record what it says it runs (the old current becomes previous)."""
         with self._tx() as db:
             db.execute(
                 """INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(name) DO UPDATE SET address=excluded.address,
-                  bt_port=excluded.bt_port, labels=excluded.labels, current=excluded.current,
-                  staged=excluded.staged, connected=excluded.connected,
+                  bt_port=excluded.bt_port, labels=excluded.labels,
+                  previous=CASE WHEN hosts.current IS NOT NULL
+                    AND hosts.current IS NOT excluded.current THEN hosts.current
+                    ELSE hosts.previous END,
+                  current=excluded.current, staged=excluded.staged,
                   last_seen=excluded.last_seen""",
                 (
                     host.name,
@@ -133,27 +136,12 @@ class Store:
                     host.bt_port,
                     json.dumps(host.labels),
                     host.current,
+                    host.previous,
                     json.dumps(host.staged),
-                    int(host.connected),
                     now,
                     now,
                 ),
             )
-
-    def touch_host(self, name: str, now: float) -> None:
-        self._db.execute("UPDATE hosts SET last_seen=? WHERE name=?", (now, name))
-
-    def set_host_connected(self, name: str, connected: bool, now: float) -> None:
-        self._db.execute(
-            "UPDATE hosts SET connected=?, last_seen=? WHERE name=?", (int(connected), now, name)
-        )
-
-    def set_host_current(self, name: str, current: str | None) -> None:
-        self._db.execute("UPDATE hosts SET current=? WHERE name=?", (current, name))
-
-    def mark_all_disconnected(self) -> None:
-        """At start-up nobody is connected yet, whatever the last run recorded."""
-        self._db.execute("UPDATE hosts SET connected=0")
 
     def hosts(self) -> list[HostRecord]:
         rows = self._db.execute("SELECT * FROM hosts ORDER BY name").fetchall()
@@ -165,8 +153,9 @@ class Store:
                 labels=json.loads(r["labels"]),
                 current=r["current"],
                 staged=json.loads(r["staged"]),
-                connected=bool(r["connected"]),
+                connected=False,
                 last_seen=r["last_seen"],
+                previous=r["previous"],
             )
             for r in rows
         ]
@@ -197,115 +186,227 @@ class Store:
             for r in rows
         ]
 
-    # --- rollouts ------------------------------------------------------------------------------
+    # --- rollouts: writing ---------------------------------------------------------------------
 
-    def create_rollout(
-        self, rollout_id: str, release_id: str, selector: str, hosts: list[str], now: float
-    ) -> None:
+    def commit(self, batch: list[Commit]) -> None:
+        """Write a group of applied events and their effects in one transaction."""
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO rollouts VALUES (?,?,?,?,?,?,?)",
-                (rollout_id, release_id, selector, "staging", "", now, now),
+            for c in batch:
+                r = c.rollout
+                if c.create:
+                    db.execute(
+                        "INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            r.rollout_id,
+                            r.release_id,
+                            r.selector,
+                            r.kind,
+                            r.token,
+                            json.dumps(r.options.to_dict()),
+                            json.dumps(r.plan.to_dict()),
+                            r.state.value,
+                            r.error,
+                            r.wave,
+                            r.paused_from,
+                            r.bake_until,
+                            r.created_at,
+                            r.updated_at,
+                        ),
+                    )
+                elif c.rollout_changed:  # options and plan never change after the start
+                    db.execute(
+                        """UPDATE rollouts SET state=?, error=?, wave=?, paused_from=?,
+                           bake_until=?, updated_at=? WHERE rollout_id=?""",
+                        (
+                            r.state.value,
+                            r.error,
+                            r.wave,
+                            r.paused_from,
+                            r.bake_until,
+                            r.updated_at,
+                            r.rollout_id,
+                        ),
+                    )
+                hosts = r.targets.keys() if c.create else c.targets
+                db.executemany(
+                    "INSERT OR REPLACE INTO targets VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [_target_row(r.rollout_id, r.targets[h]) for h in hosts],
+                )
+                if c.step is not None:
+                    host, s = c.step
+                    db.execute(
+                        """INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                        ON CONFLICT(rollout_id, host, step, attempt) DO UPDATE SET
+                          state=excluded.state, result=excluded.result, detail=excluded.detail,
+                          exit_code=excluded.exit_code, output=excluded.output, at=excluded.at
+                        WHERE events.state NOT IN ('succeeded', 'failed')""",
+                        (
+                            r.rollout_id,
+                            host,
+                            s.step,
+                            s.attempt,
+                            s.state,
+                            s.result,
+                            s.detail,
+                            s.exit_code,
+                            json.dumps(s.output),
+                            s.at,
+                            r.updated_at,
+                        ),
+                    )
+                db.executemany(
+                    "INSERT INTO timeline VALUES (?,?,?,?,?)",
+                    [(r.rollout_id, seq, at, k, json.dumps(d)) for seq, at, k, d in c.timeline],
+                )
+                db.executemany(
+                    """UPDATE hosts SET previous=CASE WHEN current IS NOT NULL AND current != ?
+                       THEN current ELSE previous END, current=? WHERE name=?""",
+                    [(rel, rel, host) for host, rel in c.currents],
+                )
+
+    # --- rollouts: reading ---------------------------------------------------------------------
+
+    def max_token(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(token), 0) FROM rollouts").fetchone()[0])
+
+    def max_seq(self, rollout_id: str) -> int:
+        row = self._db.execute(
+            "SELECT coalesce(max(seq), 0) FROM timeline WHERE rollout_id=?", (rollout_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def rollout_ids(self, *, live_only: bool = False, limit: int = 50) -> list[str]:
+        """Newest first. Live: not finished, or finished with hosts still at work."""
+        done = ",".join(f"'{s.value}'" for s in TERMINAL)
+        busy = ",".join(
+            f"'{s.value}'"
+            for s in (
+                TargetState.PENDING,
+                TargetState.STAGING,
+                TargetState.ACTIVATING,
+                TargetState.ROLLING_BACK,
             )
-            db.executemany(
-                "INSERT INTO targets VALUES (?,?,?,?,?,?)",
-                [(rollout_id, h, "pending", "", "", now) for h in hosts],
-            )
-
-    def set_rollout_state(self, rollout_id: str, state: str, now: float, error: str = "") -> None:
-        self._db.execute(
-            "UPDATE rollouts SET state=?, error=?, updated_at=? WHERE rollout_id=?",
-            (state, error, now, rollout_id),
         )
-
-    def set_target(
-        self,
-        rollout_id: str,
-        host: str,
-        now: float,
-        *,
-        state: str | None = None,
-        step: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        self._db.execute(
-            """UPDATE targets SET state=coalesce(?, state), step=coalesce(?, step),
-               error=coalesce(?, error), updated_at=? WHERE rollout_id=? AND host=?""",
-            (state, step, error, now, rollout_id, host),
+        where = (
+            f"WHERE state NOT IN ({done}) OR rollout_id IN "
+            f"(SELECT rollout_id FROM targets WHERE state IN ({busy}))"
+            if live_only
+            else ""
         )
+        query = f"SELECT rollout_id FROM rollouts {where} ORDER BY created_at DESC, token DESC"
+        return [row[0] for row in self._db.execute(query + " LIMIT ?", (limit,))]
 
-    def rollout(self, rollout_id: str) -> Rollout | None:
+    def summaries(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            """SELECT r.*, (SELECT count(*) FROM targets t WHERE t.rollout_id=r.rollout_id) AS n
+               FROM rollouts r ORDER BY created_at DESC, token DESC LIMIT ?""",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "rollout_id": r["rollout_id"],
+                "release_id": r["release_id"],
+                "kind": r["kind"],
+                "state": r["state"],
+                "error": r["error"],
+                "created_at": r["created_at"],
+                "updated_at": r["updated_at"],
+                "targets": r["n"],
+                "waves": len(json.loads(r["plan"])["waves"]),
+            }
+            for r in rows
+        ]
+
+    def load_rollout(self, rollout_id: str) -> RolloutModel | None:
         row = self._db.execute(
             "SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)
         ).fetchone()
         if row is None:
             return None
-        rollout = Rollout(**{k: row[k] for k in row.keys()})  # noqa: SIM118 (sqlite3.Row)
-        rollout.targets = [
-            Target(**{k: t[k] for k in t.keys()})  # noqa: SIM118
-            for t in self._db.execute(
-                "SELECT * FROM targets WHERE rollout_id=? ORDER BY host", (rollout_id,)
-            )
-        ]
-        return rollout
-
-    def rollouts(self, *, active_only: bool = False, limit: int = 50) -> list[Rollout]:
-        where = "WHERE state NOT IN ('succeeded','failed')" if active_only else ""
-        ids = [
-            r[0]
-            for r in self._db.execute(
-                f"SELECT rollout_id FROM rollouts {where} ORDER BY created_at DESC LIMIT ?",
-                (limit,),
-            )
-        ]
-        return [r for r in map(self.rollout, ids) if r is not None]
-
-    # --- step events ---------------------------------------------------------------------------
-
-    def record_event(self, ev: StepEvent, now: float) -> bool:
-        """Apply one step report idempotently; True if it changed anything."""
-        cur = self._db.execute(
-            """INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)
-            ON CONFLICT(rollout_id, host, step, attempt) DO UPDATE SET
-              state=excluded.state, result=excluded.result, detail=excluded.detail,
-              exit_code=excluded.exit_code, output=excluded.output, at=excluded.at,
-              received_at=excluded.received_at
-            WHERE events.state NOT IN ('succeeded', 'failed') AND events.state != excluded.state""",
-            (
-                ev.rollout_id,
-                ev.host,
-                ev.step,
-                ev.attempt,
-                ev.state,
-                ev.result,
-                ev.detail,
-                ev.exit_code,
-                json.dumps(ev.output),
-                ev.at,
-                now,
+        plan = json.loads(row["plan"])
+        model = RolloutModel(
+            rollout_id=row["rollout_id"],
+            release_id=row["release_id"],
+            selector=row["selector"],
+            kind=row["kind"],
+            token=row["token"],
+            options=RolloutOptions(**json.loads(row["options"])),
+            plan=Plan(
+                waves=[w["hosts"] for w in plan["waves"]],
+                max_failures=plan["max_failures"],
+                wave_max_failures=plan["wave_max_failures"],
+                min_staged=plan["min_staged"],
             ),
+            created_at=row["created_at"],
+            state=RolloutState(row["state"]),
+            error=row["error"],
+            updated_at=row["updated_at"],
+            wave=row["wave"],
+            paused_from=row["paused_from"],
+            bake_until=row["bake_until"],
         )
-        return cur.rowcount == 1
-
-    def events(self, rollout_id: str, host: str | None = None) -> list[StepEvent]:
-        query = "SELECT * FROM events WHERE rollout_id=?"
-        args: tuple[Any, ...] = (rollout_id,)
-        if host is not None:
-            query += " AND host=?"
-            args += (host,)
-        rows = self._db.execute(query + " ORDER BY host, at, rowid", args).fetchall()
-        return [
-            StepEvent(
-                rollout_id=r["rollout_id"],
-                host=r["host"],
-                step=r["step"],
-                attempt=r["attempt"],
-                state=r["state"],
-                result=r["result"],
-                detail=r["detail"],
-                exit_code=r["exit_code"],
-                output=json.loads(r["output"]),
-                at=r["at"],
+        for t in self._db.execute("SELECT * FROM targets WHERE rollout_id=?", (rollout_id,)):
+            model.targets[t["host"]] = TargetModel(
+                host=t["host"],
+                release_id=t["release_id"],
+                previous=t["previous"],
+                wave=t["wave"],
+                state=TargetState(t["state"]),
+                step=t["step"],
+                error=t["error"],
+                updated_at=t["updated_at"],
+                deadline=t["deadline"],
+                activated=bool(t["activated"]),
             )
-            for r in rows
+        for e in self._db.execute(
+            "SELECT * FROM events WHERE rollout_id=? ORDER BY rowid", (rollout_id,)
+        ):
+            target = model.targets.get(e["host"])
+            if target is not None:
+                target.steps[(e["step"], e["attempt"])] = StepRecord(
+                    e["step"],
+                    e["attempt"],
+                    e["state"],
+                    e["result"],
+                    e["detail"],
+                    e["exit_code"],
+                    e["at"],
+                    json.loads(e["output"]),
+                )
+        model.reindex()
+        return model
+
+    def timeline(self, rollout_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        """The rollout's timeline, oldest first; with ``limit``, only its last entries."""
+        query = "SELECT seq, at, kind, data FROM timeline WHERE rollout_id=? ORDER BY seq DESC"
+        args: tuple[Any, ...] = (rollout_id,)
+        if limit:
+            query += " LIMIT ?"
+            args += (limit,)
+        rows = self._db.execute(query, args).fetchall()
+        return [
+            {"seq": r["seq"], "at": r["at"], "kind": r["kind"], **json.loads(r["data"])}
+            for r in reversed(rows)
         ]
+
+    def timeline_length(self, rollout_id: str) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM timeline WHERE rollout_id=?", (rollout_id,)
+        ).fetchone()
+        return int(row[0])
+
+
+def _target_row(rollout_id: str, t: TargetModel) -> tuple[Any, ...]:
+    return (
+        rollout_id,
+        t.host,
+        t.release_id,
+        t.previous,
+        t.wave,
+        t.state.value,
+        t.step,
+        t.error,
+        int(t.activated),
+        t.deadline,
+        t.updated_at,
+    )

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from common import messages as m
+from common.errors import ShoalError
 from seeder import views
 from seeder.control import Handler, Reply, StreamHandler
+from seeder.engine import Engine, UnknownRollout
 from seeder.events import (
     CLOSED,
     FINAL,
@@ -29,9 +31,23 @@ from seeder.events import (
     rollout_topic,
 )
 from seeder.live import LiveLog
-from seeder.store import Rollout, Store
+from seeder.model import RolloutModel
+from seeder.store import Store
 
 LATEST_SCAN = 200  # rollouts searched, newest first, for a host's latest one
+
+
+class UnknownHost(ShoalError):
+    pass
+
+
+def publisher(hub: EventHub) -> Callable[[m.RolloutEvent], None]:
+    """The engine's ``on_event``: each rollout timeline event goes to that rollout's topic."""
+
+    def on_event(event: m.RolloutEvent) -> None:
+        hub.publish(rollout_topic(event.rollout_id), event)
+
+    return on_event
 
 
 class Watching:
@@ -40,20 +56,18 @@ class Watching:
     def __init__(
         self,
         store: Store,
+        engine: Engine,
         hub: EventHub,
         live: LiveLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.engine = engine
         self.hub = hub
         self.live = live
         self.clock = clock
 
-    # --- what peers and the engine feed in ---------------------------------------------------
-
-    def on_event(self, event: m.RolloutEvent) -> None:
-        """A rollout timeline event from the engine."""
-        self.hub.publish(rollout_topic(event.rollout_id), event)
+    # --- what peers feed in ------------------------------------------------------------------
 
     def observe(self, host: str, msg: m.OutputLine | m.Progress) -> None:
         """A live observation from a peer connection (best effort, memory only)."""
@@ -78,9 +92,9 @@ class Watching:
         """Snapshot ``{rollout, progress, release: {size}}``, then the rollout's events until
         it ends."""
         wanted = _opt(params.get("rollout_id"))
-        rollout_id = wanted or views.find_rollout(self.store, None)["rollout_id"]
+        rollout_id = wanted or self.engine.latest().rollout_id
         with self.hub.subscribe(rollout_topic(rollout_id)) as sub:
-            view = views.find_rollout(self.store, rollout_id)
+            view = await views.rollout(self.store, self.engine.model(rollout_id))
             found = self.store.release(str(view["release_id"]))
             size = found[0].size if found else 0
             await reply.respond(
@@ -143,7 +157,7 @@ class Watching:
         for line in self.live.lines(host, rid):
             live.setdefault(line.step, []).append(line.to_dict())
         lines: list[dict[str, Any]] = []
-        for ev in self.store.events(rid, host):
+        for ev in sorted(rollout.targets[host].steps.values(), key=lambda s: s.at):
             if ev.step in live:
                 lines += live.pop(ev.step)
             else:
@@ -153,28 +167,26 @@ class Watching:
                 ]
         for rest in live.values():
             lines += rest
-        return {"host": host, "rollout_id": rid, "state": rollout.state, "lines": lines}
+        return {"host": host, "rollout_id": rid, "state": rollout.state.value, "lines": lines}
 
     def _check_host(self, host: str) -> None:
         if not any(h.name == host for h in self.store.hosts()):
-            raise views.NotFound(f"unknown host {host!r}")
+            raise UnknownHost(f"unknown host {host!r}")
 
-    def _rollout_of(self, host: str, rollout_id: str | None) -> Rollout | None:
+    def _rollout_of(self, host: str, rollout_id: str | None) -> RolloutModel | None:
         if rollout_id:
-            found = self.store.rollout(rollout_id)
-            if found is None:
-                raise views.NotFound(f"unknown rollout {rollout_id!r}")
-            if not any(t.host == host for t in found.targets):
-                raise views.NotFound(f"host {host!r} is not a target of rollout {rollout_id}")
+            found = self.engine.model(rollout_id)
+            if host not in found.targets:
+                raise UnknownRollout(f"host {host!r} is not a target of rollout {rollout_id}")
             return found
-        return next(
-            (
-                r
-                for r in self.store.rollouts(limit=LATEST_SCAN)
-                if any(t.host == host for t in r.targets)
-            ),
-            None,
-        )
+        live = self.engine.host_target(host)
+        if live is not None:
+            return self.engine.model(live[0])
+        for rid in self.store.rollout_ids(limit=LATEST_SCAN):  # newest first
+            model = self.engine.model(rid)
+            if host in model.targets:
+                return model
+        return None
 
     def _end(self, rollout_id: str, reason: str, detail: str) -> m.RolloutEvent:
         return end_event(rollout_id, reason, detail, self.clock())

@@ -1,31 +1,50 @@
-"""Plain-data views of the seeder's state, as the CLI shows them (and ``--json`` prints them)."""
+"""Plain-data views of the seeder's state, as the CLI shows them (and ``--json`` prints them).
+
+Rollout views are built from the live model in memory (one pass over the targets), plus the last
+entries of the persisted timeline.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.errors import ShoalError
+import trio
+
 from common.release import Manifest
-from seeder.store import Rollout, Store
+from seeder.model import RolloutModel, TargetModel
+from seeder.states import TERMINAL, RolloutState
+from seeder.store import Store
 
+TIMELINE_LIMIT = 1000
+CHUNK = 250  # targets between two checkpoints of the loop
 
-class NotFound(ShoalError):
-    pass
+_WAVE_STATE = {
+    RolloutState.ACTIVATING: "activating",
+    RolloutState.BAKING: "baking",
+    RolloutState.GATING: "gating",
+    RolloutState.PAUSED: "paused",
+    RolloutState.SUCCEEDED: "done",
+    RolloutState.HALTED: "halted",
+    RolloutState.ROLLING_BACK: "halted",
+    RolloutState.FAILED: "halted",
+    RolloutState.ABORTED: "aborted",
+}
 
 
 def release(manifest: Manifest, created_at: float) -> dict[str, Any]:
     return {**manifest.to_dict(), "created_at": created_at}
 
 
-def hosts(store: Store, connected: set[str]) -> list[dict[str, Any]]:
-    active = {
-        t.host: (r.rollout_id, t.state, t.step, t.error)
-        for r in reversed(store.rollouts(limit=20))
-        for t in r.targets
-    }
+def hosts(
+    records: list[Any], connected: set[str], last_seen: dict[str, float], lookup: Any
+) -> list[dict[str, Any]]:
     out = []
-    for h in store.hosts():
-        rollout_id, state, step, error = active.get(h.name, ("", "", "", ""))
+    for h in records:
+        found = lookup(h.name)
+        rollout_id, state, step, error = ("", "", "", "")
+        if found is not None:
+            rollout_id, t = found
+            state, step, error = t.state.value, t.step, t.error
         out.append(
             {
                 "name": h.name,
@@ -33,8 +52,9 @@ def hosts(store: Store, connected: set[str]) -> list[dict[str, Any]]:
                 "bt_port": h.bt_port,
                 "labels": h.labels,
                 "connected": h.name in connected,
-                "last_seen": h.last_seen,
+                "last_seen": last_seen.get(h.name, h.last_seen),
                 "current": h.current,
+                "previous": h.previous,
                 "staged": h.staged,
                 "rollout": rollout_id,
                 "state": state,
@@ -45,53 +65,77 @@ def hosts(store: Store, connected: set[str]) -> list[dict[str, Any]]:
     return out
 
 
-def find_rollout(store: Store, rollout_id: str | None) -> dict[str, Any]:
-    if rollout_id:
-        found = store.rollout(rollout_id)
-        if found is None:
-            raise NotFound(f"unknown rollout {rollout_id!r}")
-    else:
-        latest = store.rollouts(limit=1)
-        if not latest:
-            raise NotFound("no rollout has been started yet")
-        found = latest[0]
-    return rollout(store, found)
+def _target(t: TargetModel) -> dict[str, Any]:
+    """One target with its steps; rebuilt only when the target changed since the last view."""
+    if t.view is not None and t.view[0] == t.version:
+        return t.view[1]
+    records = list(t.steps.values())
+    view = {
+        **_target_brief(t),
+        "exit_codes": {s.step: s.exit_code for s in records if s.exit_code is not None},
+        "steps": [s.to_dict() for s in records],
+        "output": t.failed_output(),
+    }
+    t.view = (t.version, view)
+    return view
 
 
-def rollout(store: Store, r: Rollout) -> dict[str, Any]:
-    events = store.events(r.rollout_id)
+def _target_brief(t: TargetModel) -> dict[str, Any]:
+    return {
+        "host": t.host,
+        "state": t.state.value,
+        "step": t.step,
+        "error": t.error,
+        "wave": t.wave + 1,
+        "release_id": t.release_id,
+        "previous": t.previous,
+        "exit_codes": {},
+        "steps": [],
+        "output": [],
+    }
+
+
+def wave_state(r: RolloutModel, index: int) -> str:
+    if index < r.wave:
+        return "done"
+    if index > r.wave:
+        return "skipped" if r.state in TERMINAL else "pending"
+    return _WAVE_STATE.get(r.state, "pending")
+
+
+async def rollout(
+    store: Store, r: RolloutModel, timeline_limit: int = TIMELINE_LIMIT, *, steps: bool = True
+) -> dict[str, Any]:
+    """The rollout as ``status``/``show`` print it. Built in slices with checkpoints between,
+    so that a view of thousands of hosts never stalls the seeder's loop."""
     targets = []
-    for t in r.targets:
-        mine = [e for e in events if e.host == t.host]
-        failed = next((e for e in mine if e.state == "failed" and e.output), None)
-        targets.append(
-            {
-                "host": t.host,
-                "state": t.state,
-                "step": t.step,
-                "error": t.error,
-                "exit_codes": {e.step: e.exit_code for e in mine if e.exit_code is not None},
-                "steps": [
-                    {
-                        "step": e.step,
-                        "attempt": e.attempt,
-                        "state": e.state,
-                        "result": e.result,
-                        "at": e.at,
-                        "detail": e.detail,
-                    }
-                    for e in mine
-                ],
-                "output": failed.output if failed else [],
-            }
-        )
+    for i, host in enumerate(sorted(r.targets)):
+        if i % CHUNK == CHUNK - 1:
+            await trio.lowlevel.checkpoint()
+        t = r.targets[host]
+        targets.append(_target(t) if steps else _target_brief(t))
+
     return {
         "rollout_id": r.rollout_id,
         "release_id": r.release_id,
+        "kind": r.kind,
         "selector": r.selector,
-        "state": r.state,
+        "token": r.token,
+        "state": r.state.value,
         "error": r.error,
+        "wave": r.wave + 1,
         "created_at": r.created_at,
         "updated_at": r.updated_at,
+        "options": r.options.to_dict(),
+        "budget": {
+            "max_failures": r.plan.max_failures,
+            "wave_max_failures": r.plan.wave_max_failures,
+            "min_staged": r.plan.min_staged,
+        },
+        "waves": [
+            {"index": i + 1, "hosts": list(w), "state": wave_state(r, i)}
+            for i, w in enumerate(r.plan.waves)
+        ],
         "targets": targets,
+        "timeline": store.timeline(r.rollout_id, timeline_limit) if timeline_limit else [],
     }

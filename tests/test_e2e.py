@@ -116,7 +116,9 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
             assert current(fleet, host) == r2
             assert os.readlink(fleet.peer_dir(host) / "previous").endswith(r1)
 
-        # 3. A third release whose ValidateService fails on web-2 only.
+        # 3. A third release whose ValidateService fails on web-2 only. The default waves are
+        # one host at a time here (1, 10%, 50%, 100% of 3): web-1 switches, web-2 fails, the
+        # failure budget (0) is exceeded and web-3 is never activated.
         (fleet.peer_dir("web-2") / "fail-ValidateService").touch()
         await trio.to_thread.run_sync(commit_version, repo, "3")
         r3 = await trio.to_thread.run_sync(build, fleet, repo, "main")
@@ -125,9 +127,12 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
         )
         assert out.returncode == 1, out.stdout
         third = status(fleet)
-        assert third["state"] == "failed"
+        assert third["state"] == "halted"
+        assert "web-2" in third["error"] and "ValidateService" in third["error"]
+        assert [w["state"] for w in third["waves"]] == ["done", "halted", "skipped"]
         by_host = {t["host"]: t for t in third["targets"]}
-        assert by_host["web-1"]["state"] == by_host["web-3"]["state"] == "succeeded"
+        assert by_host["web-1"]["state"] == "succeeded"
+        assert by_host["web-3"]["state"] == "staged"
         bad = by_host["web-2"]
         assert bad["state"] == "failed"
         assert bad["exit_codes"]["ValidateService"] == 3
@@ -135,12 +140,13 @@ async def test_full_rollout_then_upgrade_then_failing_hook(
         failed_step = next(s for s in bad["steps"] if s["step"] == "ValidateService")
         assert failed_step["result"] == "failed"
         assert current(fleet, "web-2") == r2, "a failed activation must leave the previous release"
+        assert current(fleet, "web-3") == r2, "a halted rollout activates nothing more"
         assert current(fleet, "web-1") == r3
 
         # 4. The failing peer stays up and takes the next rollout.
         (fleet.peer_dir("web-2") / "fail-ValidateService").unlink()
         out = await trio.to_thread.run_sync(
-            lambda: shoal(fleet.control, "rollout", "start", r3, "--hosts", "web-2", "--wait")
+            lambda: shoal(fleet.control, "rollout", "start", r3, "--hosts", "web-2,web-3", "--wait")
         )
         assert out.returncode == 0, out.stdout + out.stderr
         assert current(fleet, "web-2") == r3
@@ -272,8 +278,9 @@ async def test_peer_killed_during_a_hook_does_not_repeat_it(
         await fleet.stop(peer, signal.SIGKILL)  # no chance to journal anything more
         await trio.sleep(3.5)  # the orphaned hook finishes on its own
         await fleet.start_peer("web-1", "127.0.0.2")
-        while status(fleet)["state"] not in ("succeeded", "failed"):
+        while status(fleet)["state"] not in ("succeeded", "failed", "halted"):
             await trio.sleep(0.2)
+        assert status(fleet)["state"] == "halted"  # the one host failed: over the budget of 0
         target = status(fleet)["targets"][0]
         assert target["state"] == "failed"
         steps = {s["step"]: s for s in target["steps"]}

@@ -1,8 +1,9 @@
-"""The rollout engine with a real store and in-memory peer connections: no sockets, no sleeps."""
+"""The rollout engine shell with a real store and in-memory peer connections: no sockets, no
+sleeps (trio's autojump clock runs the engine's ticks)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,16 @@ import trio.testing
 from common import messages as m
 from common.channel import Channel
 from common.protocol import Role
-from seeder.engine import Engine
-from seeder.rollout import Deadlines
+from seeder.engine import Engine, Overlap
+from seeder.machine import NotAllowed
 from seeder.store import HostRecord, Store
+from seeder.writers import PeerWriter
 from tests.conftest import MANIFEST
 
 RELEASE = MANIFEST.release_id
 TORRENT = b"d4:infod6:lengthi3eee"
 SEEDER_BT = ("127.0.0.1", 1)
-HOSTS = {"web-1": ("127.0.0.11", 6881), "web-2": ("127.0.0.12", 6882)}
-MARK = 2**31  # seq of the sentinel ack that ends a drain
+HOSTS = {f"web-{i}": (f"127.0.0.{10 + i}", 6880 + i) for i in range(1, 4)}
 
 
 class Clock:
@@ -37,290 +38,148 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "seeder.db")
     s.add_release(MANIFEST, TORRENT, 1.0)
     for name, (address, port) in HOSTS.items():
-        s.upsert_host(HostRecord(name, address, port, {}, None, [], False, 1.0), 1.0)
+        s.upsert_host(HostRecord(name, address, port, {}, "old", [], False, 1.0), 1.0)
     try:
         yield s
     finally:
         s.close()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+class Peer:
+    """The peer's end of one control connection; the engine's writer holds the seeder's end."""
 
-
-def make_engine(store: Store, clock: Clock, **deadlines: float) -> Engine:
-    return Engine(store, seeder_bt=SEEDER_BT, deadlines=Deadlines(**deadlines), clock=clock)
-
-
-class FakePeer:
-    """The peer's end of one control connection; the engine holds the seeder's end."""
-
-    def __init__(
-        self,
-        name: str,
-        peer_stream: trio.abc.Stream | None = None,
-        seeder_side: Channel | None = None,
-    ) -> None:
+    def __init__(self, name: str, lockstep: bool = False) -> None:
         self.name = name
-        if peer_stream is None or seeder_side is None:
-            peer_stream, seeder_stream = trio.testing.memory_stream_pair()
-            seeder_side = Channel(seeder_stream, Role.SERVER)
+        make = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+        peer_stream, seeder_stream = make()
         self.channel = Channel(peer_stream, Role.CLIENT)
-        self.seeder_side = seeder_side
+        self.seeder_side = Channel(seeder_stream, Role.SERVER)
+        self.writer = PeerWriter(name, self.seeder_side, send_timeout=5)
 
-    async def connect(self, engine: Engine) -> FakePeer:
+    async def connect(self, engine: Engine, nursery: trio.Nursery) -> Peer:
         address, port = HOSTS[self.name]
-        await self.channel.send(m.Hello(name=self.name, address=address, bt_port=port))
-        assert isinstance(await self.seeder_side.receive(), m.Hello)
-        engine.attach(self.name, self.seeder_side)
+        async with trio.open_nursery() as hello:  # a lockstep stream sends only while read
+            hello.start_soon(self.channel.send, m.Hello(self.name, address, port))
+            assert isinstance(await self.seeder_side.receive(), m.Hello)
+        nursery.start_soon(self.writer.run)
+        engine.attach(self.name, self.writer)
         return self
 
-    async def drain(self) -> list[m.Message]:
-        """Everything the engine sent so far: a sentinel ack marks the end."""
-        await self.seeder_side.send(m.Ack(seq=MARK))
-        got: list[m.Message] = []
+    async def next(self) -> m.Message:
         with trio.fail_after(5):
-            while (msg := await self.channel.receive()) != m.Ack(seq=MARK):
-                got.append(msg)
-        return got
+            return await self.channel.receive()
+
+    async def expect(self, kind: type[m.Message]) -> m.Message:
+        msg = await self.next()
+        assert isinstance(msg, kind), msg
+        return msg
+
+    def report(self, engine: Engine, rid: str, step: str, state: str, seq: int) -> None:
+        msg = m.StepReport(rid, self.name, step, 1, state, seq=seq)
+        engine.on_report(self.name, msg, self.writer)
 
 
-def report(rollout_id: str, host: str, step: str, state: str, detail: str = "") -> m.StepReport:
-    return m.StepReport(
-        rollout_id=rollout_id, host=host, step=step, attempt=1, state=state, detail=detail
-    )
+@pytest.fixture
+async def running(store: Store) -> AsyncIterator[tuple[Engine, trio.Nursery]]:
+    engine = Engine(store, seeder_bt=SEEDER_BT, clock=Clock())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        yield engine, nursery
+        nursery.cancel_scope.cancel()
 
 
-def states(store: Store, rollout_id: str) -> dict[str, str]:
-    rollout = store.rollout(rollout_id)
-    assert rollout is not None
-    return {t.host: t.state for t in rollout.targets}
-
-
-async def test_stage_then_activate_then_one_activation_fails(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    peers = [await FakePeer(name).connect(engine) for name in HOSTS]
-    assert engine.connected() == set(HOSTS)
-    rid = engine.start_rollout(RELEASE, "all").rollout_id
-    assert states(store, rid) == {"web-1": "pending", "web-2": "pending"}
-
-    await engine.tick()
-    for peer in peers:
-        (stage,) = await peer.drain()
-        assert isinstance(stage, m.Stage)
-        assert stage.rollout_id == rid
-        assert stage.manifest == MANIFEST.to_dict()
-        assert stage.torrent == TORRENT
+async def test_waves_through_the_shell_and_acks_after_commit(
+    running: tuple[Engine, trio.Nursery], store: Store
+) -> None:
+    engine, nursery = running
+    peers = {n: await Peer(n).connect(engine, nursery) for n in HOSTS}
+    r = engine.start_rollout(RELEASE, "all", {"waves": "1,100%"})
+    for peer in peers.values():
+        stage = await peer.expect(m.Stage)
+        assert isinstance(stage, m.Stage) and stage.token == r.token == 1
         assert stage.peers[0] == list(SEEDER_BT)
-        (other,) = (name for name in HOSTS if name != peer.name)
-        assert sorted(map(tuple, stage.peers[1:])) == [HOSTS[other]]
-    assert states(store, rid) == {"web-1": "staging", "web-2": "staging"}
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "staging"
-
-    # Progress reports move targets but do not end the phase; a tick sends nothing new.
-    engine.on_report("web-1", report(rid, "web-1", "download", "succeeded"))
-    await engine.tick()
-    assert [await peer.drain() for peer in peers] == [[], []]
-
-    for peer in peers:
-        engine.on_report(peer.name, report(rid, peer.name, "stage", "succeeded"))
-    assert states(store, rid) == {"web-1": "staged", "web-2": "staged"}
-    await engine.tick()
-    for peer in peers:
-        assert await peer.drain() == [m.Activate(rollout_id=rid, release_id=RELEASE)]
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "activating"
-
-    engine.on_report("web-1", report(rid, "web-1", "activate", "succeeded"))
-    engine.on_report("web-2", report(rid, "web-2", "activate", "failed", "ValidateService: 3"))
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None
-    assert rollout.state == "failed"
-    assert "activation failed" in rollout.error and "web-2" in rollout.error
-    assert "web-1" not in rollout.error
-    targets = {t.host: t for t in rollout.targets}
-    assert targets["web-1"].state == "succeeded"
-    assert (targets["web-2"].state, targets["web-2"].error) == ("failed", "ValidateService: 3")
-    current = {h.name: h.current for h in store.hosts()}
-    assert current == {"web-1": RELEASE, "web-2": None}
-    await engine.tick()  # a finished rollout stays finished and quiet
-    assert [await peer.drain() for peer in peers] == [[], []]
+        assert sorted(map(tuple, stage.peers[1:])) == sorted(
+            v for k, v in HOSTS.items() if k != peer.name
+        )
+    for seq, peer in enumerate(peers.values(), 1):
+        peer.report(engine, r.rollout_id, "stage", "succeeded", seq)
+        assert await peer.expect(m.Ack) == m.Ack(seq=seq)  # only sent once committed
+    assert await peers["web-1"].expect(m.Activate) == m.Activate(r.rollout_id, RELEASE, 1, 1)
+    peers["web-1"].report(engine, r.rollout_id, "activate", "succeeded", 10)
+    await peers["web-1"].expect(m.Ack)
+    for name in ("web-2", "web-3"):
+        assert isinstance(await peers[name].expect(m.Activate), m.Activate)
+        peers[name].report(engine, r.rollout_id, "activate", "succeeded", 11)
+    await trio.sleep(1)
+    stored = store.load_rollout(r.rollout_id)
+    assert stored is not None and stored.state.value == "succeeded"
+    assert {h.name: (h.current, h.previous) for h in store.hosts()} == dict.fromkeys(
+        HOSTS, (RELEASE, "old")
+    )
+    kinds = [e["kind"] for e in store.timeline(r.rollout_id)]
+    assert kinds.count("wave") == 4 and kinds[-1] == "rollout"
 
 
-async def test_all_activations_succeed(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    peers = [await FakePeer(name).connect(engine) for name in HOSTS]
-    rid = engine.start_rollout(RELEASE, "web-2").rollout_id
-    await engine.tick()
-    assert await peers[0].drain() == []  # not a target
-    engine.on_report("web-2", report(rid, "web-2", "stage", "succeeded"))
-    await engine.tick()
-    engine.on_report("web-2", report(rid, "web-2", "activate", "succeeded"))
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None and (rollout.state, rollout.error) == ("succeeded", "")
-    assert [type(msg) for msg in await peers[1].drain()] == [m.Stage, m.Activate]
-
-
-async def test_no_duplicates_on_one_connection_but_a_new_one_gets_it_again(
-    store: Store, clock: Clock
+async def test_overlap_is_refused_with_the_running_rollouts_id(
+    running: tuple[Engine, trio.Nursery],
 ) -> None:
-    engine = make_engine(store, clock)
-    first = await FakePeer("web-1").connect(engine)
-    rid = engine.start_rollout(RELEASE, "web-1").rollout_id
-    await engine.tick()
-    await engine.tick()
-    engine.wake()
-    await engine.tick()
-    assert [type(msg) for msg in await first.drain()] == [m.Stage]
-
-    # The peer reconnects before the seeder noticed the old connection died.
-    second = await FakePeer("web-1").connect(engine)
-    await engine.tick()
-    await engine.tick()
-    assert [type(msg) for msg in await second.drain()] == [m.Stage]
-    assert await first.drain() == []
-    engine.detach("web-1", first.seeder_side)  # the old connection's late goodbye
-    assert engine.connected() == {"web-1"}
-
-    engine.on_report("web-1", report(rid, "web-1", "stage", "succeeded"))
-    await engine.tick()
-    third = await FakePeer("web-1").connect(engine)
-    await engine.tick()
-    assert await second.drain() == [m.Activate(rollout_id=rid, release_id=RELEASE)]
-    assert await third.drain() == [m.Activate(rollout_id=rid, release_id=RELEASE)]
+    engine, _ = running
+    first = engine.start_rollout(RELEASE, "web-1,web-2")
+    with pytest.raises(Overlap, match=first.rollout_id):
+        engine.start_rollout(RELEASE, "web-2,web-3")
+    engine.start_rollout(RELEASE, "web-3")  # disjoint: fine
+    engine.operator(first.rollout_id, "abort")
+    engine.start_rollout(RELEASE, "web-1")  # the aborted one holds no lock
+    with pytest.raises(NotAllowed, match="is aborted, not paused"):
+        engine.operator(first.rollout_id, "resume")
 
 
-async def test_a_new_connection_reusing_a_dead_ones_id_gets_the_command(
-    store: Store, clock: Clock
+async def test_a_stalled_peer_does_not_delay_the_others(
+    running: tuple[Engine, trio.Nursery], autojump_clock: trio.testing.MockClock
 ) -> None:
-    # A peer reconnects after its old connection is gone; CPython then usually hands the new
-    # Channel the very address (id) of the dead one, so nothing keyed by id(channel) may
-    # outlive a connection. (Before the fix in Engine.attach this failed on every run.)
-    engine = make_engine(store, clock)
-    engine.start_rollout(RELEASE, "web-1")
-    peer = await FakePeer("web-1").connect(engine)
-    for _ in range(10):
-        await engine.tick()
-        assert [type(msg) for msg in await peer.drain()] == [m.Stage]
-        engine.detach("web-1", peer.seeder_side)
-        assert engine.connected() == set()
-        await peer.seeder_side.aclose()
-        peer_stream, seeder_stream = trio.testing.memory_stream_pair()
-        del peer  # the last reference to the dead connection's channel
-        seeder_side = Channel(seeder_stream, Role.SERVER)
-        peer = await FakePeer("web-1", peer_stream, seeder_side).connect(engine)
-        del seeder_side
-    await engine.tick()
-    assert [type(msg) for msg in await peer.drain()] == [m.Stage]
+    engine, nursery = running
+    stalled = await Peer("web-1", lockstep=True).connect(engine, nursery)  # never reads
+    quick = await Peer("web-2").connect(engine, nursery)
+    engine.start_rollout(RELEASE, "web-1,web-2")
+    started = trio.current_time()
+    await quick.expect(m.Stage)
+    assert trio.current_time() - started < 1
+    assert not stalled.writer.closed
+    await trio.sleep(6)  # past the stalled peer's send timeout: it is cut off
+    assert stalled.writer.closed and not quick.writer.closed
 
 
-async def test_a_dead_connection_is_detached_on_send(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    dead = await FakePeer("web-1").connect(engine)
-    rid = engine.start_rollout(RELEASE, "web-1").rollout_id
-    await dead.channel.aclose()
-    await engine.tick()
-    assert engine.connected() == set()
-    assert [h.connected for h in store.hosts() if h.name == "web-1"] == [False]
-    alive = await FakePeer("web-1").connect(engine)
-    await engine.tick()
-    assert [type(msg) for msg in await alive.drain()] == [m.Stage]
-    assert states(store, rid) == {"web-1": "staging"}
-
-
-async def test_a_stage_failure_means_nothing_is_activated(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    peers = [await FakePeer(name).connect(engine) for name in HOSTS]
-    rid = engine.start_rollout(RELEASE, "all").rollout_id
-    await engine.tick()
-    engine.on_report("web-2", report(rid, "web-2", "stage", "succeeded"))
-    await engine.tick()  # web-1 is still staging: the phase is not over
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "staging"
-    engine.on_report("web-1", report(rid, "web-1", "verify", "failed", "digest mismatch"))
-    await engine.tick()
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "failed"
-    assert "nothing was activated" in rollout.error and "web-1" in rollout.error
-    assert "web-2" not in rollout.error
-    assert states(store, rid) == {"web-1": "failed", "web-2": "staged"}
-    for peer in peers:
-        assert [type(msg) for msg in await peer.drain()] == [m.Stage]
-
-
-async def test_reports_are_idempotent_and_final_states_stick(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    rid = engine.start_rollout(RELEASE, "web-1").rollout_id
-    engine.on_report("web-1", report(rid, "web-1", "stage", "failed", "disk full"))
-    clock.now += 5
-    engine.on_report("web-1", report(rid, "web-1", "stage", "failed", "disk full"))
-    engine.on_report("web-1", report(rid, "web-1", "stage", "running"))  # late, out of order
-    engine.on_report("web-1", report(rid, "web-1", "stage", "succeeded"))  # never overwrites
-    (event,) = store.events(rid)
-    assert (event.step, event.state, event.detail) == ("stage", "failed", "disk full")
-    rollout = store.rollout(rid)
-    assert rollout is not None
-    (target,) = rollout.targets
-    assert (target.state, target.error, target.updated_at) == ("failed", "disk full", clock.now - 5)
-
-
-async def test_a_report_for_an_unknown_rollout_is_harmless(store: Store, clock: Clock) -> None:
-    engine = make_engine(store, clock)
-    rid = engine.start_rollout(RELEASE, "web-1").rollout_id
-    engine.on_report("web-1", report("r-gone", "web-1", "stage", "succeeded"))
-    engine.on_report("web-2", report(rid, "web-2", "stage", "succeeded"))  # not a target
-    assert states(store, rid) == {"web-1": "pending"}
-
-
-async def test_a_silent_host_fails_after_the_stage_deadline_not_before(
-    store: Store, clock: Clock
-) -> None:
-    engine = make_engine(store, clock, stage=10)
-    peers = [await FakePeer(name).connect(engine) for name in HOSTS]
-    rid = engine.start_rollout(RELEASE, "all").rollout_id
-    await engine.tick()  # stages sent at t0
-    clock.now += 3
-    engine.on_report("web-1", report(rid, "web-1", "stage", "succeeded"))
-    clock.now += 7  # exactly at the deadline for web-2: silence is not failure yet
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "staging"
-    assert states(store, rid) == {"web-1": "staged", "web-2": "staging"}
-
-    clock.now += 0.5
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "failed"
-    targets = {t.host: t for t in rollout.targets}
-    assert targets["web-2"].state == "failed"
-    assert "deadline" in targets["web-2"].error
-    assert targets["web-1"].state == "staged"
-    assert "web-2" in rollout.error and "nothing was activated" in rollout.error
-    for peer in peers:
-        assert [type(msg) for msg in await peer.drain()] == [m.Stage]
-
-
-async def test_the_activate_deadline_counts_from_the_activate_command(
-    store: Store, clock: Clock
-) -> None:
-    engine = make_engine(store, clock, stage=10, activate=100)
-    peer = await FakePeer("web-1").connect(engine)
-    rid = engine.start_rollout(RELEASE, "web-1").rollout_id
-    await engine.tick()
-    clock.now += 9
-    engine.on_report("web-1", report(rid, "web-1", "stage", "succeeded"))
-    await engine.tick()  # activate sent now
-    clock.now += 100
-    await engine.tick()
-    assert states(store, rid) == {"web-1": "activating"}
-    clock.now += 1
-    await engine.tick()
-    rollout = store.rollout(rid)
-    assert rollout is not None and rollout.state == "failed"
-    assert "activation failed on 1 host(s): web-1" in rollout.error
-    assert [type(msg) for msg in await peer.drain()] == [m.Stage, m.Activate]
+async def test_restart_reloads_paused_and_gating_rollouts(store: Store, tmp_path: Path) -> None:
+    marker = tmp_path / "gate-ran"
+    clock = Clock()
+    async with trio.open_nursery() as nursery:
+        engine = Engine(store, seeder_bt=SEEDER_BT, clock=clock)
+        await nursery.start(engine.run)
+        peer = await Peer("web-1").connect(engine, nursery)
+        gated = engine.start_rollout(
+            RELEASE, "web-1", {"waves": "100%", "gate": f"echo ran >> {marker}; sleep 1000"}
+        )
+        paused = engine.start_rollout(RELEASE, "web-2")
+        engine.operator(paused.rollout_id, "pause")
+        await peer.expect(m.Stage)
+        peer.report(engine, gated.rollout_id, "stage", "succeeded", 1)
+        assert {type(await peer.next()), type(await peer.next())} == {m.Ack, m.Activate}
+        peer.report(engine, gated.rollout_id, "activate", "succeeded", 2)
+        await peer.expect(m.Ack)
+        while not marker.exists():
+            await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()  # the seeder "dies" with the gate running
+    async with trio.open_nursery() as nursery:
+        again = Engine(store, seeder_bt=SEEDER_BT, clock=clock)
+        assert again.model(gated.rollout_id).state.value == "gating"
+        assert again.model(paused.rollout_id).state.value == "paused"
+        await nursery.start(again.run)
+        while marker.read_text().count("ran") < 2:  # the gate runs again after the restart
+            await trio.sleep(0.1)
+        peer = await Peer("web-1").connect(again, nursery)
+        with trio.move_on_after(2):
+            msg = await peer.next()
+            pytest.fail(f"a finished target got a command again: {msg}")
+        again.operator(paused.rollout_id, "resume")
+        assert again.model(paused.rollout_id).state.value == "staging"
+        nursery.cancel_scope.cancel()

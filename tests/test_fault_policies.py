@@ -6,7 +6,7 @@ import pytest
 
 from common.recheck import RecheckPolicy, RecheckState, checked, look
 from peer.space import SpaceNeed, shortfall, space_needed
-from seeder.retention import Activation, needed_by_hosts, releases_to_seed
+from seeder.retention import needed_by_hosts, releases_to_seed
 
 MB = 1_000_000
 
@@ -105,17 +105,10 @@ def test_keep_must_not_be_negative() -> None:
 
 
 def test_hosts_pin_their_current_and_rollback_target() -> None:
-    live = [
-        Activation("web-1", "r1", 10.0),
-        Activation("web-1", "r2", 20.0),
-        Activation("web-1", "r3", 30.0),  # web-1 runs r3, would roll back to r2
-        Activation("web-2", "r1", 10.0),
-        Activation("web-2", "r4", 40.0),
-        Activation("web-2", "r4", 50.0),  # the same release again: r1 is still its previous
-    ]
-    assert needed_by_hosts([], live) == {"r3", "r2", "r4", "r1"}
-    assert needed_by_hosts([], live[:3]) == {"r3", "r2"}  # r1 is two releases back: not pinned
+    hosts = [("r3", "r2"), ("r4", "r1"), ("r4", None), (None, None)]
+    assert needed_by_hosts(hosts) == {"r3", "r2", "r4", "r1"}
+    assert needed_by_hosts(hosts[2:]) == {"r4"}
 
 
-def test_a_current_the_seeder_never_rolled_out_is_pinned_too() -> None:
-    assert needed_by_hosts(["elsewhere", None], []) == {"elsewhere"}
+def test_a_host_with_nothing_pins_nothing() -> None:
+    assert needed_by_hosts([(None, None)]) == set()
