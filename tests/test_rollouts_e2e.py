@@ -13,7 +13,7 @@ import trio
 
 from seeder.localfleet import LocalFleet
 from tests.conftest import commit_version, make_app_repo, shoal
-from tests.test_e2e import ACTIVATE_ORDER, HOSTS, build, current, events, start
+from tests.test_e2e import ACTIVATE_ORDER, HOSTS, STOP_ORDER, build, current, events, start
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +82,8 @@ async def test_a_failure_in_wave_2_halts_and_auto_rollback_restores(
         assert {h: current(fleet, h) for h in HOSTS} == dict.fromkeys(HOSTS, r1)
         assert hooks_of(fleet, "web-3", r2) == [], "wave 3 must never start"
         # web-1 stopped r1 and ran r2's hooks once, then stopped r2 and ran r1's again.
-        assert hooks_of(fleet, "web-1", r2) == [*ACTIVATE_ORDER, "ApplicationStop"]
-        assert hooks_of(fleet, "web-1", r1) == [*ACTIVATE_ORDER, "ApplicationStop", *ACTIVATE_ORDER]
+        assert hooks_of(fleet, "web-1", r2) == [*ACTIVATE_ORDER, *STOP_ORDER]
+        assert hooks_of(fleet, "web-1", r1) == [*ACTIVATE_ORDER, *STOP_ORDER, *ACTIVATE_ORDER]
         kinds = [e["kind"] for e in r["timeline"]]
         assert {"rollout", "wave", "target", "step"} <= set(kinds)
         listed = cli(fleet, "rollout", "list")
