@@ -78,17 +78,21 @@ def make_release_repo(root: Path, size: int) -> Path:
     return repo
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of processes (and their reaped children), from /proc."""
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds of processes (and their reaped children), from /proc: ``user`` and
+    ``system`` of the first pid (the seeder) and of the others (the peers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
+    out = dict.fromkeys(("seeder_user", "seeder_system", "peers_user", "peers_system"), 0.0)
+    for n, pid in enumerate(pids):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += sum(int(v) for v in fields[11:15]) / tick
-    return total
+        user, system, cuser, csystem = (int(v) / tick for v in fields[11:15])
+        who = "seeder" if n == 0 else "peers"
+        out[f"{who}_user"] += user + cuser
+        out[f"{who}_system"] += system + csystem
+    return out
 
 
 def tx_bytes(host: Host) -> int:
@@ -231,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "seeder_payload_bytes": after[0] - before[0],
             "seeder_wire_bytes": after[1] - before[1],
-            "cpu_seconds": after[2] - before[2],
+            "cpu_seconds": sum(after[2].values()) - sum(before[2].values()),
+            "cpu_split": {k: after[2][k] - before[2][k] for k in after[2]},
             "rollout_wall_s": wall,
         }
         if args.baseline == "sftp":
@@ -299,7 +304,11 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     times = [h["staged_s"] for h in result["hosts"].values()]
     pct = percentiles(times)
     t_star = result["bounds"]["t_star"]
+    downloaded = percentiles([h["steps_s"]["download"] for h in result["hosts"].values()])
     summary: dict[str, Any] = {
+        "downloaded_p50_s": downloaded["p50"],
+        "downloaded_max_s": downloaded["max"],
+        "downloaded_to_bound": downloaded["max"] / t_star,
         "p50_s": pct["p50"],
         "p99_s": pct["p99"],
         "max_s": pct["max"],
@@ -338,11 +347,15 @@ def report(result: dict[str, Any]) -> str:
         f"release {size / 1e6:.1f} MB to {len(result['hosts'])} hosts",
         f"shoal staged: p50 {summary['p50_s']:.2f}s p99 {summary['p99_s']:.2f}s "
         f"max {summary['max_s']:.2f}s",
+        f"downloaded: p50 {summary['downloaded_p50_s']:.2f}s max {summary['downloaded_max_s']:.2f}s"
+        f" = {summary['downloaded_to_bound']:.3f} x T*",
         f"bounds: T* {summary['t_star_s']:.2f}s, client-server {summary['client_server_s']:.2f}s",
         f"seeder sent {result['seeder_payload_bytes'] / 1e6:.1f} MB payload "
         f"({result['seeder_wire_bytes'] / 1e6:.1f} MB on the wire)",
         f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
-        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB)",
+        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in result.get("cpu_split", {}).items())
+        + ")",
     ]
     for mbit, group in summary.get("by_rate", {}).items():
         lines.append(
