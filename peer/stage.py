@@ -12,11 +12,12 @@ from typing import Any
 import trio
 
 from common import messages as m
-from common.archive import file_digest, unpack
+from common.archive import file_digest
 from common.errors import ShoalError
 from common.release import Manifest
 from common.torrent import torrent_infohash
 from peer.context import PeerContext
+from peer.verify import download_streamed
 
 
 def _addresses(pairs: list[list[Any]]) -> list[tuple[str, int]]:
@@ -54,9 +55,12 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         peers = _addresses(cmd.peers)
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
         seeds = _addresses(cmd.slice_seeds)
-        sources = await ctx.torrents.download(
+        sources, streamed = await download_streamed(
+            ctx.torrents,
             cmd.torrent,
             ctx.layout.download_dir(rid),
+            ctx.layout.release_dir(rid),
+            manifest.digest,
             peers=peers,
             piece_slice=piece_slice,
             slice_seeds=seeds,
@@ -70,14 +74,14 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         step = "verify"
         report(rollout_id, step, "running")
         archive = ctx.layout.download_dir(rid) / manifest.archive
-        digest = await trio.to_thread.run_sync(file_digest, archive)
+        digest = streamed.digest or await trio.to_thread.run_sync(file_digest, archive)
         if digest != manifest.digest:
             raise ShoalError(f"digest mismatch: got {digest}, manifest says {manifest.digest}")
         report(rollout_id, step, "succeeded", result="succeeded", detail=digest)
 
         step = "unpack"
         report(rollout_id, step, "running")
-        await trio.to_thread.run_sync(unpack, archive, ctx.layout.release_dir(rid))
+        await trio.to_thread.run_sync(streamed.unpack, archive, ctx.layout.release_dir(rid))
         ctx.journal.add_release(manifest.to_dict(), cmd.torrent, time.time())
         report(
             rollout_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
@@ -18,6 +18,7 @@ import libtorrent as lt
 import trio
 
 from common.errors import TorrentError
+from common.inorder import InOrder
 from common.pieces import (
     LagWatch,
     StallDetector,
@@ -40,6 +41,8 @@ RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
+READ_AHEAD_BYTES: Final = 4 * 1024 * 1024  # read_in_order(): bytes read back ahead of the reader
+MAX_READ_RETRIES: Final = 8  # read_in_order(): failed piece reads before it gives up
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,21 @@ class _Torrent:
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
+    feed: _PieceFeed | None = None  # set while read_in_order() runs
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@dataclass(eq=False)
+class _PieceFeed:
+    """What the alert pump hands to :meth:`TorrentSession.read_in_order`: pieces completed and
+    pieces read back since it last looked, and an event that fires when either grows."""
+
+    finished: list[int] = field(default_factory=list)
+    reads: list[tuple[int, bytes | None]] = field(default_factory=list)  # None: read failed
+    changed: trio.Event = field(default_factory=trio.Event)
 
     def notify(self) -> None:
         self.changed.set()
@@ -175,6 +193,15 @@ class TorrentSession:
             if rec is not None and not rec.ready:
                 rec.ready = rec.redial = True
                 rec.notify()
+        elif isinstance(alert, lt.piece_finished_alert):
+            if rec is not None and rec.feed is not None:
+                rec.feed.finished.append(int(alert.piece_index))
+                rec.feed.notify()
+        elif isinstance(alert, lt.read_piece_alert):
+            if rec is not None and rec.feed is not None:
+                failed = alert.error.value() != 0
+                rec.feed.reads.append((int(alert.piece), None if failed else bytes(alert.buffer)))
+                rec.feed.notify()
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
@@ -330,6 +357,76 @@ class TorrentSession:
                 interval = min(interval * 2, RECONNECT_INTERVAL)
             with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
                 await changed.wait()
+
+    async def read_in_order(
+        self,
+        torrent: bytes,
+        save_path: Path,
+        write: Callable[[bytes], Awaitable[None]],
+        *,
+        window_bytes: int = READ_AHEAD_BYTES,
+    ) -> None:
+        """Hand the payload of a single-file `torrent` to `write`, in file order, piece by piece
+        as the swarm completes them (libtorrent has hash-checked each); return after the last.
+
+        Adds the torrent like :meth:`download` does (either may come first); it does not wait
+        for the download to be flushed, and reads no further than `window_bytes` ahead of what
+        `write` has taken. Raises TorrentError if the torrent fails, is removed, has more than
+        one file, or a piece cannot be read back."""
+        if not self._running:
+            raise RuntimeError("TorrentSession.run() must be running to read a torrent")
+        ih = self._add(torrent, save_path, seed=False)
+        rec = self._torrents[ih]
+        info = rec.handle.torrent_file()
+        files = info.layout() if info is not None else None
+        payload = (
+            [i for i in range(files.num_files()) if not files.file_flags(i) & files.flag_pad_file]
+            if files is not None
+            else []
+        )
+        if info is None or files is None or payload != [0]:
+            raise TorrentError(f"torrent {ih} is not a single file: it cannot be read in order")
+        left = files.file_size(0)  # v2 pads the file to a whole piece: the padding is not read
+        if rec.feed is not None:
+            raise RuntimeError(f"torrent {ih} is already being read in order")
+        order = InOrder(info.num_pieces(), max(2, window_bytes // info.piece_length()))
+        rec.feed = feed = _PieceFeed()
+        try:
+            resync, ready, retries = True, rec.ready, 0
+            while not order.done:
+                changed = feed.changed
+                if rec.error is not None or self._torrents.get(ih) is not rec:
+                    raise TorrentError(f"reading torrent {ih} in order: {rec.error}")
+                if resync:  # pieces libtorrent had before (resumed) or we may have missed
+                    pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
+                    for i, got in enumerate(pieces):
+                        if got:
+                            order.finished(i)
+                finished, feed.finished = feed.finished, []
+                for i in finished:
+                    order.finished(i)
+                reads, feed.reads = feed.reads, []
+                for i, data in reads:
+                    if data is not None:
+                        order.arrived(i, data)
+                    elif (retries := retries + 1) > MAX_READ_RETRIES:
+                        raise TorrentError(f"cannot read piece {i} of torrent {ih} back")
+                    else:
+                        order.retry(i)
+                for i in order.to_read():
+                    rec.handle.read_piece(i)
+                for chunk in order.take():
+                    chunk, left = chunk[:left], left - min(left, len(chunk))
+                    if chunk:
+                        await write(chunk)
+                with trio.move_on_after(STALL_CHECK_INTERVAL) as idle:
+                    await changed.wait()
+                resync = idle.cancelled_caught or rec.ready != ready or rec.done
+                ready = rec.ready
+        except RuntimeError as e:
+            raise TorrentError(f"reading torrent {ih} in order: {e}") from e
+        finally:
+            rec.feed = None
 
     def update_sources(
         self,
