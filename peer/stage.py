@@ -55,21 +55,25 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         peers = _addresses(cmd.peers)
         piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
         seeds = _addresses(cmd.slice_seeds)
-        sources, streamed = await download_streamed(
+
+        def downloaded(sources: dict[str, int]) -> None:  # verify and unpack may trail a bit
+            took = time.monotonic() - started
+            detail = (
+                f"{manifest.size} bytes in {took:.2f}s, {len(sources)} peer(s) connected at the end"
+            )
+            report(rollout_id, "download", "succeeded", result="succeeded", detail=detail)
+
+        streamed = await download_streamed(
             ctx.torrents,
             cmd.torrent,
             ctx.layout.download_dir(rid),
             ctx.layout.release_dir(rid),
             manifest.digest,
+            downloaded,
             peers=peers,
             piece_slice=piece_slice,
             slice_seeds=seeds,
         )
-        took = time.monotonic() - started
-        detail = (
-            f"{manifest.size} bytes in {took:.2f}s, {len(sources)} peer(s) connected at the end"
-        )
-        report(rollout_id, step, "succeeded", result="succeeded", detail=detail)
 
         step = "verify"
         report(rollout_id, step, "running")

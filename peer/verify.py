@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -36,6 +36,8 @@ log = logging.getLogger("shoal.peer.verify")
 STREAM_STALL: Final = 10.0
 _F_SETPIPE_SZ: Final = 1031  # fcntl.F_SETPIPE_SZ (Linux): a bigger pipe, fewer wake-ups
 PIPE_SIZE: Final = CHUNK
+# Ask libtorrent for pieces in file order while streaming (see bench/README.md).
+SEQUENTIAL: Final = False
 
 
 @dataclass
@@ -67,25 +69,32 @@ async def download_streamed(
     save_path: Path,
     release_dir: Path,
     expected_digest: str,
+    downloaded: Callable[[dict[str, int]], None],
     *,
     peers: Sequence[tuple[str, int]] = (),
     piece_slice: tuple[int, int] | None = None,
     slice_seeds: Sequence[tuple[str, int]] = (),
-) -> tuple[dict[str, int], Streamed]:
+) -> Streamed:
     """:meth:`TorrentSession.download`, verifying and unpacking the archive on the way.
 
-    Returns what the download returns, and the :class:`Streamed` result (digest set only if it
-    matched ``expected_digest``). Raises what the download raises; the streaming pass never
-    fails the download.
+    Calls ``downloaded`` with what the download returns as soon as it is done, then waits for
+    the streaming pass (which trails it by a few pieces) and returns its :class:`Streamed`
+    result (digest set only if it matched ``expected_digest``). Raises what the download
+    raises; the streaming pass never fails the download.
     """
     streamed = Streamed()
     failure: Exception | None = None
-    sources: dict[str, int] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stream, torrents, torrent, save_path, release_dir, streamed)
         try:
-            sources = await torrents.download(
-                torrent, save_path, peers=peers, piece_slice=piece_slice, slice_seeds=slice_seeds
+            downloaded(
+                await torrents.download(
+                    torrent,
+                    save_path,
+                    peers=peers,
+                    piece_slice=piece_slice,
+                    slice_seeds=slice_seeds,
+                )
             )
             await _finish(streamed)
         except Exception as exc:  # re-raised as is below, not inside an exception group
@@ -103,7 +112,7 @@ async def download_streamed(
         streamed.unpacked = None
     if streamed.error is not None:
         log.warning("verifying from the file instead: %s", streamed.error)
-    return sources, streamed
+    return streamed
 
 
 async def _finish(streamed: Streamed) -> None:
@@ -135,13 +144,23 @@ async def _stream(
             reader.close()  # a writer still sending gets EPIPE instead of blocking forever
 
     async def write_side() -> None:
+        held: list[bytes] = []  # pieces are sent a pipe-full at a time: fewer thread wake-ups
+
+        async def flush() -> None:
+            data = b"".join(held)
+            held.clear()
+            await pipe.send_all(data)
+            streamed.written += len(data)
+
         async def write(chunk: bytes) -> None:
-            await pipe.send_all(chunk)
-            streamed.written += len(chunk)
+            held.append(chunk)
+            if sum(map(len, held)) >= PIPE_SIZE:
+                await flush()
 
         try:
             async with trio.lowlevel.FdStream(w) as pipe:
-                await torrents.read_in_order(torrent, save_path, write)
+                await torrents.read_in_order(torrent, save_path, write, sequential=SEQUENTIAL)
+                await flush()
         except (ShoalError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             streamed.fail(f"reading the download in order: {exc}")
 

@@ -16,10 +16,10 @@ def drive(order: InOrder, completion: list[int], reads_reversed: bool) -> tuple[
     for piece in completion:
         order.finished(piece)
         asked = order.to_read()
-        held = max(held, len(order._asked) + len(order._data))
+        held = max(held, order._pending)
         for p in reversed(asked) if reads_reversed else asked:
             order.arrived(p, bytes([p % 256]) * 3)
-            held = max(held, len(order._asked) + len(order._data))
+            held = max(held, order._pending)
         out += b"".join(order.take())
     return out, held
 

@@ -84,6 +84,7 @@ class _PieceFeed:
     finished: list[int] = field(default_factory=list)
     reads: list[tuple[int, bytes | None]] = field(default_factory=list)  # None: read failed
     changed: trio.Event = field(default_factory=trio.Event)
+    horizon: int = 0  # a piece finished at or past this index need not wake the reader
 
     def notify(self) -> None:
         self.changed.set()
@@ -195,8 +196,10 @@ class TorrentSession:
                 rec.notify()
         elif isinstance(alert, lt.piece_finished_alert):
             if rec is not None and rec.feed is not None:
-                rec.feed.finished.append(int(alert.piece_index))
-                rec.feed.notify()
+                piece = int(alert.piece_index)
+                rec.feed.finished.append(piece)
+                if piece < rec.feed.horizon:
+                    rec.feed.notify()
         elif isinstance(alert, lt.read_piece_alert):
             if rec is not None and rec.feed is not None:
                 failed = alert.error.value() != 0
@@ -365,13 +368,16 @@ class TorrentSession:
         write: Callable[[bytes], Awaitable[None]],
         *,
         window_bytes: int = READ_AHEAD_BYTES,
+        sequential: bool = False,
     ) -> None:
         """Hand the payload of a single-file `torrent` to `write`, in file order, piece by piece
         as the swarm completes them (libtorrent has hash-checked each); return after the last.
 
         Adds the torrent like :meth:`download` does (either may come first); it does not wait
         for the download to be flushed, and reads no further than `window_bytes` ahead of what
-        `write` has taken. Raises TorrentError if the torrent fails, is removed, has more than
+        `write` has taken. With `sequential`, libtorrent fetches pieces in file order instead of
+        rarest first, so the reader need not wait for the end to find the gaps filled.
+        Raises TorrentError if the torrent fails, is removed, has more than
         one file, or a piece cannot be read back."""
         if not self._running:
             raise RuntimeError("TorrentSession.run() must be running to read a torrent")
@@ -391,8 +397,10 @@ class TorrentSession:
             raise RuntimeError(f"torrent {ih} is already being read in order")
         order = InOrder(info.num_pieces(), max(2, window_bytes // info.piece_length()))
         rec.feed = feed = _PieceFeed()
+        if sequential:
+            rec.handle.set_flags(lt.torrent_flags.sequential_download)
         try:
-            resync, ready, retries = True, rec.ready, 0
+            resync, ready, done, retries = True, rec.ready, rec.done, 0
             while not order.done:
                 changed = feed.changed
                 if rec.error is not None or self._torrents.get(ih) is not rec:
@@ -415,14 +423,17 @@ class TorrentSession:
                         order.retry(i)
                 for i in order.to_read():
                     rec.handle.read_piece(i)
-                for chunk in order.take():
-                    chunk, left = chunk[:left], left - min(left, len(chunk))
-                    if chunk:
-                        await write(chunk)
+                feed.horizon = order.horizon
+                if chunks := order.take():
+                    data = b"".join(chunks)[:left]
+                    left -= len(data)
+                    if data:
+                        await write(data)
+                    continue  # the front moved: more pieces may be readable already
                 with trio.move_on_after(STALL_CHECK_INTERVAL) as idle:
                     await changed.wait()
-                resync = idle.cancelled_caught or rec.ready != ready or rec.done
-                ready = rec.ready
+                resync = idle.cancelled_caught or rec.ready != ready or rec.done != done
+                ready, done = rec.ready, rec.done
         except RuntimeError as e:
             raise TorrentError(f"reading torrent {ih} in order: {e}") from e
         finally:
