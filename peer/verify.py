@@ -37,7 +37,7 @@ STREAM_STALL: Final = 10.0
 _F_SETPIPE_SZ: Final = 1031  # fcntl.F_SETPIPE_SZ (Linux): a bigger pipe, fewer wake-ups
 PIPE_SIZE: Final = CHUNK
 # Ask libtorrent for pieces in file order while streaming (see bench/README.md).
-SEQUENTIAL: Final = False
+SEQUENTIAL: Final = True
 
 
 @dataclass
