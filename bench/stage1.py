@@ -3,8 +3,9 @@ way (streamed), side by side, interleaved, with CPU seconds and wall time of eac
 
     python -m bench.stage1 --size-mb 50 --runs 5
 
-A seeder session and a downloading session run in this process on 127.0.0.x (no shaping: the
-figures are CPU cost, not swarm timing). CPU is this process's (all threads) from getrusage.
+A seeder session and a downloading session run in this process on 127.0.0.x (no shaping, but
+``--rate-mb`` limits the download in libtorrent: the figures are CPU cost, not swarm timing).
+CPU is this process's (all threads) from getrusage.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def cpu() -> float:
 
 
 async def one(
-    mode: str, torrent: bytes, digest: str, name: str, seeder: tuple[str, int], root: Path, n: int
+    mode: str,
+    torrent: bytes,
+    digest: str,
+    name: str,
+    seeder: tuple[str, int],
+    root: Path,
+    n: int,
+    overrides: dict[str, Any],
 ) -> dict[str, float]:
     async with trio.open_nursery() as nursery:
-        leecher = TorrentSession(f"127.0.0.{10 + n}")
+        leecher = TorrentSession(f"127.0.0.{10 + n}", overrides=overrides)
         await nursery.start(leecher.run)
         dl, dest = root / f"dl{n}", root / f"rel{n}" / "r"
         c0, t0 = cpu(), time.monotonic()
@@ -50,7 +58,7 @@ async def one(
             streamed = await download_streamed(
                 leecher,
                 torrent,
-                dl,
+                dl / name,
                 dest,
                 digest,
                 lambda sources: marks.append((cpu(), time.monotonic())),
@@ -76,6 +84,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
         info = git_archive(repo, "main", root / "seed" / "app.tar.zst")
         torrent, _ = make_torrent(info.path, tracker_url="http://127.0.0.1:1/announce")
         results: dict[str, list[dict[str, float]]] = {"file": [], "streamed": []}
+        overrides: dict[str, Any] = {}
+        if args.rate_mb:  # pieces then arrive one by one, as in a swarm, not in a burst
+            overrides["download_rate_limit"] = int(args.rate_mb * 1e6)
+            overrides["ignore_limits_on_local_network"] = False
         async with trio.open_nursery() as nursery:
             seeder = TorrentSession("127.0.0.2")
             await nursery.start(seeder.run)
@@ -93,6 +105,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
                             ("127.0.0.2", seeder.listen_port),
                             root,
                             n,
+                            overrides,
                         )
                     )
             nursery.cancel_scope.cancel()
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stage1", description=__doc__.split("\n")[0])
     p.add_argument("--size-mb", type=float, default=50.0)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--rate-mb", type=float, default=0.0, help="download limit, MB/s (0: none)")
     args = p.parse_args(argv)
     results: dict[str, Any] = trio.run(main_async, args)
     print(f"{args.size_mb:g} MB, {args.runs} runs each, min / median / max")

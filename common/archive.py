@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -172,6 +172,12 @@ def unpack(archive: Path, dest: Path) -> None:
 _UNPACK_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError, OSError)
 
 
+class Reader(Protocol):
+    """What :class:`StreamedUnpack` reads from: ``read(n)`` gives up to n bytes, b"" at the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class StreamedUnpack:
     """Unpack an archive from a stream of its bytes (a download, piece by piece, in order),
     hashing every byte on the way, so that digest and unpacking are done when the last byte is.
@@ -186,7 +192,7 @@ class StreamedUnpack:
         self.dest = dest
         self.tmp = dest.parent / f".{dest.name}.streaming"
 
-    def run(self, source: IO[bytes]) -> str:
+    def run(self, source: Reader) -> str:
         """Read ``source`` to its end, unpacking it; ``"sha256:<hex>"`` of all it read.
         Blocking (run it in a thread). ReleaseError (and no tree) if the bytes do not unpack."""
         self.discard()
@@ -222,7 +228,7 @@ class StreamedUnpack:
 class _HashingReader:
     """A file-like reader that hashes what passes through it."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Reader) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
 
@@ -236,7 +242,7 @@ class _HashingReader:
 TAR_BUFSIZE = 1024 * 1024
 
 
-def _extract(raw: IO[bytes] | _HashingReader, tmp: Path) -> None:
+def _extract(raw: Reader, tmp: Path) -> None:
     """Decompress and untar ``raw`` into ``tmp``, reading it through to the end of the
     compressed frames (which checks zstd's content checksum)."""
     with zstandard.ZstdDecompressor().stream_reader(

@@ -65,6 +65,15 @@ def slice_fractions(have: Sequence[bool], count: int) -> list[float]:
     return [d / t if t else 1.0 for d, t in zip(done, total, strict=True)]
 
 
+def contiguous(have: Sequence[bool], start: int = 0) -> int:
+    """How many pieces from the first one this peer has without a gap, given that it has the
+    first ``start`` (a count only grows, so a caller passes the last answer back)."""
+    front = start
+    while front < len(have) and have[front]:
+        front += 1
+    return front
+
+
 @dataclass
 class LagWatch:
     """Slices that have stayed far behind the median slice for ``patience`` seconds.

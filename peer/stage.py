@@ -66,7 +66,7 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
         streamed = await download_streamed(
             ctx.torrents,
             cmd.torrent,
-            ctx.layout.download_dir(rid),
+            ctx.layout.download_dir(rid) / manifest.archive,
             ctx.layout.release_dir(rid),
             manifest.digest,
             downloaded,

@@ -1,10 +1,11 @@
 """Verify and unpack a release while it downloads, so both are done when its last piece lands.
 
 Hashing and unpacking 50 MB after the download took 2 s at the end of a 16-host rollout, all
-hosts at once on shared CPUs (bench/README.md). Instead, the pieces libtorrent has completed
-and hash-checked are read back in file order (:meth:`TorrentSession.read_in_order`) and fed
-through a pipe to a thread that hashes every byte and unpacks the archive as it comes
-(:class:`~common.archive.StreamedUnpack`).
+hosts at once on shared CPUs (bench/README.md). Instead, a thread reads the archive file while it
+is being written, hashing every byte and unpacking it (:class:`~common.archive.StreamedUnpack`),
+never past the prefix that libtorrent has completed, hash-checked and written out
+(:meth:`TorrentSession.follow`, which also asks for pieces in file order). The prefix's growth
+reaches the thread as 8-byte offsets over a pipe; the pipe's end is the end of the stream.
 
 Nothing goes live before it is verified: the tree is unpacked into a hidden directory and
 becomes the release directory only when the whole archive's digest matched the manifest. The
@@ -15,10 +16,9 @@ stage verifies and unpacks from the downloaded file as before, and reports what 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Final
 
 import trio
 
-from common.archive import CHUNK, StreamedUnpack, unpack
+from common.archive import StreamedUnpack, unpack
 from common.errors import ShoalError
 from common.torrent import TorrentSession
 
@@ -34,10 +34,8 @@ log = logging.getLogger("shoal.peer.verify")
 
 # Once the download is done, the streaming pass gets this long without progress to finish.
 STREAM_STALL: Final = 10.0
-_F_SETPIPE_SZ: Final = 1031  # fcntl.F_SETPIPE_SZ (Linux): a bigger pipe, fewer wake-ups
-PIPE_SIZE: Final = CHUNK
 # Ask libtorrent for pieces in file order while streaming (see bench/README.md).
-SEQUENTIAL: Final = True
+SEQUENTIAL: Final = False
 
 
 @dataclass
@@ -48,7 +46,8 @@ class Streamed:
     digest: str | None = None
     unpacked: StreamedUnpack | None = None
     error: str | None = None  # why the pass gave up (logged; the file-based path takes over)
-    written: int = 0  # bytes fed to the unpacker so far (progress, for the stall check)
+    safe: int = 0  # bytes of the archive downloaded, checked and written out
+    read: int = 0  # bytes of it the unpacker has read (progress, for the stall check)
     ended: trio.Event = field(default_factory=trio.Event)
 
     def unpack(self, archive: Path, dest: Path) -> None:
@@ -66,7 +65,7 @@ class Streamed:
 async def download_streamed(
     torrents: TorrentSession,
     torrent: bytes,
-    save_path: Path,
+    archive: Path,
     release_dir: Path,
     expected_digest: str,
     downloaded: Callable[[dict[str, int]], None],
@@ -75,7 +74,8 @@ async def download_streamed(
     piece_slice: tuple[int, int] | None = None,
     slice_seeds: Sequence[tuple[str, int]] = (),
 ) -> Streamed:
-    """:meth:`TorrentSession.download`, verifying and unpacking the archive on the way.
+    """:meth:`TorrentSession.download` of ``archive`` (the torrent's one file), verifying and
+    unpacking it on the way.
 
     Calls ``downloaded`` with what the download returns as soon as it is done, then waits for
     the streaming pass (which trails it by a few pieces) and returns its :class:`Streamed`
@@ -85,12 +85,12 @@ async def download_streamed(
     streamed = Streamed()
     failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stream, torrents, torrent, save_path, release_dir, streamed)
+        nursery.start_soon(_stream, torrents, torrent, archive, release_dir, streamed)
         try:
             downloaded(
                 await torrents.download(
                     torrent,
-                    save_path,
+                    archive.parent,
                     peers=peers,
                     piece_slice=piece_slice,
                     slice_seeds=slice_seeds,
@@ -117,56 +117,44 @@ async def download_streamed(
 
 async def _finish(streamed: Streamed) -> None:
     """Wait for the streaming pass to end while it makes progress (it trails the download by
-    the pieces in its read-ahead window and whatever the unpacker has not yet written)."""
+    the last flush and what the unpacker has not read yet)."""
     while not streamed.ended.is_set():
-        before = streamed.written
+        before = streamed.read
         with trio.move_on_after(STREAM_STALL):
             await streamed.ended.wait()
-        if not streamed.ended.is_set() and streamed.written == before:
+        if not streamed.ended.is_set() and streamed.read == before:
             streamed.fail(f"no progress for {STREAM_STALL:.0f}s after the download")
             return
 
 
 async def _stream(
-    torrents: TorrentSession, torrent: bytes, save_path: Path, dest: Path, streamed: Streamed
+    torrents: TorrentSession, torrent: bytes, archive: Path, dest: Path, streamed: Streamed
 ) -> None:
-    """Read the torrent in order into a pipe; a thread unpacks from the other end."""
+    """Follow the download's safe prefix; a thread reads the file up to it and unpacks."""
     unpacker = StreamedUnpack(dest)
     r, w = os.pipe()
-    with contextlib.suppress(OSError):  # the default pipe size works too, more wake-ups
-        fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-    reader = os.fdopen(r, "rb", buffering=CHUNK)
+    growing = _GrowingFile(archive, r, streamed)
 
     def unpack_side() -> str:
         try:
-            return unpacker.run(reader)
+            return unpacker.run(growing)
         finally:
-            reader.close()  # a writer still sending gets EPIPE instead of blocking forever
+            growing.close()  # a writer still sending gets EPIPE instead of blocking forever
 
-    async def write_side() -> None:
-        held: list[bytes] = []  # pieces are sent a pipe-full at a time: fewer thread wake-ups
-
-        async def flush() -> None:
-            data = b"".join(held)
-            held.clear()
-            await pipe.send_all(data)
-            streamed.written += len(data)
-
-        async def write(chunk: bytes) -> None:
-            held.append(chunk)
-            if sum(map(len, held)) >= PIPE_SIZE:
-                await flush()
+    async def follow_side() -> None:
+        async def grew(safe: int) -> None:
+            await pipe.send_all(struct.pack("<Q", safe))
+            streamed.safe = safe
 
         try:
             async with trio.lowlevel.FdStream(w) as pipe:
-                await torrents.read_in_order(torrent, save_path, write, sequential=SEQUENTIAL)
-                await flush()
+                await torrents.follow(torrent, archive.parent, grew, sequential=SEQUENTIAL)
         except (ShoalError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            streamed.fail(f"reading the download in order: {exc}")
+            streamed.fail(f"following the download: {exc}")
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_side)
+            nursery.start_soon(follow_side)
             try:
                 digest = await trio.to_thread.run_sync(unpack_side)
             except (ShoalError, OSError) as exc:
@@ -178,3 +166,34 @@ async def _stream(
                     unpacker.discard()
     finally:
         streamed.ended.set()
+
+
+class _GrowingFile:
+    """A file being written, read from the front: a read blocks until the writer says (8-byte
+    offsets on ``signals``) that more bytes are safe, and is at its end when the pipe is."""
+
+    def __init__(self, path: Path, signals: int, streamed: Streamed) -> None:
+        self.path, self.signals, self.streamed = path, signals, streamed
+        self.pos = self.limit = 0
+        self.fd: int | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        while self.pos >= self.limit:
+            news = os.read(self.signals, 8 * 512)  # whole records: 8-byte writes are atomic
+            if not news:
+                return b""
+            self.limit = max(self.limit, *struct.unpack(f"<{len(news) // 8}Q", news))
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        n = self.limit - self.pos if size < 0 else min(size, self.limit - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        if not data:
+            raise OSError(f"{self.path} is shorter than the {self.limit} bytes downloaded")
+        self.pos += len(data)
+        self.streamed.read = self.pos
+        return data
+
+    def close(self) -> None:
+        os.close(self.signals)
+        if self.fd is not None:
+            os.close(self.fd)

@@ -76,7 +76,7 @@ async def test_streamed_download_verifies_and_unpacks(
                     results[n] = await download_streamed(
                         leecher,
                         torrent,
-                        tmp_path / f"dl{n}",
+                        tmp_path / f"dl{n}" / info.path.name,
                         tmp_path / f"releases{n}" / "r1",
                         info.digest,
                         done,
@@ -90,26 +90,55 @@ async def test_streamed_download_verifies_and_unpacks(
         assert sum(reported[n].values()) > 0  # the download was reported, with its sources
         assert streamed.error is None
         assert streamed.digest == info.digest
-        assert streamed.written == info.size
+        assert streamed.safe == streamed.read == info.size
         assert not (tmp_path / f"releases{n}" / "r1").exists()  # published by the stage only
         streamed.unpack(tmp_path / f"dl{n}" / info.path.name, tmp_path / f"releases{n}" / "r1")
         same_tree(tmp_path / "plain" / "r1", tmp_path / f"releases{n}" / "r1")
         assert [p.name for p in (tmp_path / f"releases{n}").iterdir()] == ["r1"]
 
 
-async def test_read_in_order_of_a_complete_file(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """A restarted peer whose file is already complete: no piece_finished alert will come; the
-    reader finds the pieces libtorrent's check found."""
+async def test_follow_a_complete_file(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A restarted peer whose file is already complete: the whole file is safe at once."""
     info, torrent = release(tmp_path, 300_000)
     session = await start(nursery, "127.0.0.4")
-    got: list[bytes] = []
+    told: list[int] = []
 
-    async def write(chunk: bytes) -> None:
-        got.append(chunk)
+    async def grew(safe: int) -> None:
+        told.append(safe)
 
     with trio.fail_after(TIMEOUT):
-        await session.read_in_order(torrent, info.path.parent, write)
-    assert b"".join(got) == info.path.read_bytes()  # the piece padding is not part of it
+        await session.follow(torrent, info.path.parent, grew)
+    assert told == [info.size]  # not the padded size of whole pieces
+
+
+async def test_follow_reports_a_growing_prefix(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A slow download in file order: the safe prefix grows in steps, each readable from the
+    file at that moment, and ends at the file's size."""
+    info, torrent = release(tmp_path, 600_000)
+    seeder = await start(nursery, "127.0.0.1")
+    seeder.seed(torrent, info.path.parent)
+    leecher = TorrentSession(
+        "127.0.0.7",
+        overrides={"download_rate_limit": 1_000_000, "ignore_limits_on_local_network": False},
+    )
+    await nursery.start(leecher.run)
+    archive = tmp_path / "dl" / info.path.name
+    expected = info.path.read_bytes()
+    told: list[int] = []
+
+    async def grew(safe: int) -> None:
+        told.append(safe)
+        with archive.open("rb") as f:
+            assert f.read(safe) == expected[:safe]
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as both:
+            both.start_soon(lambda: leecher.follow(torrent, archive.parent, grew, sequential=True))
+            await leecher.download(
+                torrent, archive.parent, peers=[("127.0.0.1", seeder.listen_port)]
+            )
+    assert told == sorted(set(told)) and told[-1] == info.size
+    assert len(told) >= 2  # it grew while downloading, not only at the end
 
 
 async def test_wrong_digest_falls_back_and_leaves_no_tree(
@@ -123,7 +152,7 @@ async def test_wrong_digest_falls_back_and_leaves_no_tree(
         streamed = await download_streamed(
             leecher,
             torrent,
-            tmp_path / "dl",
+            tmp_path / "dl" / info.path.name,
             tmp_path / "releases" / "r1",
             "sha256:" + "0" * 64,
             lambda sources: None,
@@ -151,7 +180,7 @@ async def test_failed_download_raises_unwrapped_and_cleans_up(
     nursery.start_soon(remove_soon)
     with trio.fail_after(TIMEOUT), pytest.raises(TorrentError, match="removed"):
         await download_streamed(
-            leecher, torrent, tmp_path / "dl", target, info.digest, lambda sources: None
+            leecher, torrent, tmp_path / "dl" / info.path.name, target, info.digest, lambda s: None
         )
     assert not target.exists()
     assert not (target.parent / ".r1.streaming").exists()

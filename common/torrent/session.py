@@ -18,15 +18,15 @@ import libtorrent as lt
 import trio
 
 from common.errors import TorrentError
-from common.inorder import InOrder
 from common.pieces import (
     LagWatch,
     StallDetector,
     assists,
+    contiguous,
     missing_slices,
     own_slice_priorities,
 )
-from common.torrent.metainfo import check_payload, hexhash, load
+from common.torrent.metainfo import check_payload, hexhash, load, single_file
 from common.torrent.settings import datacenter_settings
 
 log = logging.getLogger("shoal.torrent")
@@ -41,8 +41,7 @@ RECONNECT_INTERVAL: Final = 3.0
 STALL_CHECK_INTERVAL: Final = 0.5  # seconds between progress checks of a download
 LAG_HELPERS: Final = 3  # peers that fetch a lagging slice from its seed (see common.pieces)
 STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the seeder directly
-READ_AHEAD_BYTES: Final = 4 * 1024 * 1024  # read_in_order(): bytes read back ahead of the reader
-MAX_READ_RETRIES: Final = 8  # read_in_order(): failed piece reads before it gives up
+FOLLOW_INTERVAL: Final = 0.25  # seconds between looks at a followed download (see follow())
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,9 @@ class _Torrent:
 
     handle: lt.torrent_handle
     done: bool = False  # every piece downloaded and hash-checked
-    flushing: bool = False  # flush_cache() requested
-    flushed: bool = False  # ... and done: the payload is in the file, not only in libtorrent
+    flush_ticket: int = 0  # the flush_cache() the download asked for once done (0: none yet)
+    flushes_asked: int = 0  # flush_cache() calls for this torrent, by anyone
+    flushes_done: int = 0  # cache_flushed alerts received: a flush covers all asked before it
     error: str | None = None
     progress: float = 0.0
     changed: trio.Event = field(default_factory=trio.Event)
@@ -69,22 +69,17 @@ class _Torrent:
     slice_seeds: list[tuple[str, int]] = field(default_factory=list)
     redial: bool = False
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
-    feed: _PieceFeed | None = None  # set while read_in_order() runs
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+    @property
+    def flushed(self) -> bool:
+        """Done, and the payload is in the file, not only in libtorrent's buffers."""
+        return 0 < self.flush_ticket <= self.flushes_done
 
-
-@dataclass(eq=False)
-class _PieceFeed:
-    """What the alert pump hands to :meth:`TorrentSession.read_in_order`: pieces completed and
-    pieces read back since it last looked, and an event that fires when either grows."""
-
-    finished: list[int] = field(default_factory=list)
-    reads: list[tuple[int, bytes | None]] = field(default_factory=list)  # None: read failed
-    changed: trio.Event = field(default_factory=trio.Event)
-    horizon: int = 0  # a piece finished at or past this index need not wake the reader
+    def flush(self) -> int:
+        """Ask libtorrent to write out what it holds; the ticket to wait for (flushes_done)."""
+        self.handle.flush_cache()
+        self.flushes_asked += 1
+        return self.flushes_asked
 
     def notify(self) -> None:
         self.changed.set()
@@ -194,24 +189,13 @@ class TorrentSession:
             if rec is not None and not rec.ready:
                 rec.ready = rec.redial = True
                 rec.notify()
-        elif isinstance(alert, lt.piece_finished_alert):
-            if rec is not None and rec.feed is not None:
-                piece = int(alert.piece_index)
-                rec.feed.finished.append(piece)
-                if piece < rec.feed.horizon:
-                    rec.feed.notify()
-        elif isinstance(alert, lt.read_piece_alert):
-            if rec is not None and rec.feed is not None:
-                failed = alert.error.value() != 0
-                rec.feed.reads.append((int(alert.piece), None if failed else bytes(alert.buffer)))
-                rec.feed.notify()
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
                 rec.notify()
         elif isinstance(alert, lt.cache_flushed_alert):
-            if rec is not None and rec.flushing:
-                rec.flushed = True
+            if rec is not None:
+                rec.flushes_done += 1
                 rec.notify()
         elif isinstance(alert, lt.hash_failed_alert | lt.performance_alert):
             log.warning("libtorrent: %s", alert.message())
@@ -323,11 +307,10 @@ class TorrentSession:
                 on_progress(reported)
             if rec.done and rec.flushed:
                 return self._sources(rec)
-            if rec.done and not rec.flushing:
+            if rec.done and not rec.flush_ticket:
                 # "finished" means hashed, not written: pread_disk_io hashes blocks from its
                 # write buffer, so the file can still be incomplete (or absent) at this point.
-                rec.flushing = True
-                rec.handle.flush_cache()
+                rec.flush_ticket = rec.flush()
             now = trio.current_time()
             if rec.slice_seeds and not rec.done:
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
@@ -361,83 +344,53 @@ class TorrentSession:
             with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
                 await changed.wait()
 
-    async def read_in_order(
+    async def follow(
         self,
         torrent: bytes,
         save_path: Path,
-        write: Callable[[bytes], Awaitable[None]],
+        on_prefix: Callable[[int], Awaitable[None]],
         *,
-        window_bytes: int = READ_AHEAD_BYTES,
         sequential: bool = False,
     ) -> None:
-        """Hand the payload of a single-file `torrent` to `write`, in file order, piece by piece
-        as the swarm completes them (libtorrent has hash-checked each); return after the last.
+        """Call ``on_prefix(n)`` each time the first n bytes of the single-file `torrent`'s
+        payload grew: downloaded, hash-checked by libtorrent and written to the file in
+        `save_path`, so they can be read from it; return once n is the file's size.
 
-        Adds the torrent like :meth:`download` does (either may come first); it does not wait
-        for the download to be flushed, and reads no further than `window_bytes` ahead of what
-        `write` has taken. With `sequential`, libtorrent fetches pieces in file order instead of
-        rarest first, so the reader need not wait for the end to find the gaps filled.
-        Raises TorrentError if the torrent fails, is removed, has more than
-        one file, or a piece cannot be read back."""
+        Adds the torrent like :meth:`download` does (either may come first). Looks every
+        FOLLOW_INTERVAL (one status query and, when the prefix grew, one flush_cache(): no work
+        per piece). With `sequential`, libtorrent fetches pieces in file order instead of rarest
+        first, so the prefix grows during the download rather than at its end. Raises
+        TorrentError if the torrent fails or is removed, or has more than one file."""
         if not self._running:
-            raise RuntimeError("TorrentSession.run() must be running to read a torrent")
+            raise RuntimeError("TorrentSession.run() must be running to follow a torrent")
         ih = self._add(torrent, save_path, seed=False)
         rec = self._torrents[ih]
         info = rec.handle.torrent_file()
         files = info.layout() if info is not None else None
-        payload = (
-            [i for i in range(files.num_files()) if not files.file_flags(i) & files.flag_pad_file]
-            if files is not None
-            else []
-        )
-        if info is None or files is None or payload != [0]:
-            raise TorrentError(f"torrent {ih} is not a single file: it cannot be read in order")
-        left = files.file_size(0)  # v2 pads the file to a whole piece: the padding is not read
-        if rec.feed is not None:
-            raise RuntimeError(f"torrent {ih} is already being read in order")
-        order = InOrder(info.num_pieces(), max(2, window_bytes // info.piece_length()))
-        rec.feed = feed = _PieceFeed()
-        if sequential:
-            rec.handle.set_flags(lt.torrent_flags.sequential_download)
+        if info is None or files is None or single_file(files) is None:
+            raise TorrentError(f"torrent {ih} is not a single file: it cannot be followed")
+        size, piece_length = files.file_size(0), info.piece_length()
         try:
-            resync, ready, done, retries = True, rec.ready, rec.done, 0
-            while not order.done:
-                changed = feed.changed
+            if sequential:
+                rec.handle.set_flags(lt.torrent_flags.sequential_download)
+            front, told = 0, 0
+            while told < size:
                 if rec.error is not None or self._torrents.get(ih) is not rec:
-                    raise TorrentError(f"reading torrent {ih} in order: {rec.error}")
-                if resync:  # pieces libtorrent had before (resumed) or we may have missed
-                    pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
-                    for i, got in enumerate(pieces):
-                        if got:
-                            order.finished(i)
-                finished, feed.finished = feed.finished, []
-                for i in finished:
-                    order.finished(i)
-                reads, feed.reads = feed.reads, []
-                for i, data in reads:
-                    if data is not None:
-                        order.arrived(i, data)
-                    elif (retries := retries + 1) > MAX_READ_RETRIES:
-                        raise TorrentError(f"cannot read piece {i} of torrent {ih} back")
-                    else:
-                        order.retry(i)
-                for i in order.to_read():
-                    rec.handle.read_piece(i)
-                feed.horizon = order.horizon
-                if chunks := order.take():
-                    data = b"".join(chunks)[:left]
-                    left -= len(data)
-                    if data:
-                        await write(data)
-                    continue  # the front moved: more pieces may be readable already
-                with trio.move_on_after(STALL_CHECK_INTERVAL) as idle:
-                    await changed.wait()
-                resync = idle.cancelled_caught or rec.ready != ready or rec.done != done
-                ready, done = rec.ready, rec.done
+                    raise TorrentError(f"following torrent {ih}: {rec.error or 'removed'}")
+                front = contiguous(rec.handle.status(lt.torrent_handle.query_pieces).pieces, front)
+                safe = min(size, front * piece_length)
+                if safe > told:
+                    ticket = rec.flush()
+                    while rec.flushes_done < ticket and rec.error is None:
+                        await rec.changed.wait()
+                    if rec.error is None:
+                        told = safe
+                        await on_prefix(told)
+                    continue
+                with trio.move_on_after(FOLLOW_INTERVAL):
+                    await rec.changed.wait()
         except RuntimeError as e:
-            raise TorrentError(f"reading torrent {ih} in order: {e}") from e
-        finally:
-            rec.feed = None
+            raise TorrentError(f"following torrent {ih}: {e}") from e
 
     def update_sources(
         self,

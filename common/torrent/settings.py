@@ -16,8 +16,6 @@ ALERT_MASK: Final = (
     | lt.alert_category.storage
     | lt.alert_category.tracker
     | lt.alert_category.performance_warning
-    # piece_finished: a download read in order (TorrentSession.read_in_order) follows them
-    | lt.alert_category.piece_progress
 )
 
 
