@@ -35,7 +35,7 @@ log = logging.getLogger("shoal.peer.verify")
 # Once the download is done, the streaming pass gets this long without progress to finish.
 STREAM_STALL: Final = 10.0
 # Ask libtorrent for pieces in file order while streaming (see bench/README.md).
-SEQUENTIAL: Final = False
+SEQUENTIAL: Final = True
 
 
 @dataclass
