@@ -34,8 +34,9 @@ log = logging.getLogger("shoal.peer.verify")
 
 # Once the download is done, the streaming pass gets this long without progress to finish.
 STREAM_STALL: Final = 10.0
-# Ask libtorrent for pieces in file order while streaming (see bench/README.md).
-SEQUENTIAL: Final = True
+# Ask libtorrent for pieces in file order while streaming: lost on the testbed (bench/README.md);
+# common.pieces.piece_priorities fetches the front of the file first instead.
+SEQUENTIAL: Final = False
 
 
 @dataclass
@@ -96,7 +97,16 @@ async def download_streamed(
                     slice_seeds=slice_seeds,
                 )
             )
+            at_end, done_at = streamed.read, trio.current_time()
             await _finish(streamed)
+            log.info(
+                "%s: %d of %d bytes verified and unpacked when the download ended, "
+                "the rest %.2fs later",
+                archive.name,
+                at_end,
+                streamed.read,
+                trio.current_time() - done_at,
+            )
         except Exception as exc:  # re-raised as is below, not inside an exception group
             failure = exc
         nursery.cancel_scope.cancel()

@@ -24,7 +24,7 @@ from common.pieces import (
     assists,
     contiguous,
     missing_slices,
-    own_slice_priorities,
+    piece_priorities,
 )
 from common.torrent.metainfo import check_payload, hexhash, load, single_file
 from common.torrent.settings import datacenter_settings
@@ -286,10 +286,10 @@ class TorrentSession:
         rec.peers, rec.slice_seeds = list(peers), list(slice_seeds)
         count = piece_slice[1] if piece_slice else 0
         own = {piece_slice[0]} if piece_slice else set()
-        if piece_slice is not None and not rec.done:
+        if not rec.done:
             info = rec.handle.torrent_file()
             assert info is not None
-            rec.handle.prioritize_pieces(own_slice_priorities(info.num_pieces(), *piece_slice))
+            rec.handle.prioritize_pieces(piece_priorities(info.num_pieces(), piece_slice))
         stall = StallDetector(STALL_PATIENCE)
         lag = LagWatch(count or 1, patience=STALL_PATIENCE)
         assisted: set[int] = set()
