@@ -238,7 +238,8 @@ class _HashingReader:
         return data
 
 
-# tarfile's stream buffer (default 10 KiB): bigger reads cost less Python per byte.
+# tarfile's stream buffer (default 10 KiB) and the chunk it copies files in (default 16 KiB):
+# bigger reads cost less Python per byte (unpacking 50 MB: 0.08 -> 0.05 cpu-s, bench/README.md).
 TAR_BUFSIZE = 1024 * 1024
 
 
@@ -248,7 +249,9 @@ def _extract(raw: Reader, tmp: Path) -> None:
     with zstandard.ZstdDecompressor().stream_reader(
         cast("IO[bytes]", raw), read_size=CHUNK, read_across_frames=True, closefd=False
     ) as reader:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE) as tar:
+        with tarfile.open(
+            fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE, copybufsize=TAR_BUFSIZE
+        ) as tar:
             tar.extractall(tmp, filter=_strict_data_filter)
         while reader.read(CHUNK):
             pass
