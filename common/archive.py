@@ -249,9 +249,8 @@ def _extract(raw: Reader, tmp: Path) -> None:
     with zstandard.ZstdDecompressor().stream_reader(
         cast("IO[bytes]", raw), read_size=CHUNK, read_across_frames=True, closefd=False
     ) as reader:
-        with tarfile.open(
-            fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE, copybufsize=TAR_BUFSIZE
-        ) as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE) as tar:
+            tar.copybufsize = TAR_BUFSIZE  # type: ignore[attr-defined]  # not in typeshed
             tar.extractall(tmp, filter=_strict_data_filter)
         while reader.read(CHUNK):
             pass
