@@ -1,16 +1,18 @@
-"""Verify and unpack a release while it downloads, so both are done when its last piece lands.
+"""Verify and unpack a release while it downloads, so that little is left when its last piece
+lands.
 
 Hashing and unpacking 50 MB after the download took 2 s at the end of a 16-host rollout, all
 hosts at once on shared CPUs (bench/README.md). Instead, a thread reads the archive file while it
-is being written, hashing every byte and unpacking it (:class:`~common.archive.StreamedUnpack`),
-never past the prefix that libtorrent has completed, hash-checked and written out
-(:meth:`TorrentSession.follow`, which also asks for pieces in file order). The prefix's growth
-reaches the thread as 8-byte offsets over a pipe; the pipe's end is the end of the stream.
+is being written, hashing every byte and unpacking it in one pass
+(:class:`~common.archive.StreamedUnpack`), never past the prefix that libtorrent has completed,
+hash-checked and written out (:meth:`TorrentSession.follow`). Peers fetch the front of the file
+first (:func:`common.pieces.piece_priorities`), so that prefix grows during the download. Its
+growth reaches the thread as 8-byte offsets over a pipe; the pipe's end is the end of the stream.
 
 Nothing goes live before it is verified: the tree is unpacked into a hidden directory and
 becomes the release directory only when the whole archive's digest matched the manifest. The
-streaming pass is an optimisation and never the only way: if it fails for any reason (a piece
-that cannot be read back, a digest that does not match, an archive that does not unpack), the
+streaming pass is an optimisation and never the only way: if it fails for any reason (the file
+cannot be read, a digest that does not match, an archive that does not unpack), the
 stage verifies and unpacks from the downloaded file as before, and reports what that finds.
 """
 
