@@ -18,6 +18,7 @@ import trio
 from common.addr import Address
 from common.errors import ConfigError
 from common.torrent import SliceSeeds, TorrentSession
+from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.build import build_release
 from seeder.control import ControlServer, Handler
@@ -74,7 +75,9 @@ async def run_seeder(
             tracker = Tracker()
             tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
+            slice_seeds = SliceSeeds(
+                bt.host, overrides=config.torrent_settings, warm=WARM_SLICES if config.slices else 0
+            )
             await nursery.start(slice_seeds.run)
 
             async def offer_slices(release_id: str, count: int) -> list[tuple[str, int]]:
