@@ -31,7 +31,7 @@ FIGURES = (
     ("egress_over_size", "egress/F"),
     ("cpu_s_per_gb", "cpu-s/GB"),
     ("fast_ratio", "fast/own F/d"),
-    ("first_byte_max_s", "first byte max s"),
+    ("start_max_s", "start-up max s"),
 )
 
 

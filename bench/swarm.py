@@ -273,7 +273,8 @@ def stats(seeder: Host, control: str) -> int:
 
 
 def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per host, seconds from the rollout's start until each step ended ('stage' = staged)."""
+    """Per host, seconds from the rollout's start until each step ended ('stage' = staged),
+    and until its download began ('download_started': the start-up latency)."""
     out = {}
     for t in status["targets"]:
         ends = {
@@ -283,6 +284,13 @@ def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
         }
         if "stage" not in ends:
             raise SystemExit(f"host {t['host']} never staged: {t['state']} {t['error']}")
+        began = [
+            s["at"] - status["created_at"]
+            for s in t["steps"]
+            if s["step"] == "download" and s["state"] == "running"
+        ]
+        if began:
+            ends["download_started"] = min(began)
         out[t["host"]] = ends
     return out
 
@@ -305,6 +313,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     pct = percentiles(times)
     t_star = result["bounds"]["t_star"]
     downloaded = percentiles([h["steps_s"]["download"] for h in result["hosts"].values()])
+    began = [h["steps_s"].get("download_started") for h in result["hosts"].values()]
     summary: dict[str, Any] = {
         "downloaded_p50_s": downloaded["p50"],
         "downloaded_max_s": downloaded["max"],
@@ -320,6 +329,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "wire_egress_over_size": result["seeder_wire_bytes"] / size,
         "cpu_s_per_gb": result["cpu_seconds"] / (len(times) * size / 1e9),
     }
+    if all(b is not None for b in began):
+        summary["start_p50_s"] = percentiles([float(b) for b in began if b is not None])["p50"]
+        summary["start_max_s"] = max(float(b) for b in began if b is not None)
     groups: dict[float, list[float]] = {}
     for h in result["hosts"].values():
         groups.setdefault(h["down_mbit"] or 0.0, []).append(h["staged_s"])
@@ -350,6 +362,8 @@ def report(result: dict[str, Any]) -> str:
         f"downloaded: p50 {summary['downloaded_p50_s']:.2f}s max {summary['downloaded_max_s']:.2f}s"
         f" = {summary['downloaded_to_bound']:.3f} x T*",
         f"bounds: T* {summary['t_star_s']:.2f}s, client-server {summary['client_server_s']:.2f}s",
+        f"start-up (rollout created -> download running): p50 {summary.get('start_p50_s', 0):.2f}s"
+        f" max {summary.get('start_max_s', 0):.2f}s",
         f"seeder sent {result['seeder_payload_bytes'] / 1e6:.1f} MB payload "
         f"({result['seeder_wire_bytes'] / 1e6:.1f} MB on the wire)",
         f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
