@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -284,13 +285,15 @@ def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
         }
         if "stage" not in ends:
             raise SystemExit(f"host {t['host']} never staged: {t['state']} {t['error']}")
-        began = [
-            s["at"] - status["created_at"]
+        # The store keeps each step's last state only: the download's start is its end minus
+        # the time the peer says it took ("<n> bytes in <s>s, ...").
+        took = [
+            re.search(r" bytes in ([\d.]+)s", str(s["detail"]))
             for s in t["steps"]
-            if s["step"] == "download" and s["state"] == "running"
+            if s["step"] == "download" and s["state"] == "succeeded"
         ]
-        if began:
-            ends["download_started"] = min(began)
+        if took and took[0] and "download" in ends:
+            ends["download_started"] = ends["download"] - float(took[0][1])
         out[t["host"]] = ends
     return out
 
