@@ -272,7 +272,8 @@ class TorrentSession:
         keeps seeding until :meth:`remove`. Cancelling only stops the wait: the torrent stays.
 
         With `piece_slice` ``(index, count)`` and the seeder's `slice_seeds`, this peer fetches
-        its own slice from its slice seed (first, at top priority) and everything else from the
+        its own slice from its slice seed (first within each third of the file; the front third
+        comes first, see :func:`~common.pieces.piece_priorities`) and everything else from the
         other peers; only if the swarm stalls does it dial the slice seeds of what it misses
         (see :mod:`common.pieces`).
 
