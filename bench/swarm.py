@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,17 +79,21 @@ def make_release_repo(root: Path, size: int) -> Path:
     return repo
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of processes (and their reaped children), from /proc."""
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds of processes (and their reaped children), from /proc: ``user`` and
+    ``system`` of the first pid (the seeder) and of the others (the peers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
+    out = dict.fromkeys(("seeder_user", "seeder_system", "peers_user", "peers_system"), 0.0)
+    for n, pid in enumerate(pids):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += sum(int(v) for v in fields[11:15]) / tick
-    return total
+        user, system, cuser, csystem = (int(v) / tick for v in fields[11:15])
+        who = "seeder" if n == 0 else "peers"
+        out[f"{who}_user"] += user + cuser
+        out[f"{who}_system"] += system + csystem
+    return out
 
 
 def tx_bytes(host: Host) -> int:
@@ -231,7 +236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "seeder_payload_bytes": after[0] - before[0],
             "seeder_wire_bytes": after[1] - before[1],
-            "cpu_seconds": after[2] - before[2],
+            "cpu_seconds": sum(after[2].values()) - sum(before[2].values()),
+            "cpu_split": {k: after[2][k] - before[2][k] for k in after[2]},
             "rollout_wall_s": wall,
         }
         if args.baseline == "sftp":
@@ -268,7 +274,8 @@ def stats(seeder: Host, control: str) -> int:
 
 
 def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per host, seconds from the rollout's start until each step ended ('stage' = staged)."""
+    """Per host, seconds from the rollout's start until each step ended ('stage' = staged),
+    and until its download began ('download_started': the start-up latency)."""
     out = {}
     for t in status["targets"]:
         ends = {
@@ -278,6 +285,15 @@ def staged_times(status: dict[str, Any]) -> dict[str, dict[str, float]]:
         }
         if "stage" not in ends:
             raise SystemExit(f"host {t['host']} never staged: {t['state']} {t['error']}")
+        # The store keeps each step's last state only: the download's start is its end minus
+        # the time the peer says it took ("<n> bytes in <s>s, ...").
+        took = [
+            re.search(r" bytes in ([\d.]+)s", str(s["detail"]))
+            for s in t["steps"]
+            if s["step"] == "download" and s["state"] == "succeeded"
+        ]
+        if took and took[0] and "download" in ends:
+            ends["download_started"] = ends["download"] - float(took[0][1])
         out[t["host"]] = ends
     return out
 
@@ -299,7 +315,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     times = [h["staged_s"] for h in result["hosts"].values()]
     pct = percentiles(times)
     t_star = result["bounds"]["t_star"]
+    downloaded = percentiles([h["steps_s"]["download"] for h in result["hosts"].values()])
+    began = [h["steps_s"].get("download_started") for h in result["hosts"].values()]
     summary: dict[str, Any] = {
+        "downloaded_p50_s": downloaded["p50"],
+        "downloaded_max_s": downloaded["max"],
+        "downloaded_to_bound": downloaded["max"] / t_star,
         "p50_s": pct["p50"],
         "p99_s": pct["p99"],
         "max_s": pct["max"],
@@ -311,6 +332,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "wire_egress_over_size": result["seeder_wire_bytes"] / size,
         "cpu_s_per_gb": result["cpu_seconds"] / (len(times) * size / 1e9),
     }
+    if all(b is not None for b in began):
+        summary["start_p50_s"] = percentiles([float(b) for b in began if b is not None])["p50"]
+        summary["start_max_s"] = max(float(b) for b in began if b is not None)
     groups: dict[float, list[float]] = {}
     for h in result["hosts"].values():
         groups.setdefault(h["down_mbit"] or 0.0, []).append(h["staged_s"])
@@ -338,11 +362,17 @@ def report(result: dict[str, Any]) -> str:
         f"release {size / 1e6:.1f} MB to {len(result['hosts'])} hosts",
         f"shoal staged: p50 {summary['p50_s']:.2f}s p99 {summary['p99_s']:.2f}s "
         f"max {summary['max_s']:.2f}s",
+        f"downloaded: p50 {summary['downloaded_p50_s']:.2f}s max {summary['downloaded_max_s']:.2f}s"
+        f" = {summary['downloaded_to_bound']:.3f} x T*",
         f"bounds: T* {summary['t_star_s']:.2f}s, client-server {summary['client_server_s']:.2f}s",
+        f"start-up (rollout created -> download running): p50 {summary.get('start_p50_s', 0):.2f}s"
+        f" max {summary.get('start_max_s', 0):.2f}s",
         f"seeder sent {result['seeder_payload_bytes'] / 1e6:.1f} MB payload "
         f"({result['seeder_wire_bytes'] / 1e6:.1f} MB on the wire)",
         f"cpu {result['cpu_seconds']:.1f}s for {gb:.2f} GB delivered "
-        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB)",
+        f"({summary['cpu_s_per_gb']:.1f} cpu-s/GB; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in result.get("cpu_split", {}).items())
+        + ")",
     ]
     for mbit, group in summary.get("by_rate", {}).items():
         lines.append(

@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -175,23 +175,115 @@ def unpack(archive: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        with (
-            archive.open("rb") as raw,
-            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader,
-            tarfile.open(fileobj=reader, mode="r|") as tar,
-        ):
-            tar.extractall(tmp, filter=_strict_data_filter)
-        tmp.chmod(0o755)
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if not dest.exists():
-                raise
-            # another unpacker of the same release won the race: theirs is as good as ours
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        with archive.open("rb") as raw:
+            _extract(raw, tmp)
+        _publish(tmp, dest)
+    except _UNPACK_ERRORS as exc:
         raise ReleaseError(f"cannot unpack {archive.name}: {exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_UNPACK_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError, OSError)
+
+
+class Reader(Protocol):
+    """What :class:`StreamedUnpack` reads from: ``read(n)`` gives up to n bytes, b"" at the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def streaming_dir(dest: Path) -> Path:
+    """Where :class:`StreamedUnpack` builds the tree of ``dest`` until it is published."""
+    return dest.parent / f".{dest.name}.streaming"
+
+
+class StreamedUnpack:
+    """Unpack an archive from a stream of its bytes (a download, piece by piece, in order),
+    hashing every byte on the way, so that digest and unpacking are done when the last byte is.
+
+    The tree goes into a hidden sibling of ``dest`` (``.<name>.streaming``, replaced by each
+    run); :meth:`publish` renames it to ``dest`` only after the caller has checked the digest,
+    so an archive that fails verification is never seen as a release. Same checks as
+    :func:`unpack`.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.tmp = streaming_dir(dest)
+
+    def run(self, source: Reader) -> str:
+        """Read ``source`` to its end, unpacking it; ``"sha256:<hex>"`` of all it read.
+        Blocking (run it in a thread). ReleaseError (and no tree) if the bytes do not unpack."""
+        self.discard()
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        hashing = _HashingReader(source)
+        try:
+            _extract(hashing, self.tmp)
+            while hashing.read(CHUNK):  # the tar's trailing padding, if any
+                pass
+        except _UNPACK_ERRORS as exc:
+            self.discard()
+            raise ReleaseError(f"cannot unpack {self.dest.name} while downloading: {exc}") from None
+        except BaseException:
+            self.discard()
+            raise
+        return f"sha256:{hashing.sha.hexdigest()}"
+
+    def publish(self) -> None:
+        """Make the unpacked tree the release directory (a no-op if that exists already)."""
+        try:
+            if not self.dest.exists():
+                _publish(self.tmp, self.dest)
+        except OSError as exc:
+            raise ReleaseError(f"cannot unpack {self.dest.name}: {exc}") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class _HashingReader:
+    """A file-like reader that hashes what passes through it."""
+
+    def __init__(self, raw: Reader) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
+
+
+# tarfile's stream buffer (default 10 KiB) and the chunk it copies files in (default 16 KiB):
+# bigger reads cost less Python per byte (unpacking 50 MB: 0.08 -> 0.05 cpu-s, bench/README.md).
+TAR_BUFSIZE = 1024 * 1024
+
+
+def _extract(raw: Reader, tmp: Path) -> None:
+    """Decompress and untar ``raw`` into ``tmp``, reading it through to the end of the
+    compressed frames (which checks zstd's content checksum)."""
+    with zstandard.ZstdDecompressor().stream_reader(
+        cast("IO[bytes]", raw), read_size=CHUNK, read_across_frames=True, closefd=False
+    ) as reader:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE) as tar:
+            tar.copybufsize = TAR_BUFSIZE  # type: ignore[attr-defined]  # not in typeshed
+            tar.extractall(tmp, filter=_strict_data_filter)
+        while reader.read(CHUNK):
+            pass
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    tmp.chmod(0o755)
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if not dest.exists():
+            raise
+        # another unpacker of the same release won the race: theirs is as good as ours
 
 
 def _strict_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

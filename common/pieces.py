@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 OWN = 7  # libtorrent's top piece priority
-NORMAL = 4  # libtorrent's default piece priority
 MAX_SLICES = 32  # slice seeds per release; more targets than this get no slice of their own
 
 
@@ -39,9 +38,28 @@ def slice_mask(num_pieces: int, index: int, count: int) -> list[bool]:
     return [i % count == index for i in range(num_pieces)]
 
 
-def own_slice_priorities(num_pieces: int, index: int, count: int) -> list[int]:
-    """Piece priorities for a peer: its own slice first (it is the only way in for those)."""
-    return [OWN if i % count == index else NORMAL for i in range(num_pieces)]
+BANDS = 3  # the file is fetched front third first (see piece_priorities)
+
+
+def piece_priorities(
+    num_pieces: int, piece_slice: tuple[int, int] | None, bands: int = BANDS
+) -> list[int]:
+    """Piece priorities for a peer: the front of the file before its back, and within each
+    part its own slice first (it is the only way in for those).
+
+    The file is cut into ``bands`` parts: a peer fetches the first part's pieces before the
+    second's, rarest first within a part. So the front of the archive is complete while the
+    back is still on its way, and verifying and unpacking it (peer.verify) need not wait for
+    the last piece. Each band spends two of libtorrent's levels (7..1): own slice, others.
+    """
+    if not 1 <= bands <= 3:
+        raise ValueError(f"{bands} bands do not fit libtorrent's priorities 1..7")
+    index, count = piece_slice if piece_slice is not None else (-1, 1)
+    out = []
+    for i in range(num_pieces):
+        band = i * bands // max(num_pieces, 1)
+        out.append(OWN - 2 * band - (0 if i % count == index else 1))
+    return out
 
 
 def missing_slices(have: Sequence[bool], count: int) -> list[int]:
@@ -65,19 +83,33 @@ def slice_fractions(have: Sequence[bool], count: int) -> list[float]:
     return [d / t if t else 1.0 for d, t in zip(done, total, strict=True)]
 
 
+def contiguous(have: Sequence[bool], start: int = 0) -> int:
+    """How many pieces from the first one this peer has without a gap, given that it has the
+    first ``start`` (a count only grows, so a caller passes the last answer back)."""
+    front = start
+    while front < len(have) and have[front]:
+        front += 1
+    return front
+
+
 @dataclass
 class LagWatch:
-    """Slices that have stayed far behind the median slice for ``patience`` seconds.
+    """Slices that have stayed far behind the median slice for ``patience`` seconds, or while
+    the median slice went ``progress`` further (whichever comes first).
 
     "Far behind": below ``ratio`` times the median progress and at least ``min_gap`` short of
-    it, so the noise of the first pieces never counts as lag.
+    it, so the noise of the first pieces never counts as lag. The ``progress`` rule scales with
+    the transfer: a release that takes 3 s in all is not kept waiting 2 s for a lagging slice.
     """
 
     count: int
     patience: float = 2.0
     ratio: float = 0.5
     min_gap: float = 0.2
-    _since: dict[int, float] | None = None
+    # 15 points: on a 16 s transfer that is later than `patience` (long transfers act as
+    # before), on a 3 s one it is 0.45 s (bench/README.md).
+    progress: float = 0.15
+    _since: dict[int, tuple[float, float]] | None = None  # slice -> (when, median then)
 
     def update(self, have: Sequence[bool], now: float) -> list[int]:
         fractions = slice_fractions(have, self.count)
@@ -88,8 +120,12 @@ class LagWatch:
             if f < self.ratio * median and median - f >= self.min_gap
         }
         since = self._since or {}
-        self._since = {k: since.get(k, now) for k in behind}
-        return sorted(k for k, t in self._since.items() if now - t >= self.patience)
+        self._since = {k: since.get(k, (now, median)) for k in behind}
+        return sorted(
+            k
+            for k, (t, m) in self._since.items()
+            if now - t >= self.patience or median - m >= self.progress - 1e-9  # float fractions
+        )
 
 
 @dataclass

@@ -21,13 +21,14 @@ from typing import Any
 import trio
 
 from common import messages as m
-from common.archive import file_digest, unpack
+from common.archive import file_digest, streaming_dir
 from common.errors import ShoalError
 from common.release import Manifest
 from common.torrent import torrent_infohash
 from peer.context import PeerContext
 from peer.progress import Meter
 from peer.space import allocated_bytes, free_bytes, shortfall, space_needed
+from peer.verify import Streamed, download_streamed
 
 log = logging.getLogger("shoal.peer.stage")
 
@@ -71,17 +72,16 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
             raise StageError("the torrent does not match the release manifest's infohash")
         report(rollout_id, step, "running")
         check_space(ctx, manifest)
-        detail = await _download(ctx, cmd, manifest)
-        report(rollout_id, step, "succeeded", result="succeeded", detail=detail)
+        streamed = await _download(ctx, cmd, manifest)
 
         step = "verify"
         report(rollout_id, step, "running")
-        digest = await _verify(ctx, manifest)
+        digest = await _verify(ctx, manifest, streamed)
         report(rollout_id, step, "succeeded", result="succeeded", detail=digest)
 
         step = "unpack"
         report(rollout_id, step, "running")
-        await _unpack(ctx, manifest, cmd.torrent)
+        await _unpack(ctx, manifest, cmd.torrent, streamed)
         report(
             rollout_id,
             step,
@@ -111,9 +111,12 @@ def check_space(ctx: PeerContext, manifest: Manifest) -> None:
         raise StageError(missing)
 
 
-async def _download(ctx: PeerContext, cmd: m.Stage, manifest: Manifest) -> str:
-    """Fetch the archive from the swarm; returns the report's detail (the peer's own counters)."""
+async def _download(ctx: PeerContext, cmd: m.Stage, manifest: Manifest) -> Streamed:
+    """Fetch the archive from the swarm, verifying and unpacking it on the way (peer.verify).
+    The download step is reported done when the last piece lands, with the peer's own counters;
+    what the streaming pass left is returned for verify and unpack to finish."""
     started = time.monotonic()
+    rid = manifest.release_id
     piece_slice = (cmd.slice[0], cmd.slice[1]) if len(cmd.slice) == 2 else None
     meter = Meter(manifest.size)
 
@@ -121,23 +124,35 @@ async def _download(ctx: PeerContext, cmd: m.Stage, manifest: Manifest) -> str:
         if sample := meter.update(fraction, time.monotonic()):
             ctx.reporter.progress(cmd.rollout_id, sample.done, sample.total, sample.rate)
 
-    sources = await ctx.torrents.download(
+    def downloaded(sources: dict[str, int]) -> None:  # verify and unpack may trail a bit
+        took = time.monotonic() - started
+        fetched = ctx.torrents.transfer(manifest.infohash).downloaded
+        detail = (
+            f"{manifest.size} bytes in {took:.2f}s, {fetched} bytes fetched now (the rest was on"
+            f" disk already), {len(sources)} peer(s) connected at the end"
+        )
+        ctx.reporter.step(
+            cmd.rollout_id, "download", "succeeded", result="succeeded", detail=detail
+        )
+
+    return await download_streamed(
+        ctx.torrents,
         cmd.torrent,
-        ctx.layout.download_dir(manifest.release_id),
+        ctx.layout.download_dir(rid) / manifest.archive,
+        ctx.layout.release_dir(rid),
+        manifest.digest,
+        downloaded,
         peers=_addresses(cmd.peers),
         piece_slice=piece_slice,
         slice_seeds=_addresses(cmd.slice_seeds),
         on_progress=progress,
     )
-    took = time.monotonic() - started
-    fetched = ctx.torrents.transfer(manifest.infohash).downloaded
-    return (
-        f"{manifest.size} bytes in {took:.2f}s, {fetched} bytes fetched now (the rest was on"
-        f" disk already), {len(sources)} peer(s) connected at the end"
-    )
 
 
-async def _verify(ctx: PeerContext, manifest: Manifest) -> str:
+async def _verify(ctx: PeerContext, manifest: Manifest, streamed: Streamed) -> str:
+    """The archive's digest: from the streaming pass if it matched, else read from the file."""
+    if streamed.digest is not None:
+        return streamed.digest
     archive = ctx.layout.download_dir(manifest.release_id) / manifest.archive
     digest = await trio.to_thread.run_sync(file_digest, archive)
     if digest != manifest.digest:
@@ -145,10 +160,11 @@ async def _verify(ctx: PeerContext, manifest: Manifest) -> str:
     return digest
 
 
-async def _unpack(ctx: PeerContext, manifest: Manifest, torrent: bytes) -> None:
+async def _unpack(ctx: PeerContext, manifest: Manifest, torrent: bytes, streamed: Streamed) -> None:
+    """Make the release directory (the tree the streaming pass unpacked, if it got that far)."""
     rid = manifest.release_id
     archive = ctx.layout.download_dir(rid) / manifest.archive
-    await trio.to_thread.run_sync(unpack, archive, ctx.layout.release_dir(rid))
+    await trio.to_thread.run_sync(streamed.unpack, archive, ctx.layout.release_dir(rid))
     ctx.journal.add_release(manifest.to_dict(), torrent, time.time())
 
 
@@ -166,8 +182,11 @@ def discard(ctx: PeerContext, manifest: Manifest) -> None:
         staged = ctx.journal.release(rid) is not None
     except ShoalError:
         staged = False
+    release_dir = ctx.layout.release_dir(rid)
+    # what the streaming pass unpacked (peer.verify) never became the release: always garbage
+    shutil.rmtree(streaming_dir(release_dir), ignore_errors=True)
     if not staged and rid not in (ctx.layout.current(), ctx.layout.previous()):
-        shutil.rmtree(ctx.layout.release_dir(rid), ignore_errors=True)
+        shutil.rmtree(release_dir, ignore_errors=True)
 
 
 def explain(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from common.addr import Address
 from common.errors import ConfigError, TorrentError
 from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
+from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.build import build_release, v1_torrent
 from seeder.control import ControlServer, Handler
@@ -121,7 +122,9 @@ async def run_seeder(
                     f"tracker cannot listen on {tracker_at} (--tracker-listen): {exc.strerror}"
                 ) from None
             tracker_url = f"http://{tracker_at.host}:{tracker_port}/announce"
-            slice_seeds = SliceSeeds(bt.host, overrides=config.torrent_settings)
+            slice_seeds = SliceSeeds(
+                bt.host, overrides=config.torrent_settings, warm=WARM_SLICES if config.slices else 0
+            )
             await nursery.start(slice_seeds.run)
             # The full seed announces (it is the swarm's origin, listed by the tracker), after
             # the tracker listens, so the first announce of a restart is not refused.

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from common.archive import file_digest, git_archive, list_tree, read_file_at, unpack
+from common.archive import (
+    StreamedUnpack,
+    file_digest,
+    git_archive,
+    list_tree,
+    read_file_at,
+    unpack,
+)
 from common.errors import BuildError, ReleaseError
 
 
@@ -272,3 +279,56 @@ def test_file_digest_streams(tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_bytes(b"a" * (3 * 1024 * 1024 + 5))
     assert file_digest(path) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _Trickle(io.RawIOBase):
+    """A reader that hands out at most `step` bytes per read, like a pipe fed piece by piece."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.pos, self.step = data, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        n = self.step if size < 0 else min(size, self.step)
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("step", [1, 777, 32 * 1024, 10**9])
+def test_streamed_unpack_matches_unpack_and_digest(repo: Path, tmp_path: Path, step: int) -> None:
+    info = git_archive(repo, "main", tmp_path / "r.tar.zst")
+    data = info.path.read_bytes()
+    dest = tmp_path / "releases" / "r1"
+    streamed = StreamedUnpack(dest)
+    assert streamed.run(_Trickle(data, step)) == info.digest
+    assert not dest.exists()  # nothing is published before the caller checked the digest
+    streamed.publish()
+    unpack(info.path, tmp_path / "plain" / "r1")
+    for path in (tmp_path / "plain" / "r1").rglob("*"):
+        mirror = dest / path.relative_to(tmp_path / "plain" / "r1")
+        assert mirror.lstat().st_mode == path.lstat().st_mode
+        if path.is_file() and not path.is_symlink():
+            assert mirror.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == ["r1"]
+
+
+def test_streamed_unpack_refuses_bad_streams_and_leaves_nothing(repo: Path, tmp_path: Path) -> None:
+    good = git_archive(repo, "main", tmp_path / "good.tar.zst").path.read_bytes()
+    evil = _zst_tar([_member("ok.txt", data=b"fine"), _member("../evil", data=b"gotcha")])
+    releases = tmp_path / "releases"
+    for name, data in {"truncated": good[:-100], "garbage": os.urandom(5000), "evil": evil}.items():
+        streamed = StreamedUnpack(releases / name)
+        with pytest.raises(ReleaseError, match=f"cannot unpack {name} while downloading"):
+            streamed.run(_Trickle(data, 4096))
+        assert list(releases.iterdir()) == []
+    # a stale half-unpacked tree from an interrupted run is replaced, not merged into
+    stale = StreamedUnpack(releases / "r1")
+    stale.tmp.mkdir()
+    (stale.tmp / "leftover").write_text("old")
+    stale.run(_Trickle(good, 65536))
+    stale.publish()
+    assert not (releases / "r1" / "leftover").exists()
+    assert (releases / "r1" / "README.md").exists()

@@ -6,13 +6,12 @@ import pytest
 
 from common.pieces import (
     MAX_SLICES,
-    NORMAL,
     OWN,
     LagWatch,
     StallDetector,
     assists,
     missing_slices,
-    own_slice_priorities,
+    piece_priorities,
     slice_count,
     slice_fractions,
     slice_mask,
@@ -26,7 +25,16 @@ def test_slices_are_interleaved_and_cover_every_piece_once() -> None:
 
 
 def test_own_slice_comes_first() -> None:
-    assert own_slice_priorities(5, 0, 2) == [OWN, NORMAL, OWN, NORMAL, OWN]
+    assert piece_priorities(5, (0, 2), bands=1) == [OWN, OWN - 1, OWN, OWN - 1, OWN]
+
+
+def test_front_of_the_file_comes_first() -> None:
+    prios = piece_priorities(9, (1, 3))
+    assert prios == [6, 7, 6, 4, 5, 4, 2, 3, 2]  # three bands, own slice (1, 4, 7) first in each
+    assert min(piece_priorities(1000, None)) >= 1  # never 0: that would not download at all
+    assert piece_priorities(6, None) == [6, 6, 4, 4, 2, 2]
+    with pytest.raises(ValueError):
+        piece_priorities(9, None, bands=4)
 
 
 def test_slice_count_is_capped() -> None:
@@ -70,6 +78,21 @@ def test_lagging_slice_is_reported_after_patience() -> None:
     assert watch.update(have, now=2.0) == [3]
     have[3] = have[7] = have[11] = have[15] = True  # slice 3 catches up to 40%
     assert watch.update(have, now=2.5) == []
+
+
+def test_lag_on_a_short_transfer_is_acted_on_before_the_patience() -> None:
+    """The median slice moves 10 points in 0.3 s while slice 3 stays far behind: that is lag,
+    on a transfer this fast, long before 2 s have passed."""
+    watch = LagWatch(count=4, patience=2.0, progress=0.1)
+    have = [(i % 4 != 3) and (i // 4 < 4) for i in range(40)]  # others 40%, slice 3 at 0
+    assert watch.update(have, now=0.0) == []
+    assert watch.update(have, now=0.2) == []  # nothing moved: only time counts
+    have[16] = have[17] = have[18] = True  # the other slices reach 50%
+    assert watch.update(have, now=0.3) == [3]
+    have[3] = have[7] = True  # slice 3 reaches 20%
+    assert watch.update(have, now=0.35) == [3]  # 20% < 25% and 30 points behind: still lagging
+    have[11] = True  # 30%: not below half the median any more
+    assert watch.update(have, now=0.4) == []
 
 
 def test_early_noise_is_not_lag() -> None:

@@ -288,6 +288,19 @@ def test_listen_port_in_use_is_an_error() -> None:
         TorrentSession("127.0.0.1", first.listen_port)
 
 
+async def test_slice_seeds_start_warm(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Sessions started up front are the ones the first rollout gets; more are added."""
+    payload = write_payload(tmp_path / "seed" / "release.bin", 100_000)
+    torrent, _ = make_torrent(payload, tracker_url=DEAD_TRACKER)
+    seeds = SliceSeeds("127.0.0.1", warm=2)
+    await nursery.start(seeds.run)
+    warmed = [s.listen_port for s in seeds._sessions]
+    assert len(warmed) == 2 and all(warmed)
+    endpoints = await seeds.endpoints(torrent, payload.parent, 3)
+    assert [port for _, port in endpoints][:2] == warmed
+    assert len({port for _, port in endpoints}) == 3
+
+
 async def test_slice_seeds_send_each_piece_once(tmp_path: Path, nursery: trio.Nursery) -> None:
     """Two peers, two slice seeds and no full seed: each peer gets its own slice from the
     seeder and the other slice from the other peer, so the seeder uploads the release once."""

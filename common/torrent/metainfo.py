@@ -131,3 +131,10 @@ def check_payload(ti: lt.torrent_info | None, save_path: Path) -> None:
             raise TorrentError(f"cannot seed {path}: {e}") from e
         if size != files.file_size(i):
             raise TorrentError(f"cannot seed {path}: {size} bytes, expected {files.file_size(i)}")
+
+
+def single_file(files: lt.file_storage) -> int | None:
+    """The size of the one file of a single-file torrent (v2 pads it to whole pieces with a
+    pad file, which does not count), or None if it has several."""
+    payload = [i for i in range(files.num_files()) if not files.file_flags(i) & files.flag_pad_file]
+    return files.file_size(0) if payload == [0] else None

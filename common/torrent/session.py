@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
@@ -22,15 +22,15 @@ from common.pieces import (
     LagWatch,
     StallDetector,
     assists,
+    contiguous,
     missing_slices,
-    own_slice_priorities,
+    piece_priorities,
 )
 from common.recheck import RecheckPolicy
-from common.torrent.metainfo import check_payload, hexhash, load
+from common.torrent.metainfo import check_payload, hexhash, load, single_file
 from common.torrent.resume import (
     drop_resume,
     final_saves,
-    flush,
     load_resume,
     request_save,
     resume_path,
@@ -54,6 +54,7 @@ STALL_PATIENCE: Final = 2.0  # seconds without progress before a peer asks the s
 # Seconds between flushes of a running download, each followed by a resume-data save: a SIGKILL
 # loses at most this long's worth of received bytes (libtorrent keeps the rest in memory).
 RESUME_INTERVAL: Final = 1.0
+FOLLOW_INTERVAL: Final = 0.25  # seconds between looks at a followed download (see follow())
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class _Torrent:
 
     handle: lt.torrent_handle
     done: bool = False  # every piece downloaded and hash-checked
-    flushing: bool = False  # flush_cache() requested
-    flushed: bool = False  # ... and done: the payload is in the file, not only in libtorrent
+    flush_ticket: int = 0  # the flush_cache() the download asked for once done (0: none yet)
+    flushes_asked: int = 0  # flush_cache() calls for this torrent, by anyone
+    flushes_done: int = 0  # cache_flushed alerts received: a flush covers all asked before it
     error: str | None = None
     progress: float = 0.0
     changed: trio.Event = field(default_factory=trio.Event)
@@ -92,6 +94,17 @@ class _Torrent:
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
     save_path: Path = Path()
     resume: Path | None = None  # where a download keeps its resume data (None: a seed)
+
+    @property
+    def flushed(self) -> bool:
+        """Done, and the payload is in the file, not only in libtorrent's buffers."""
+        return 0 < self.flush_ticket <= self.flushes_done
+
+    def flush(self) -> int:
+        """Ask libtorrent to write out what it holds; the ticket to wait for (flushes_done)."""
+        self.handle.flush_cache()
+        self.flushes_asked += 1
+        return self.flushes_asked
 
     def notify(self) -> None:
         self.changed.set()
@@ -221,7 +234,8 @@ class TorrentSession:
         elif isinstance(alert, lt.torrent_finished_alert):
             if rec is not None:
                 rec.done, rec.progress = True, 1.0
-                flush(rec.handle)  # then save: a restart finds it complete, no re-hash
+                if not rec.flush_ticket:  # then save: a restart finds it complete, no re-hash
+                    rec.flush_ticket = rec.flush()
                 rec.notify()
         elif isinstance(alert, lt.save_resume_data_alert):
             if rec is not None and rec.resume is not None:
@@ -229,10 +243,10 @@ class TorrentSession:
         elif isinstance(alert, lt.save_resume_data_failed_alert):
             log.debug("libtorrent: %s", alert.message())  # mostly "not modified": nothing new
         elif isinstance(alert, lt.cache_flushed_alert):
-            if rec is not None and rec.resume is not None:
-                request_save(rec.handle)  # every piece it lists is in the file now
-            if rec is not None and rec.flushing:
-                rec.flushed = True
+            if rec is not None:
+                rec.flushes_done += 1
+                if rec.resume is not None:
+                    request_save(rec.handle)  # every piece it lists is in the file now
                 rec.notify()
         elif isinstance(alert, lt.hash_failed_alert | lt.performance_alert):
             log.warning("libtorrent: %s", alert.message())
@@ -265,7 +279,7 @@ class TorrentSession:
         save (see _dispatch), so a SIGKILL loses at most RESUME_INTERVAL's worth of data."""
         for rec in self._downloads():
             if not rec.done:
-                flush(rec.handle)
+                rec.flush()
 
     def _final_saves(self) -> None:
         """On shutdown: flush every download, then save its resume data (bounded waits)."""
@@ -366,7 +380,8 @@ class TorrentSession:
         keeps seeding until :meth:`remove`. Cancelling only stops the wait: the torrent stays.
 
         With `piece_slice` ``(index, count)`` and the seeder's `slice_seeds`, this peer fetches
-        its own slice from its slice seed (first, at top priority) and everything else from the
+        its own slice from its slice seed (first within each third of the file; the front third
+        comes first, see :func:`~common.pieces.piece_priorities`) and everything else from the
         other peers; only if the swarm stalls does it dial the slice seeds of what it misses
         (see :mod:`common.pieces`).
 
@@ -380,10 +395,10 @@ class TorrentSession:
         rec.peers, rec.slice_seeds = list(peers), list(slice_seeds)
         count = piece_slice[1] if piece_slice else 0
         own = {piece_slice[0]} if piece_slice else set()
-        if piece_slice is not None and not rec.done:
+        if not rec.done:
             info = rec.handle.torrent_file()
             assert info is not None
-            rec.handle.prioritize_pieces(own_slice_priorities(info.num_pieces(), *piece_slice))
+            rec.handle.prioritize_pieces(piece_priorities(info.num_pieces(), piece_slice))
         stall = StallDetector(STALL_PATIENCE)
         lag = LagWatch(count or 1, patience=STALL_PATIENCE)
         assisted: set[int] = set()
@@ -401,11 +416,10 @@ class TorrentSession:
                 on_progress(reported)
             if rec.done and rec.flushed:
                 return self._sources(rec)
-            if rec.done and not rec.flushing:
+            if rec.done and not rec.flush_ticket:
                 # "finished" means hashed, not written: pread_disk_io hashes blocks from its
                 # write buffer, so the file can still be incomplete (or absent) at this point.
-                rec.flushing = True
-                rec.handle.flush_cache()
+                rec.flush_ticket = rec.flush()
             now = trio.current_time()
             if rec.slice_seeds and not rec.done:
                 pieces = rec.handle.status(lt.torrent_handle.query_pieces).pieces
@@ -438,6 +452,54 @@ class TorrentSession:
                 interval = min(interval * 2, RECONNECT_INTERVAL)
             with trio.move_on_at(min(next_connect, now + STALL_CHECK_INTERVAL)):
                 await changed.wait()
+
+    async def follow(
+        self,
+        torrent: bytes,
+        save_path: Path,
+        on_prefix: Callable[[int], Awaitable[None]],
+        *,
+        sequential: bool = False,
+    ) -> None:
+        """Call ``on_prefix(n)`` each time the first n bytes of the single-file `torrent`'s
+        payload grew: downloaded, hash-checked by libtorrent and written to the file in
+        `save_path`, so they can be read from it; return once n is the file's size.
+
+        Adds the torrent like :meth:`download` does (either may come first). Looks every
+        FOLLOW_INTERVAL (one status query and, when the prefix grew, one flush_cache(): no work
+        per piece). With `sequential`, libtorrent fetches pieces in file order instead of rarest
+        first, so the prefix grows during the download rather than at its end. Raises
+        TorrentError if the torrent fails or is removed, or has more than one file."""
+        if not self._running:
+            raise RuntimeError("TorrentSession.run() must be running to follow a torrent")
+        ih = self._add(torrent, save_path, seed=False)
+        rec = self._torrents[ih]
+        info = rec.handle.torrent_file()
+        files = info.layout() if info is not None else None
+        if info is None or files is None or single_file(files) is None:
+            raise TorrentError(f"torrent {ih} is not a single file: it cannot be followed")
+        size, piece_length = files.file_size(0), info.piece_length()
+        try:
+            if sequential:
+                rec.handle.set_flags(lt.torrent_flags.sequential_download)
+            front, told = 0, 0
+            while told < size:
+                if rec.error is not None or self._torrents.get(ih) is not rec:
+                    raise TorrentError(f"following torrent {ih}: {rec.error or 'removed'}")
+                front = contiguous(rec.handle.status(lt.torrent_handle.query_pieces).pieces, front)
+                safe = min(size, front * piece_length)
+                if safe > told:
+                    ticket = rec.flush()
+                    while rec.flushes_done < ticket and rec.error is None:
+                        await rec.changed.wait()
+                    if rec.error is None:
+                        told = safe
+                        await on_prefix(told)
+                    continue
+                with trio.move_on_after(FOLLOW_INTERVAL):
+                    await rec.changed.wait()
+        except RuntimeError as e:
+            raise TorrentError(f"following torrent {ih}: {e}") from e
 
     def update_sources(
         self,
