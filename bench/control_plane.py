@@ -341,6 +341,7 @@ def _summarize(
         reconnects=sum(t.reconnects for t in tallies),
         other_messages=sum(sum(t.other.values()) for t in tallies),
         errors=sorted({e for t in tallies for e in t.errors})[:5],
+        seeder_steps_per_host=sorted({len(t.get("steps", [])) for t in doc.get("targets", [])}),
     )
     if finished:
         row["rollout_s"] = max(done) - created
