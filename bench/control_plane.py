@@ -324,7 +324,8 @@ def _summarize(
     stage = [t.stage_at[rollout_id] - created for t in tallies if rollout_id in t.stage_at]
     act = [t.activate_at[rollout_id] for t in tallies if rollout_id in t.activate_at]
     done = [t.done_at[rollout_id] for t in tallies if rollout_id in t.done_at]
-    staged_all = max(stage) + created if len(stage) == hosts else None
+    staged = [t.staged_at[rollout_id] for t in tallies if rollout_id in t.staged_at]
+    staged_all = max(staged) if len(staged) == hosts else None  # the last stage report acked
     row.update(
         rollout_id=rollout_id,
         state=doc.get("state"),
@@ -395,7 +396,23 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+    """Every (N, poll) row; SIGTERM or SIGINT stops the run cleanly (the seeder included)."""
+    rows: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    print(f"bench.control_plane: signal {signum}, stopping", file=sys.stderr)
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await _rows(args, rows)
+        nursery.cancel_scope.cancel()
+    return rows
+
+
+async def _rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     for hosts in args.hosts:
         for poll in args.poll:
             row = await run_one(args, hosts, poll)
@@ -404,7 +421,6 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=2, sort_keys=True))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,7 @@ class PeerTally:
     registered_at: float | None = None
     stage_at: dict[str, float] = field(default_factory=dict)  # rollout -> first Stage received
     activate_at: dict[str, float] = field(default_factory=dict)
+    staged_at: dict[str, float] = field(default_factory=dict)  # rollout -> final stage acked
     done_at: dict[str, float] = field(default_factory=dict)  # rollout -> final activate acked
     sent: int = 0  # step reports sent (a re-send after reconnect counts again)
     acked: int = 0
@@ -148,7 +149,8 @@ class SimPeer:
         self._staged: set[str] = set()  # release ids
         self._current: str | None = None
         self._activated: dict[tuple[str, int], str] = {}  # (rollout, attempt) -> final state
-        self._final_seq: dict[int, str] = {}  # seq of a final activate report -> rollout
+        self._finals: dict[int, tuple[str, str]] = {}  # seq of a final stage/activate report
+        # -> (step, rollout)
 
     @property
     def unacked(self) -> int:
@@ -259,8 +261,10 @@ class SimPeer:
     def _on_ack(self, seq: int, now: float) -> None:
         if self._outbox.pop(seq, None) is not None:
             self.tally.acked += 1
-            rollout_id = self._final_seq.pop(seq, None)
-            if rollout_id is not None and rollout_id not in self.tally.done_at:
+            step, rollout_id = self._finals.pop(seq, ("", ""))
+            if step == "stage":
+                self.tally.staged_at.setdefault(rollout_id, now)
+            elif step == "activate" and rollout_id not in self.tally.done_at:
                 self.tally.done_at[rollout_id] = now
                 self.milestones.on_done(rollout_id)
 
@@ -308,8 +312,8 @@ class SimPeer:
                 seq=self._seq,
             )
             self._unsent.append(self._seq)
-            if s.step == "activate" and s.state != "running":
-                self._final_seq[self._seq] = rollout_id
+            if s.step in ("stage", "activate") and s.state != "running":
+                self._finals[self._seq] = (s.step, rollout_id)
         self._wake.set()
 
 
