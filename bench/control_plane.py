@@ -404,6 +404,7 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     print(f"bench.control_plane: signal {signum}, stopping", file=sys.stderr)
+                    rows.append({"hosts": 0, "poll_s": 0, "result": f"stopped by signal {signum}"})
                     nursery.cancel_scope.cancel()
 
         nursery.start_soon(stop_on_signal)

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def wait_connected(shoal: Shoal, n: int, procs: list[subprocess.Popen[Any]]) -> 
 def one_rollout(
     bed: Testbed, shoal: Shoal, release_id: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    out = shoal("rollout", "start", release_id, "--hosts", "all", *args.start_args.split())
+    out = shoal("rollout", "start", release_id, "--hosts", "all", *shlex.split(args.start_args))
     rollout_id = out.strip().splitlines()[-1].strip()
     deadline = time.monotonic() + args.timeout
     while True:
