@@ -183,6 +183,9 @@ def breakdown(status: dict[str, Any], starts: HookStarts) -> dict[str, Any]:
     }
     out["staging_control_s"] = out["staging_s"] - out["transfer_s"] - out["stage_local_s"]
     out["activation_control_s"] = out["activation_s"] - out["hooks_s"] - out["install_s"]
+    # of which: until that host's first hook started (Activate delivery and the phase change)
+    first_hook = min(hooked.values(), default=at(b, "activate"))
+    out["until_first_hook_s"] = first_hook - at(a, "stage")
     out["overhead_s"] = out["total_s"] - out["transfer_s"] - out["hooks_s"]
     out["control_s"] = out["staging_control_s"] + out["activation_control_s"]
     return {**out, "last_staged_host": a, "last_activated_host": b}
@@ -275,12 +278,14 @@ def line(r: dict[str, Any]) -> str:
         f"total {r['total_s']:.2f}s = transfer {r['transfer_s']:.2f} + hooks {r['hooks_s']:.2f}"
         f" + verify/unpack/Install {r['stage_local_s'] + r['install_s']:.2f}"
         f" + control {r['control_s']:.2f} (staging {r['staging_control_s']:.2f},"
-        f" activation {r['activation_control_s']:.2f}); overhead {r['overhead_s']:.2f}s"
+        f" activation {r['activation_control_s']:.2f}, of which {r['until_first_hook_s']:.2f}"
+        f" before the first hook); overhead {r['overhead_s']:.2f}s"
     )
 
 
 KEYS = ("total_s", "transfer_s", "hooks_s", "stage_local_s", "install_s", "staging_control_s",
-        "activation_control_s", "control_s", "overhead_s", "first_download_done_s")  # fmt: skip
+        "activation_control_s", "until_first_hook_s", "control_s", "overhead_s",
+        "first_download_done_s")  # fmt: skip
 
 
 def summary(results: list[dict[str, Any]]) -> str:

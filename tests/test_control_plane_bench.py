@@ -90,6 +90,7 @@ def test_overhead_breakdown_splits_the_critical_path() -> None:
     assert b["install_s"] == pytest.approx(0.1)
     assert b["activation_control_s"] == pytest.approx(1.9 - 1.0 - 0.1)
     assert b["overhead_s"] == pytest.approx(4.5 - 1.9 - 1.0)
+    assert b["until_first_hook_s"] == pytest.approx(103.2 - 102.6)
     assert b["first_download_done_s"] == pytest.approx(1.0)
 
 
