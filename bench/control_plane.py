@@ -278,6 +278,7 @@ async def _measure(
         seeder.check_alive()
 
         polls: list[float] = []
+        row["loadavg"] = os.getloadavg()[0]  # the machine's load when the rollout started
         cpu0, t_cli = seeder.cpu(), time.time()
         extra = shlex.split(args.start_args)
         out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
@@ -377,6 +378,7 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("poll p50/max s", lambda r: _pair(r.get("poll_latency_s"), "max") if r.get("polls") else "-"),
     ("reports/peer", lambda r: str(r.get("reports_per_peer", "-"))),
     ("gen cpu-s", lambda r: _fmt(r.get("generator_cpu_s"), ".1f")),
+    ("load", lambda r: _fmt(r.get("loadavg"), ".0f")),
     ("result", lambda r: str(r["result"])),
 )
 
