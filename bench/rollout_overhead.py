@@ -89,9 +89,12 @@ class Shoal:
         return str(out.stdout)
 
 
+# The start is taken first; the data dir is derived without forking (RELEASE_DIR is
+# <data>/releases/<id>), so what is counted as the hook's run time is the hook's.
 HOOK = """#!/bin/sh
-DATA_DIR="$(dirname "$(dirname "$RELEASE_DIR")")"
-echo "$DEPLOYMENT_ID $LIFECYCLE_EVENT $(date +%s.%N)" >> "$DATA_DIR/hook-starts.log"
+started="$(date +%s.%N)"
+data_dir="${RELEASE_DIR%/*}"
+echo "$DEPLOYMENT_ID $LIFECYCLE_EVENT $started" >> "${data_dir%/*}/hook-starts.log"
 """
 DOWNLOAD_TOOK = re.compile(r" in (\d+(?:\.\d+)?)s\b")
 
