@@ -51,6 +51,7 @@ CLI_TIMEOUT = 600.0  # a start or build on a slow seeder can take long; never fo
 FINAL_STATES = ("succeeded", "failed", "aborted", "halted")
 HOOK = "#!/bin/sh\nexit 0\n"
 STATUS_METHODS = ("rollout.status", "rollout.show")
+PROBE_EVERY = 0.5
 
 
 class BenchError(ShoalError):
@@ -212,6 +213,17 @@ async def status(client: SeederClient, rollout_id: str) -> tuple[dict[str, Any],
     raise BenchError(f"the seeder answers none of {', '.join(STATUS_METHODS)}")
 
 
+async def prober(control: Address, out: list[float]) -> None:
+    """How long the seeder takes to answer a trivial request (``seeder.stats``), every
+    ``PROBE_EVERY`` s: its worst answer is how long its event loop stalled, at least."""
+    async with open_client(control) as client:
+        while True:
+            started = time.perf_counter()
+            await client.call("seeder.stats")
+            out.append(time.perf_counter() - started)
+            await trio.sleep(PROBE_EVERY)
+
+
 async def poller(control: Address, rollout_id: str, every: float, out: list[float]) -> None:
     """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled."""
     async with open_client(control) as client:
@@ -279,12 +291,14 @@ async def _measure(
 
         polls: list[float] = []
         row["loadavg"] = os.getloadavg()[0]  # the machine's load when the rollout started
-        cpu0, t_cli = seeder.cpu(), time.time()
-        extra = shlex.split(args.start_args)
-        out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
-        row["cli_start_s"] = time.time() - t_cli
-        rollout_id = out.strip().splitlines()[-1].strip()
+        probes: list[float] = []
         async with trio.open_nursery() as side:
+            side.start_soon(prober, seeder.control, probes)
+            cpu0, t_cli = seeder.cpu(), time.time()
+            extra = shlex.split(args.start_args)
+            out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
+            row["cli_start_s"] = time.time() - t_cli
+            rollout_id = out.strip().splitlines()[-1].strip()
             if poll > 0:
                 side.start_soon(poller, seeder.control, rollout_id, poll, polls)
             with trio.move_on_after(args.timeout):
@@ -307,6 +321,7 @@ async def _measure(
     row["status_s"] = statistics.median(latencies)
     row["status_max_s"] = max(latencies)
     row["status_bytes"] = size
+    row["stall_max_s"] = max(probes, default=None)
     row["polls"] = len(polls)
     row["poll_latency_s"] = spread(polls)
 
@@ -375,6 +390,7 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("Activate p50/p99 s", lambda r: _pair(r.get("activate_fanout_s"))),
     ("seeder cpu-s", lambda r: _fmt(r.get("seeder_cpu_s"), ".1f")),
     ("status s", lambda r: _fmt(r.get("status_s"), ".3f")),
+    ("stall max s", lambda r: _fmt(r.get("stall_max_s"))),
     ("poll p50/max s", lambda r: _pair(r.get("poll_latency_s"), "max") if r.get("polls") else "-"),
     ("reports/peer", lambda r: str(r.get("reports_per_peer", "-"))),
     ("gen cpu-s", lambda r: _fmt(r.get("generator_cpu_s"), ".1f")),
