@@ -341,7 +341,8 @@ def _summarize(
     act = [t.activate_at[rollout_id] for t in tallies if rollout_id in t.activate_at]
     done = [t.done_at[rollout_id] for t in tallies if rollout_id in t.done_at]
     staged = [t.staged_at[rollout_id] for t in tallies if rollout_id in t.staged_at]
-    staged_all = max(staged) if len(staged) == hosts else None  # the last stage report acked
+    # The seeder cannot activate anyone before the last host's final stage report reached it.
+    staged_all = max(staged) if len(staged) == hosts else None
     row.update(
         rollout_id=rollout_id,
         state=doc.get("state"),

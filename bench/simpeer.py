@@ -118,7 +118,7 @@ class PeerTally:
     registered_at: float | None = None
     stage_at: dict[str, float] = field(default_factory=dict)  # rollout -> first Stage received
     activate_at: dict[str, float] = field(default_factory=dict)
-    staged_at: dict[str, float] = field(default_factory=dict)  # rollout -> final stage acked
+    staged_at: dict[str, float] = field(default_factory=dict)  # rollout -> final stage sent
     done_at: dict[str, float] = field(default_factory=dict)  # rollout -> final activate acked
     sent: int = 0  # step reports sent (a re-send after reconnect counts again)
     acked: int = 0
@@ -149,7 +149,7 @@ class SimPeer:
         self._staged: set[str] = set()  # release ids
         self._current: str | None = None
         self._activated: dict[tuple[str, int], str] = {}  # (rollout, attempt) -> final state
-        self._finals: dict[int, tuple[str, str]] = {}  # seq of a final stage/activate report
+        self._finals: dict[int, tuple[str, str]] = {}  # seq of a final activate report
         # -> (step, rollout)
 
     @property
@@ -222,6 +222,8 @@ class SimPeer:
                 if report is not None:
                     await channel.send(report)
                     self.tally.sent += 1
+                    if report.step == "stage" and report.state != "running":
+                        self.tally.staged_at.setdefault(report.rollout_id, time.time())
             await self._wake.wait()
             self._wake = trio.Event()
 
@@ -262,9 +264,7 @@ class SimPeer:
         if self._outbox.pop(seq, None) is not None:
             self.tally.acked += 1
             step, rollout_id = self._finals.pop(seq, ("", ""))
-            if step == "stage":
-                self.tally.staged_at.setdefault(rollout_id, now)
-            elif step == "activate" and rollout_id not in self.tally.done_at:
+            if step == "activate" and rollout_id not in self.tally.done_at:
                 self.tally.done_at[rollout_id] = now
                 self.milestones.on_done(rollout_id)
 
@@ -312,7 +312,7 @@ class SimPeer:
                 seq=self._seq,
             )
             self._unsent.append(self._seq)
-            if s.step in ("stage", "activate") and s.state != "running":
+            if s.step == "activate" and s.state != "running":
                 self._finals[self._seq] = (s.step, rollout_id)
         self._wake.set()
 
