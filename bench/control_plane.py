@@ -52,6 +52,7 @@ FINAL_STATES = ("succeeded", "failed", "aborted", "halted")
 HOOK = "#!/bin/sh\nexit 0\n"
 STATUS_METHODS = ("rollout.status", "rollout.show")
 PROBE_EVERY = 0.5
+LAG_TICK = 0.1
 
 
 class BenchError(ShoalError):
@@ -224,6 +225,15 @@ async def prober(control: Address, out: list[float]) -> None:
             await trio.sleep(PROBE_EVERY)
 
 
+async def own_lag(out: list[float]) -> None:
+    """How late this process's own loop wakes from a short sleep: if the generator stalls, the
+    probes above (sent from here) stall too, and this says so."""
+    while True:
+        started = trio.current_time()
+        await trio.sleep(LAG_TICK)
+        out.append(trio.current_time() - started - LAG_TICK)
+
+
 async def poller(control: Address, rollout_id: str, every: float, out: list[float]) -> None:
     """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled."""
     async with open_client(control) as client:
@@ -292,8 +302,10 @@ async def _measure(
         polls: list[float] = []
         row["loadavg"] = os.getloadavg()[0]  # the machine's load when the rollout started
         probes: list[float] = []
+        lags: list[float] = []
         async with trio.open_nursery() as side:
             side.start_soon(prober, seeder.control, probes)
+            side.start_soon(own_lag, lags)
             cpu0, t_cli = seeder.cpu(), time.time()
             extra = shlex.split(args.start_args)
             out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
@@ -322,6 +334,7 @@ async def _measure(
     row["status_max_s"] = max(latencies)
     row["status_bytes"] = size
     row["stall_max_s"] = max(probes, default=None)
+    row["generator_lag_max_s"] = max(lags, default=None)
     row["polls"] = len(polls)
     row["poll_latency_s"] = spread(polls)
 
@@ -392,6 +405,7 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("seeder cpu-s", lambda r: _fmt(r.get("seeder_cpu_s"), ".1f")),
     ("status s", lambda r: _fmt(r.get("status_s"), ".3f")),
     ("stall max s", lambda r: _fmt(r.get("stall_max_s"))),
+    ("gen lag max s", lambda r: _fmt(r.get("generator_lag_max_s"))),
     ("poll p50/max s", lambda r: _pair(r.get("poll_latency_s"), "max") if r.get("polls") else "-"),
     ("reports/peer", lambda r: str(r.get("reports_per_peer", "-"))),
     ("gen cpu-s", lambda r: _fmt(r.get("generator_cpu_s"), ".1f")),
