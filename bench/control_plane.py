@@ -1,0 +1,473 @@
+"""The control-plane load generator: one real seeder, N simulated peers, instant hooks.
+
+    python -m bench.control_plane --hosts 100,500,1000,2000,5000 [--poll 0,0.25]
+        [--src TREE] [--start-args "--waves 100%"] [--out results.json]
+
+For every N it starts a real ``shoal seeder run`` process from the source tree ``--src`` (default:
+this one), builds a release of a tiny git repo with the real ``shoal release build``, registers N
+simulated peers (:mod:`bench.simpeer`) from as many 127.x source addresses, measures the seeder's
+idle CPU, runs ``shoal rollout start RELEASE --hosts all [START_ARGS]`` and waits until every
+peer's final report is acked. Then it asks ``rollout.status`` a few times. With ``--poll S`` a
+second client polls ``rollout.status`` every S seconds during the rollout, as the old
+``start --wait`` did (every 0.25 s). CPU is read from /proc/<seeder pid>. Everything is bounded in
+time, and the seeder process (its process group) is stopped at the end of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench.bound import percentile
+from bench.simpeer import Milestones, SimPeer, activate_steps, sim_address, stage_steps
+from bench.swarm import cpu_seconds
+from common.addr import Address
+from common.appspec import LIFECYCLE_EVENTS, AppSpec, parse_appspec
+from common.errors import ConnectionClosed, RemoteError, ShoalError
+from seeder.client import SeederClient, open_client
+from seeder.localfleet import free_port
+from seeder.samplerepo import commit_all
+
+FDS_PER_HOST = 2  # the simulated peer's socket, plus slack; the seeder holds the other end
+FDS_SPARE = 256
+STOP_GRACE = 5.0
+CLI_TIMEOUT = 600.0  # a start or build on a slow seeder can take long; never forever
+FINAL_STATES = ("succeeded", "failed", "aborted", "halted")
+HOOK = "#!/bin/sh\nexit 0\n"
+STATUS_METHODS = ("rollout.status", "rollout.show")
+PROBE_EVERY = 0.5
+LAG_TICK = 0.1
+
+
+class BenchError(ShoalError):
+    """The benchmark cannot go on (what and why in the message)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="python -m bench.control_plane", description=doc.split("\n")[0]
+    )
+    p.add_argument("--hosts", default="100,500,1000", help="comma-separated N values")
+    p.add_argument("--poll", default="0", help="comma-separated status poll intervals (0: none)")
+    p.add_argument(
+        "--src",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="source tree whose seeder and CLI are measured (default: this one)",
+    )
+    p.add_argument("--python", default=sys.executable, help="interpreter for seeder and CLI")
+    p.add_argument("--start-args", default="", help="extra options for `shoal rollout start`")
+    p.add_argument("--idle-seconds", type=float, default=6.0, help="idle CPU window")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds one rollout may take")
+    p.add_argument("--register-timeout", type=float, default=300.0)
+    p.add_argument("--connect-concurrency", type=int, default=200, help="connects in flight")
+    p.add_argument("--status-repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, help="write every row as JSON here")
+    p.add_argument("--logs", type=Path, help="keep the seeder's logs here")
+    args = p.parse_args(argv)
+    try:
+        args.hosts = [int(v) for v in args.hosts.split(",") if v.strip()]
+        args.poll = [float(v) for v in args.poll.split(",") if v.strip()]
+    except ValueError as exc:
+        p.error(f"--hosts and --poll take comma-separated numbers: {exc}")
+    if not args.hosts or min(args.hosts) < 1:
+        p.error("--hosts needs at least one N >= 1")
+    if not (args.src / "seeder" / "cli.py").is_file():
+        p.error(f"--src {args.src} is not a shoal source tree (no seeder/cli.py)")
+    args.src = args.src.resolve()
+    return args
+
+
+def raise_fd_limit(hosts: int) -> int:
+    """Raise the soft open-files limit for N connections here and in the seeder (inherited)."""
+    need = hosts * FDS_PER_HOST + FDS_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise BenchError(
+            f"{hosts} simulated peers need {need} open files, but the hard limit is {hard}; "
+            f"raise it (ulimit -Hn {need}, or LimitNOFILE= for a service) or lower --hosts"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (ValueError, OSError) as exc:
+        raise BenchError(f"cannot raise the open-files limit to {need}: {exc}") from exc
+    return need
+
+
+def make_repo(root: Path) -> tuple[Path, AppSpec]:
+    """A tiny app whose appspec has one hook for every lifecycle event (never run here)."""
+    repo = root / "bench-app"
+    (repo / "hooks").mkdir(parents=True)
+    text = "version: 0.0\nos: linux\nhooks:\n" + "".join(
+        f"  {e}:\n    - location: hooks/{e}.sh\n      timeout: 30\n" for e in LIFECYCLE_EVENTS
+    )
+    (repo / "appspec.yml").write_text(text)
+    for event in LIFECYCLE_EVENTS:
+        (repo / "hooks" / f"{event}.sh").write_text(HOOK)
+        (repo / "hooks" / f"{event}.sh").chmod(0o755)
+    commit_all(repo, "control-plane bench app")
+    return repo, parse_appspec(text)
+
+
+@dataclass
+class Seeder:
+    """A real ``shoal seeder run`` process of the tree under test, in its own process group."""
+
+    src: Path
+    python: str
+    workdir: Path
+    control: Address
+    process: trio.Process | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.src)}
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "seeder.log"
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = await trio.lowlevel.open_process(
+                [self.python, "-m", "seeder.cli", "--log-level", "WARNING", "seeder", "run",
+                 "--data-dir", str(self.workdir / "data"), "--listen", str(self.control)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.workdir, env=self.env,
+            )  # fmt: skip
+        with trio.move_on_after(60):
+            while True:
+                self.check_alive()
+                with contextlib.suppress(ConnectionClosed):
+                    async with open_client(self.control) as client:
+                        await client.call("hosts.list")
+                        return
+                await trio.sleep(0.1)
+        raise BenchError(f"the seeder did not answer within 60 s; see {self.log}")
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.returncode is not None:
+            tail = " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
+            raise BenchError(f"the seeder exited with {self.process.returncode}: {tail}")
+
+    def cpu(self) -> float:
+        assert self.process is not None
+        return cpu_seconds([self.process.pid])
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        with trio.CancelScope(shield=True):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if self.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.process.pid, sig)
+                    with trio.move_on_after(STOP_GRACE):
+                        await self.process.wait()
+
+    async def cli(self, *args: str) -> str:
+        """Run the real ``shoal`` CLI of the tree under test; its stdout."""
+        cmd = [self.python, "-m", "seeder.cli", *args, "--seeder", str(self.control)]
+        with trio.fail_after(CLI_TIMEOUT):
+            done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
+                                          check=False, cwd=self.workdir, env=self.env)  # fmt: skip
+        if done.returncode != 0:
+            tail = " | ".join(
+                (done.stdout + done.stderr).decode(errors="replace").splitlines()[-8:]
+            )
+            raise BenchError(f"shoal {' '.join(args)} failed ({done.returncode}): {tail}")
+        return str(done.stdout.decode())
+
+
+async def status(client: SeederClient, rollout_id: str) -> tuple[dict[str, Any], float, int]:
+    """The rollout's status document, the seconds the seeder took to answer, its JSON size."""
+    for method in STATUS_METHODS:
+        started = time.perf_counter()
+        try:
+            result = await client.call(method, rollout_id=rollout_id)
+        except RemoteError as exc:
+            if exc.code == "unknown_method":
+                continue
+            raise
+        took = time.perf_counter() - started
+        doc = result.get("rollout", result)
+        return doc, took, len(json.dumps(doc))
+    raise BenchError(f"the seeder answers none of {', '.join(STATUS_METHODS)}")
+
+
+async def prober(control: Address, out: list[float]) -> None:
+    """How long the seeder takes to answer a trivial request (``seeder.stats``), every
+    ``PROBE_EVERY`` s: its worst answer is how long its event loop stalled, at least."""
+    async with open_client(control) as client:
+        while True:
+            started = time.perf_counter()
+            await client.call("seeder.stats")
+            out.append(time.perf_counter() - started)
+            await trio.sleep(PROBE_EVERY)
+
+
+async def own_lag(out: list[float]) -> None:
+    """How late this process's own loop wakes from a short sleep: if the generator stalls, the
+    probes above (sent from here) stall too, and this says so."""
+    while True:
+        started = trio.current_time()
+        await trio.sleep(LAG_TICK)
+        out.append(trio.current_time() - started - LAG_TICK)
+
+
+async def poller(control: Address, rollout_id: str, every: float, out: list[float]) -> None:
+    """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled."""
+    async with open_client(control) as client:
+        while True:
+            _, took, _ = await status(client, rollout_id)
+            out.append(took)
+            await trio.sleep(every)
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
+
+
+async def run_one(args: argparse.Namespace, hosts: int, poll: float) -> dict[str, Any]:
+    raise_fd_limit(hosts)
+    row: dict[str, Any] = {"hosts": hosts, "poll_s": poll, "src": str(args.src),
+                           "start_args": args.start_args, "result": "incomplete"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="shoal-cp-") as tmp:
+        workdir = Path(tmp)
+        seeder = Seeder(
+            args.src, args.python, workdir, Address("127.0.0.1", free_port("127.0.0.1"))
+        )
+        try:
+            await seeder.start()
+            await _measure(args, seeder, hosts, poll, row)
+        finally:
+            await seeder.stop()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                dest = args.logs / f"seeder-n{hosts}-poll{poll:g}.log"
+                dest.write_bytes(seeder.log.read_bytes())
+    return row
+
+
+async def _measure(
+    args: argparse.Namespace, seeder: Seeder, hosts: int, poll: float, row: dict[str, Any]
+) -> None:
+    repo, spec = make_repo(seeder.workdir)
+    built = await seeder.cli("release", "build", str(repo), "--ref", "main", "--app", "bench")
+    release_id = built.strip().splitlines()[-1]
+    per_peer = len(stage_steps(release_id)) + len(activate_steps(spec, release_id, None))
+    row["reports_per_peer"] = per_peer
+    milestones = Milestones(hosts)
+    sims = [SimPeer(f"sim{i:05d}", sim_address(i), seeder.control, spec, milestones)
+            for i in range(hosts)]  # fmt: skip
+    limit = trio.CapacityLimiter(args.connect_concurrency)
+    gen_cpu0 = _own_cpu()
+    async with trio.open_nursery() as nursery:
+        started = time.time()
+        for sim in sims:
+            nursery.start_soon(sim.run, limit)
+        with trio.move_on_after(args.register_timeout):
+            await milestones.all_registered.wait()
+        row["registration_s"] = time.time() - started
+        if not milestones.all_registered.is_set():
+            row["result"] = f"only {milestones.registered}/{hosts} registered"
+            nursery.cancel_scope.cancel()
+            return
+        cpu0 = seeder.cpu()
+        await trio.sleep(args.idle_seconds)
+        row["idle_cpu_pct"] = 100 * (seeder.cpu() - cpu0) / args.idle_seconds
+        seeder.check_alive()
+
+        polls: list[float] = []
+        row["loadavg"] = os.getloadavg()[0]  # the machine's load when the rollout started
+        probes: list[float] = []
+        lags: list[float] = []
+        async with trio.open_nursery() as side:
+            side.start_soon(prober, seeder.control, probes)
+            side.start_soon(own_lag, lags)
+            cpu0, t_cli = seeder.cpu(), time.time()
+            extra = shlex.split(args.start_args)
+            out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
+            row["cli_start_s"] = time.time() - t_cli
+            rollout_id = out.strip().splitlines()[-1].strip()
+            if poll > 0:
+                side.start_soon(poller, seeder.control, rollout_id, poll, polls)
+            with trio.move_on_after(args.timeout):
+                await milestones.wait_done(rollout_id)
+            side.cancel_scope.cancel()
+        row["seeder_cpu_s"] = seeder.cpu() - cpu0
+        finished = milestones.done[rollout_id] >= hosts
+        async with open_client(seeder.control) as client:
+            doc, took, size = await status(client, rollout_id)
+            with trio.move_on_after(60):
+                while finished and doc.get("state") not in FINAL_STATES:
+                    await trio.sleep(0.1)
+                    doc, took, size = await status(client, rollout_id)
+            latencies = [took]
+            for _ in range(args.status_repeats - 1):
+                latencies.append((await status(client, rollout_id))[1])
+        nursery.cancel_scope.cancel()
+    row["generator_cpu_s"] = _own_cpu() - gen_cpu0
+    _summarize(row, sims, rollout_id, doc, t_cli, finished, hosts)
+    row["status_s"] = statistics.median(latencies)
+    row["status_max_s"] = max(latencies)
+    row["status_bytes"] = size
+    row["stall_max_s"] = max(probes, default=None)
+    row["generator_lag_max_s"] = max(lags, default=None)
+    row["polls"] = len(polls)
+    row["poll_latency_s"] = spread(polls)
+
+
+def _summarize(
+    row: dict[str, Any],
+    sims: list[SimPeer],
+    rollout_id: str,
+    doc: dict[str, Any],
+    t_cli: float,
+    finished: bool,
+    hosts: int,
+) -> None:
+    created = float(doc.get("created_at") or t_cli)
+    tallies = [s.tally for s in sims]
+    stage = [t.stage_at[rollout_id] - created for t in tallies if rollout_id in t.stage_at]
+    act = [t.activate_at[rollout_id] for t in tallies if rollout_id in t.activate_at]
+    done = [t.done_at[rollout_id] for t in tallies if rollout_id in t.done_at]
+    staged = [t.staged_at[rollout_id] for t in tallies if rollout_id in t.staged_at]
+    # The seeder cannot activate anyone before the last host's final stage report reached it.
+    staged_all = max(staged) if len(staged) == hosts else None
+    row.update(
+        rollout_id=rollout_id,
+        state=doc.get("state"),
+        received_stage=len(stage),
+        received_activate=len(act),
+        finished_hosts=len(done),
+        stage_fanout_s=spread(stage),
+        activate_fanout_s=spread([a - staged_all for a in act] if staged_all else []),
+        reports_sent=sum(t.sent for t in tallies),
+        reports_acked=sum(t.acked for t in tallies),
+        unacked=sum(s.unacked for s in sims),
+        repeats=sum(t.repeats for t in tallies),
+        refused=sum(t.refused for t in tallies),
+        reconnects=sum(t.reconnects for t in tallies),
+        other_messages=sum(sum(t.other.values()) for t in tallies),
+        errors=sorted({e for t in tallies for e in t.errors})[:5],
+        seeder_steps_per_host=sorted({len(t.get("steps", [])) for t in doc.get("targets", [])}),
+    )
+    if finished:
+        row["rollout_s"] = max(done) - created
+        row["cli_to_done_s"] = max(done) - t_cli
+    ok = finished and doc.get("state") == "succeeded"
+    row["result"] = "ok" if ok else (
+        f"state {doc.get('state')}; {len(done)}/{hosts} finished" if finished else
+        f"timeout: {len(stage)}/{hosts} got Stage, {len(done)}/{hosts} finished"
+    )  # fmt: skip
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+Row = dict[str, Any]
+COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
+    ("N", lambda r: str(r["hosts"])),
+    ("poll s", lambda r: _fmt(r["poll_s"], "g")),
+    ("register s", lambda r: _fmt(r.get("registration_s"))),
+    ("idle cpu %", lambda r: _fmt(r.get("idle_cpu_pct"), ".1f")),
+    ("rollout s", lambda r: _fmt(r.get("rollout_s"))),
+    ("Stage p50/p99 s", lambda r: _pair(r.get("stage_fanout_s"))),
+    ("Activate p50/p99 s", lambda r: _pair(r.get("activate_fanout_s"))),
+    ("seeder cpu-s", lambda r: _fmt(r.get("seeder_cpu_s"), ".1f")),
+    ("status s", lambda r: _fmt(r.get("status_s"), ".3f")),
+    ("stall max s", lambda r: _fmt(r.get("stall_max_s"))),
+    ("gen lag max s", lambda r: _fmt(r.get("generator_lag_max_s"))),
+    ("poll p50/max s", lambda r: _pair(r.get("poll_latency_s"), "max") if r.get("polls") else "-"),
+    ("reports/peer", lambda r: str(r.get("reports_per_peer", "-"))),
+    ("gen cpu-s", lambda r: _fmt(r.get("generator_cpu_s"), ".1f")),
+    ("load", lambda r: _fmt(r.get("loadavg"), ".0f")),
+    ("result", lambda r: str(r["result"])),
+)
+
+
+def _pair(s: dict[str, float | None] | None, second: str = "p99") -> str:
+    if not s or s.get("p50") is None:
+        return "-"
+    return f"{_fmt(s['p50'])} / {_fmt(s[second])}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (what bench/README.md keeps)."""
+    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (N, poll) row; SIGTERM or SIGINT stops the run cleanly (the seeder included)."""
+    rows: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    print(f"bench.control_plane: signal {signum}, stopping", file=sys.stderr)
+                    rows.append({"hosts": 0, "poll_s": 0, "result": f"stopped by signal {signum}"})
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await _rows(args, rows)
+        nursery.cancel_scope.cancel()
+    return rows
+
+
+async def _rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    for hosts in args.hosts:
+        for poll in args.poll:
+            row = await run_one(args, hosts, poll)
+            rows.append(row)
+            print(f"N={hosts} poll={poll:g}: {row['result']} {json.dumps(row)}", flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(rows, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        raise_fd_limit(max(args.hosts))
+        rows = trio.run(run_all, args)
+    except ShoalError as exc:
+        print(f"bench.control_plane: {exc}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    return 0 if all(r["result"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
