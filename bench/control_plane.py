@@ -171,7 +171,8 @@ class Seeder:
 
     def cpu(self) -> float:
         assert self.process is not None
-        return cpu_seconds([self.process.pid])
+        used = cpu_seconds([self.process.pid])
+        return used["seeder_user"] + used["seeder_system"]
 
     async def stop(self) -> None:
         if self.process is None:

@@ -268,9 +268,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if i:
                 new_version(repo, i, size)
             built = shoal("release", "build", str(repo), "--ref", "main", "--app", "overhead")
-            cpu0 = cpu_seconds([procs[0].pid])
+            cpu0 = _seeder_cpu(procs[0].pid)
             result = one_rollout(bed, shoal, built.strip().splitlines()[-1], args)
-            result["seeder_cpu_s"] = cpu_seconds([procs[0].pid]) - cpu0  # includes the polls
+            result["seeder_cpu_s"] = _seeder_cpu(procs[0].pid) - cpu0  # includes the polls
             results.append(result)
             print(f"run {i + 1}: {line(result)}", flush=True)
     return results
@@ -299,6 +299,11 @@ def summary(results: list[dict[str, Any]]) -> str:
             f"| {key} | {min(values):.2f} | {statistics.median(values):.2f} | {max(values):.2f} |"
         )
     return "\n".join(rows)
+
+
+def _seeder_cpu(pid: int) -> float:
+    used = cpu_seconds([pid])
+    return used["seeder_user"] + used["seeder_system"]
 
 
 def main(argv: list[str] | None = None) -> int:

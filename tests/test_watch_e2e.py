@@ -98,7 +98,7 @@ def build(fleet: LocalFleet, repo: Path) -> str:
 
 
 def start_rollout(fleet: LocalFleet, release: str) -> str:
-    out = shoal(fleet.control, "rollout", "start", release, "--json")
+    out = shoal(fleet.control, "rollout", "start", release, "--waves", "100%", "--json")
     assert out.returncode == 0, out.stderr
     return str(json.loads(out.stdout)["rollout_id"])
 
