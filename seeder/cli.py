@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--tracker-interval",
-        type=_positive_int,
+        type=_whole(1),
         default=DEFAULT_INTERVAL,
         help="seconds between announces the tracker asks for; it forgets a peer after 3"
         " (default: %(default)s)",
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--keep-releases",
-        type=_keep,
+        type=_whole(0),
         default=5,
         help="releases kept seeded besides those a rollout or a host's current/previous needs",
     )
@@ -147,16 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
     return parser
-
-
-def _keep(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,14 +391,19 @@ async def _fetch(client: Any, args: argparse.Namespace) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def _leaves(group: BaseExceptionGroup[ShoalError]) -> list[BaseException]:
