@@ -21,6 +21,7 @@ from seeder import render
 OUTPUT_LINES = 10  # last output lines shown per failed host
 FAILED_SHOWN = 20  # failed hosts whose output the final report shows (the rest: shoal logs)
 MILESTONE = 10  # percent: a plain transfer line each time the total crosses a multiple of it
+OUTER_STEPS = frozenset({"stage", "activate"})  # steps that enclose the others
 
 
 @dataclass
@@ -77,9 +78,7 @@ class WatchModel:
                 wave=t.get("wave"),
                 error=str(t.get("error") or ""),
                 output=list(t.get("output") or []),
-                failed_step=next(
-                    (str(x["step"]) for x in t.get("steps", []) if x.get("state") == "failed"), ""
-                ),
+                failed_step=_failed_step(t.get("steps", [])),
             )
             self.targets[tv.host] = tv
         for w in self.waves.values():
@@ -259,6 +258,19 @@ class WatchModel:
     def summary(self, elapsed: float) -> str:
         parts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
         return f"rollout {self.rollout_id} {self.state}: {parts} in {elapsed:.1f}s"
+
+
+def _failed_step(steps: list[dict[str, Any]]) -> str:
+    """The step whose failure a snapshot's target output shows: the last failed hook (or
+    download, verify, unpack) step. ``stage`` and ``activate`` enclose those steps and fail
+    because one of them did (a target's ``activate`` record comes first, from its ``running``
+    report), so they are named only when no step inside them failed."""
+    failed = [x for x in steps if x.get("state") == "failed"]
+    inner = [x for x in failed if x.get("step") not in OUTER_STEPS]
+    chosen = inner or failed
+    if not chosen:
+        return ""
+    return str(max(chosen, key=lambda x: float(x.get("at") or 0.0))["step"])
 
 
 def transfer_text(tr: Transfer) -> str:

@@ -47,11 +47,19 @@ def test_activation_reports_follow_the_lifecycle() -> None:
     assert len(bare) == 1 + len(LIFECYCLE_EVENTS) + 2 + 1
 
 
-def test_today_a_fresh_host_sends_21_reports_when_every_event_has_a_hook() -> None:
-    if len(LIFECYCLE_EVENTS) != 5:
-        pytest.skip("the lifecycle has grown past the issue's count of 21")
+def test_today_a_fresh_host_sends_27_reports_when_every_event_has_a_hook() -> None:
+    # Staging: stage running, each stage step running then succeeded, stage succeeded.
+    stage = 2 + 2 * len(STAGE_STEPS)
+    # Activation: activate running, one "skipped" report per event of the previous release (a
+    # fresh host has none), running then succeeded for every other hooked event and for
+    # Install, activate succeeded.
+    hooked = [e for e in LIFECYCLE_EVENTS if e not in PREVIOUS_RELEASE_EVENTS]
+    activate = 2 + len(PREVIOUS_RELEASE_EVENTS) + 2 * (len(hooked) + 1)
     total = stage_steps("a-1") + activate_steps(ALL_HOOKED, "a-1", previous=None)
-    assert len(total) == 21
+    assert len(total) == stage + activate
+    # 21 with the five events of the issue; the four traffic hooks add 2 skipped + 2 x 2 run.
+    assert (len(LIFECYCLE_EVENTS), len(PREVIOUS_RELEASE_EVENTS)) == (9, 3)
+    assert (stage, activate) == (8, 19) and len(total) == 27
 
 
 def test_sim_addresses_are_distinct_loopback() -> None:

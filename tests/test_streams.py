@@ -1,4 +1,6 @@
-"""rollout.subscribe and logs over the real control server, on in-memory streams."""
+"""rollout.subscribe and logs over the real control server and the real engine, on in-memory
+streams: the server is built as ``seeder.service`` builds it (the engine's ``on_event`` feeds the
+hub), and rollouts move only through the engine's API (peer reports, operator requests)."""
 
 from __future__ import annotations
 
@@ -22,9 +24,12 @@ from seeder.events import EventHub, rollout_topic
 from seeder.follow import Mode, watch_rollout
 from seeder.live import LiveLog
 from seeder.store import HostRecord, Store
-from seeder.streams import Watching
+from seeder.streams import Watching, publisher
 from tests.conftest import MANIFEST
 from tests.test_control_server import Clock, peer_connected
+
+RELEASE = MANIFEST.release_id
+ONE_WAVE = {"waves": "100%"}
 
 
 @pytest.fixture
@@ -37,10 +42,15 @@ def store(tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
-def make_server(store: Store, buffer: int = 64) -> tuple[ControlServer, Watching]:
+@asynccontextmanager
+async def serving(
+    store: Store, buffer: int = 64
+) -> AsyncIterator[tuple[ControlServer, Watching, trio.Nursery]]:
+    """The control server wired as the seeder wires it, its engine running; and the nursery."""
     clock = Clock()
-    watching = Watching(store, EventHub(buffer=buffer), LiveLog(), clock=clock)
-    engine = Engine(store, seeder_bt=("127.0.0.1", 1), clock=clock, on_event=watching.on_event)
+    hub = EventHub(buffer=buffer)
+    engine = Engine(store, seeder_bt=("127.0.0.1", 1), clock=clock, on_event=publisher(hub))
+    watching = Watching(store, engine, hub, LiveLog(), clock=clock)
     server = ControlServer(
         store,
         engine,
@@ -48,7 +58,10 @@ def make_server(store: Store, buffer: int = 64) -> tuple[ControlServer, Watching
         streams=watching.streams(),
         observe=watching.observe,
     )
-    return server, watching
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        yield server, watching, nursery
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -73,28 +86,40 @@ def report(rid: str, step: str, state: str, seq: int, **kw: object) -> m.StepRep
     )
 
 
+async def start(server: ControlServer, peer: Channel) -> str:
+    """A one-wave rollout of web-1 (connected on ``peer``), once the peer has its Stage."""
+    rid = server.engine.start_rollout(RELEASE, "all", ONE_WAVE).rollout_id
+    stage = await peer.receive()
+    assert isinstance(stage, m.Stage) and stage.rollout_id == rid
+    return rid
+
+
+async def stage_and_activate(peer: Channel, rid: str, seq: int = 1) -> None:
+    """The peer stages (acked, then told to activate) and activates (acked)."""
+    await peer.send(report(rid, "stage", "succeeded", seq, result="succeeded"))
+    assert await peer.receive() == m.Ack(seq=seq)
+    activate = await peer.receive()  # staged: its only wave starts
+    assert isinstance(activate, m.Activate) and activate.rollout_id == rid
+    await peer.send(report(rid, "activate", "succeeded", seq + 1, result="succeeded"))
+    assert await peer.receive() == m.Ack(seq=seq + 1)
+
+
 async def test_subscribe_gets_a_snapshot_then_events_until_the_rollout_ends(store: Store) -> None:
-    server, _ = make_server(store)
     with trio.fail_after(5):
         async with (
-            trio.open_nursery() as nursery,
+            serving(store) as (server, _, nursery),
             dial(server, nursery) as peer,
             dial(server, nursery) as operator,
         ):
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            rid = await start(server, peer)
             client = await cli(operator)
             snapshot, events = await client.subscribe("rollout.subscribe", rollout_id=rid)
             assert snapshot["rollout"]["state"] == "staging"
             assert [t["host"] for t in snapshot["rollout"]["targets"]] == ["web-1"]
+            last = max(e["seq"] for e in snapshot["rollout"]["timeline"])
             await peer.send(m.Progress(rid, "web-1", done=1, total=3, rate=2.0))
-            await peer.send(report(rid, "stage", "succeeded", 1, result="succeeded"))
-            assert await peer.receive() == m.Ack(seq=1)
-            await server.engine.tick()  # staging is over: activating, Activate sent
-            assert isinstance(await peer.receive(), m.Activate)
-            await peer.send(report(rid, "activate", "succeeded", 2, result="succeeded"))
-            assert await peer.receive() == m.Ack(seq=2)
-            await server.engine.tick()
+            await stage_and_activate(peer, rid)
             got = [(e.kind, e.data.get("state"), e.seq) async for e in events]
             # The connection takes requests again after the end event.
             again = await client.call("logs.get", host="web-1")
@@ -108,39 +133,43 @@ async def test_subscribe_gets_a_snapshot_then_events_until_the_rollout_ends(stor
     assert got[-1][0] == "end"
     seqs = [s for _, _, s in got if s]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # Every timeline entry the snapshot did not have came, in order: none fell in between.
+    after = [e["seq"] for e in store.timeline(rid) if e["seq"] > last]
+    assert [s for s in seqs if s > last] == after
 
 
 async def test_a_finished_rollout_ends_at_once_and_errors_are_refused(store: Store) -> None:
-    server, _ = make_server(store)
     with trio.fail_after(5):
         async with (
-            trio.open_nursery() as nursery,
+            serving(store) as (server, _, nursery),
             dial(server, nursery) as peer,
             dial(server, nursery) as operator,
         ):
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
-            store.set_rollout_state(rid, "failed", 5.0, "staging failed")
+            rid = await start(server, peer)
+            await peer.send(report(rid, "stage", "failed", 1, result="error", detail="disk full"))
+            assert await peer.receive() == m.Ack(seq=1)
+            assert server.engine.model(rid).state.value == "failed"  # staging fell short
             client = await cli(operator)
             with pytest.raises(RemoteError, match="unknown rollout 'nope'"):
                 await client.subscribe("rollout.subscribe", rollout_id="nope")
             snapshot, events = await client.subscribe("rollout.subscribe")  # the latest
             assert snapshot["rollout"]["rollout_id"] == rid
+            assert snapshot["rollout"]["state"] == "failed"
             ends = [e async for e in events]
             assert [(e.kind, e.data["reason"]) for e in ends] == [("end", "final")]
             nursery.cancel_scope.cancel()
 
 
 async def test_a_lagging_subscriber_gets_an_end_event_saying_so(store: Store) -> None:
-    server, watching = make_server(store, buffer=3)
     with trio.fail_after(5):
         async with (
-            trio.open_nursery() as nursery,
+            serving(store, buffer=3) as (server, watching, nursery),
             dial(server, nursery) as peer,
             dial(server, nursery) as operator,
         ):
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            rid = await start(server, peer)
             client = await cli(operator)
             _, events = await client.subscribe("rollout.subscribe", rollout_id=rid)
             for i in range(10):  # faster than any reader: no checkpoint in between
@@ -153,11 +182,10 @@ async def test_a_lagging_subscriber_gets_an_end_event_saying_so(store: Store) ->
 
 
 async def test_a_client_leaving_ends_its_stream(store: Store) -> None:
-    server, watching = make_server(store)
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery, dial(server, nursery) as peer:
+        async with serving(store) as (server, watching, nursery), dial(server, nursery) as peer:
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            rid = await start(server, peer)
             async with dial(server, nursery) as operator:
                 client = await cli(operator)
                 await client.subscribe("rollout.subscribe", rollout_id=rid)
@@ -168,22 +196,24 @@ async def test_a_client_leaving_ends_its_stream(store: Store) -> None:
 
 
 async def test_logs_live_lines_then_durable_tails_and_a_follow_stream(store: Store) -> None:
-    server, _ = make_server(store)
     with trio.fail_after(5):
         async with (
-            trio.open_nursery() as nursery,
+            serving(store) as (server, _, nursery),
             dial(server, nursery) as peer,
             dial(server, nursery) as operator,
         ):
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            rid = await start(server, peer)
             client = await cli(operator)
             with pytest.raises(RemoteError, match="unknown host 'web-9'"):
                 await client.call("logs.get", host="web-9")
+            await peer.send(report(rid, "stage", "succeeded", 1, result="succeeded"))
+            assert await peer.receive() == m.Ack(seq=1)
+            assert isinstance(await peer.receive(), m.Activate)
             # A hook's tail, known only from its durable step report (no live lines).
             tail = ["stopped", "bye"]
-            await peer.send(report(rid, "ApplicationStop", "succeeded", 1, output=tail))
-            assert await peer.receive() == m.Ack(seq=1)
+            await peer.send(report(rid, "ApplicationStop", "succeeded", 2, output=tail))
+            assert await peer.receive() == m.Ack(seq=2)
             snapshot, events = await client.subscribe(
                 "logs.subscribe", host="web-1", rollout_id=rid
             )
@@ -195,12 +225,17 @@ async def test_logs_live_lines_then_durable_tails_and_a_follow_stream(store: Sto
                 "starting",
                 "ApplicationStart",
             )
-            store.set_rollout_state(rid, "succeeded", 9.0)
-            server.engine._emit(rid, "rollout", state="succeeded", error="")
-            rest = [e async for e in events]
-            assert [e.kind for e in rest] == ["end"]
+            # Its report's tail repeats the line the seeder has live: shown once, not twice.
+            await peer.send(report(rid, "ApplicationStart", "succeeded", 3, output=["starting"]))
+            assert await peer.receive() == m.Ack(seq=3)
+            await peer.send(report(rid, "activate", "succeeded", 4, result="succeeded"))
+            assert await peer.receive() == m.Ack(seq=4)
+            rest = [e async for e in events]  # the rollout succeeded: the stream ends
+            assert [(e.kind, e.data["reason"]) for e in rest] == [("end", "final")]
+            assert server.engine.model(rid).state.value == "succeeded"
             logs = await client.call("logs.get", host="web-1", rollout_id=rid)
             nursery.cancel_scope.cancel()
+    assert logs["state"] == "succeeded"
     assert [(x["step"], x["line"]) for x in logs["lines"]] == [
         ("ApplicationStop", "stopped"),
         ("ApplicationStop", "bye"),
@@ -210,16 +245,15 @@ async def test_logs_live_lines_then_durable_tails_and_a_follow_stream(store: Sto
 
 @pytest.mark.parametrize("mode", ["live", "plain", "json"])
 async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode: Mode) -> None:
-    server, watching = make_server(store)
     out = io.StringIO()
     with trio.fail_after(10):
         async with (
-            trio.open_nursery() as nursery,
+            serving(store) as (server, watching, nursery),
             dial(server, nursery) as peer,
             dial(server, nursery) as operator,
         ):
             await peer_connected(peer)
-            rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
+            rid = await start(server, peer)
             client = await cli(operator)
             codes: list[int] = []
             finished = trio.Event()
@@ -233,13 +267,7 @@ async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode
             await trio.testing.wait_all_tasks_blocked()
             assert watching.hub.subscribers(rollout_topic(rid)) == 1
             await peer.send(m.Progress(rid, "web-1", done=3, total=3, rate=0.0))
-            await peer.send(report(rid, "stage", "succeeded", 1, result="succeeded"))
-            assert await peer.receive() == m.Ack(seq=1)
-            await server.engine.tick()
-            assert isinstance(await peer.receive(), m.Activate)
-            await peer.send(report(rid, "activate", "succeeded", 2, result="succeeded"))
-            assert await peer.receive() == m.Ack(seq=2)
-            await server.engine.tick()
+            await stage_and_activate(peer, rid)
             await finished.wait()
             nursery.cancel_scope.cancel()
     assert codes == [0]
@@ -257,24 +285,24 @@ async def test_a_client_that_stops_reading_loses_its_stream(
 ) -> None:
     from seeder.control import PUSH_TIMEOUT
 
-    server, watching = make_server(store)
     host = HostRecord("web-1", "127.0.0.11", 6881, {}, None, [], False, 0.0)
     store.upsert_host(host, 0.0)
-    rid = server.engine.start_rollout(MANIFEST.release_id, "all").rollout_id
     client_stream, server_stream = trio.testing.lockstep_stream_pair()  # no buffer at all
     done = trio.Event()
-
-    async def handle() -> None:
-        await server.handle(server_stream)
-        done.set()
-
     with trio.fail_after(PUSH_TIMEOUT * 3):
-        async with trio.open_nursery() as nursery:
+        async with serving(store) as (server, watching, nursery):
+            rid = server.engine.start_rollout(RELEASE, "all", ONE_WAVE).rollout_id
+
+            async def handle() -> None:
+                await server.handle(server_stream)
+                done.set()
+
             nursery.start_soon(handle)
             client = await cli(Channel(client_stream, Role.CLIENT))
             await client.subscribe("rollout.subscribe", rollout_id=rid)
             start = trio.current_time()
-            watching.on_event(m.RolloutEvent(rid, 1, 0.0, "target", {"host": "web-1"}))
+            server.engine.operator(rid, "pause")  # one event for the stream, never read
             await done.wait()  # the server gave up on this reader and closed its connection
             assert trio.current_time() - start == pytest.approx(PUSH_TIMEOUT)
+            nursery.cancel_scope.cancel()
     assert watching.hub.subscribers(rollout_topic(rid)) == 0

@@ -84,6 +84,21 @@ def test_a_failed_hook_shows_its_exit_code_reason_and_last_output() -> None:
     assert w.summary(2.0) == "rollout r1 failed: 1 failed, 2 pending in 2.0s"
 
 
+def test_a_snapshot_names_the_failed_hook_not_the_activate_step_around_it() -> None:
+    steps = [  # in the order the seeder keeps them: activate's record from its "running"
+        {"step": "activate", "attempt": 1, "state": "failed", "at": 9.0},
+        {"step": "ApplicationStop", "attempt": 1, "state": "succeeded", "at": 5.0},
+        {"step": "ApplicationStart", "attempt": 1, "state": "failed", "at": 8.0},
+    ]
+    target = {"host": "web-2", "state": "failed", "steps": steps, "output": ["told to fail"]}
+    w = WatchModel({"rollout": {"rollout_id": "r", "state": "halted", "targets": [target]}})
+    assert w.targets["web-2"].failed_step == "ApplicationStart"
+    assert "--- last output of web-2 (ApplicationStart) ---\ntold to fail" in w.report()
+    alone = {**target, "steps": steps[:1], "output": []}  # activate failed by itself
+    w = WatchModel({"rollout": {"rollout_id": "r", "state": "halted", "targets": [alone]}})
+    assert w.targets["web-2"].failed_step == "activate"
+
+
 def test_rollout_state_lines_and_success() -> None:
     w = WatchModel(snapshot())
     assert w.apply(ev("rollout", 1, state="activating", error="")) == ["rollout r1 activating"]

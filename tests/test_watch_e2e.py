@@ -187,7 +187,11 @@ async def test_watch_follows_a_rollout_to_its_end(fleet: LocalFleet, tmp_path: P
         ]
         assert "told to fail" in failed[0]["output"]
         assert "released" in failed[0]["output"]
-        assert docs[-2]["kind"] == "rollout" and docs[-2]["data"]["state"] == "failed"
+        # watch-1 (wave 1 of the default waves) switched and stays on the new release: the
+        # rollout stopped part-way, which is "halted" ("failed" means live nowhere new).
+        assert docs[-2]["kind"] == "rollout" and docs[-2]["data"]["state"] == "halted"
+        assert "watch-2" in docs[-2]["data"]["error"], docs[-2]
+        assert docs[0]["rollout"]["waves"][0]["hosts"] == ["watch-1"]
 
         # 4. Watching it afterwards in plain text shows the failed host's last output.
         out = await trio.to_thread.run_sync(lambda: shoal(fleet.control, "rollout", "watch"))
