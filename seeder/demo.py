@@ -1,8 +1,9 @@
 """``shoal demo``: a whole rollout on this machine, with nothing set up beforehand.
 
 Starts a seeder and N peer daemons as separate processes on loopback (127.0.0.2, .3, ...), makes
-a git repository of ``deploy/example-app``, builds a release of it, rolls it out, prints what
-every host reports, and stops everything it started.
+a git repository of the example app (``seeder/example_app/``, shipped in the wheel as package
+data), builds a release of it, rolls it out, prints what every host reports, and stops everything
+it started.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import trio
@@ -21,13 +23,18 @@ from seeder.client import SeederClient, open_client
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
 
-EXAMPLE_APP = Path(__file__).resolve().parent.parent / "deploy" / "example-app"
+# Package data of ``seeder`` (pyproject.toml [tool.setuptools.package-data]), so it is found both
+# in the source tree and in an installed wheel.
+EXAMPLE_APP = resources.files("seeder") / "example_app"
 
 
 def make_example_repo(dest: Path) -> Path:
-    if not EXAMPLE_APP.is_dir():
-        raise ShoalError(f"the example app is missing at {EXAMPLE_APP}")
-    shutil.copytree(EXAMPLE_APP, dest)
+    # An installed wheel (or the source tree) is a plain directory: copytree keeps the hooks'
+    # executable bits, which the peer checks before it runs them.
+    with resources.as_file(EXAMPLE_APP) as app:
+        if not app.is_dir():
+            raise ShoalError(f"the example app is missing at {app}")
+        shutil.copytree(app, dest)
     commit_all(dest, "example app 1.0.0", tag="v1.0.0")
     return dest
 
