@@ -380,7 +380,7 @@ def _over_budget(r: RolloutModel) -> str:
 
 
 def _halt(r: RolloutModel, reason: str, now: float, fx: Effects) -> None:
-    r.error = f"halted: {reason}"
+    r.error = reason  # the state already says halted (or rolling back, then failed)
     if r.options.auto_rollback:
         move_rollout(r, RT.ROLLBACK, now, fx)
         r.rollback_queue.extend(
