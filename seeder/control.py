@@ -27,6 +27,7 @@ from seeder.writers import PeerWriter
 log = logging.getLogger("shoal.seeder.control")
 
 HEARTBEAT_INTERVAL = 5.0
+SILENCE_TIMEOUT = HEARTBEAT_INTERVAL * 4  # a peer that says nothing this long is gone
 PUSH_TIMEOUT = 30.0  # seconds a streaming client may leave a pushed event unread
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # What a peer tells the seeder live, best effort (hook output, download progress): host, message.
@@ -122,27 +123,14 @@ class ControlServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, writer, nursery.cancel_scope)
             self.engine.attach(hello.name, writer)
+            # One cancel scope for the whole conversation, its deadline moved on by every message
+            # (entering a fresh trio.fail_after per message costs more than decoding the message).
+            silence = trio.CancelScope(deadline=trio.current_time() + SILENCE_TIMEOUT)
             try:
-                while True:
-                    with trio.fail_after(HEARTBEAT_INTERVAL * 4):
-                        msg = await channel.receive()
-                    if isinstance(msg, m.Heartbeat):
-                        self.engine.heartbeat(hello.name)
-                    elif isinstance(msg, m.StepReport):
-                        self.engine.on_report(hello.name, msg, writer)
-                        # a backlog of reports arrives in one read: let the acks drain meanwhile
-                        await trio.lowlevel.checkpoint()
-                    elif isinstance(msg, m.Refused):
-                        log.warning(
-                            "peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason
-                        )
-                        self.engine.on_refused(hello.name, msg)
-                    elif isinstance(msg, m.OutputLine | m.Progress):
-                        self.observe(hello.name, msg)
-                    elif isinstance(msg, m.PreflightResult):
-                        self.preflights.on_result(hello.name, msg)
-            except trio.TooSlowError:
-                log.warning("peer %s went silent; closing its connection", hello.name)
+                with silence:
+                    await self._receive_peer(channel, hello, writer, silence)
+                if silence.cancelled_caught:
+                    log.warning("peer %s went silent; closing its connection", hello.name)
             except (ConnectionClosed, ProtocolError) as exc:
                 failure = exc  # raised below, outside the nursery (not in an exception group)
             finally:
@@ -151,6 +139,27 @@ class ControlServer:
                 log.info("peer %s disconnected", hello.name)
         if failure is not None:
             raise failure
+
+    async def _receive_peer(
+        self, channel: Channel, hello: m.Hello, writer: PeerWriter, silence: trio.CancelScope
+    ) -> None:
+        """Handle the peer's messages until it leaves or says nothing for SILENCE_TIMEOUT."""
+        while True:
+            msg = await channel.receive()
+            silence.deadline = trio.current_time() + SILENCE_TIMEOUT
+            if isinstance(msg, m.Heartbeat):
+                self.engine.heartbeat(hello.name)
+            elif isinstance(msg, m.StepReport):
+                self.engine.on_report(hello.name, msg, writer)
+                # a backlog of reports arrives in one read: let the acks drain meanwhile
+                await trio.lowlevel.checkpoint()
+            elif isinstance(msg, m.Refused):
+                log.warning("peer %s refused %s: %s", hello.name, msg.rollout_id, msg.reason)
+                self.engine.on_refused(hello.name, msg)
+            elif isinstance(msg, m.OutputLine | m.Progress):
+                self.observe(hello.name, msg)
+            elif isinstance(msg, m.PreflightResult):
+                self.preflights.on_result(hello.name, msg)
 
     @staticmethod
     async def _writer(writer: PeerWriter, connection: trio.CancelScope) -> None:
