@@ -29,6 +29,7 @@ log = logging.getLogger("shoal.seeder.control")
 HEARTBEAT_INTERVAL = 5.0
 SILENCE_TIMEOUT = HEARTBEAT_INTERVAL * 4  # a peer that says nothing this long is gone
 PUSH_TIMEOUT = 30.0  # seconds a streaming client may leave a pushed event unread
+STREAM_END_GRACE = 1.0  # seconds a request sent during a stream waits for the stream to end
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # What a peer tells the seeder live, best effort (hook output, download progress): host, message.
 Observer = Callable[[str, m.OutputLine | m.Progress], None]
@@ -168,12 +169,14 @@ class ControlServer:
         connection.cancel()
 
     async def _serve_cli(self, channel: Channel) -> None:
+        pending: m.Message | None = None
         while True:
-            msg = await channel.receive()
+            msg = pending or await channel.receive()
+            pending = None
             assert isinstance(msg, m.Request)  # the protocol lets a CLI send nothing else
             stream = self.streams.get(msg.method)
             if stream is not None:
-                await self._stream(channel, msg, stream)
+                pending = await self._stream(channel, msg, stream)
             else:
                 await channel.send(await self._answer(msg))
 
@@ -192,13 +195,20 @@ class ControlServer:
             return _refusal(msg, exc)
         return m.Response(id=msg.id, ok=True, result=result)
 
-    async def _stream(self, channel: Channel, msg: m.Request, handler: StreamHandler) -> None:
+    async def _stream(
+        self, channel: Channel, msg: m.Request, handler: StreamHandler
+    ) -> m.Message | None:
         """Run one streaming method until it returns or the client leaves.
 
         While it runs, the client may only listen: anything it sends ends the connection (a
-        protocol error on its side), and so does closing it, which also ends the stream."""
+        protocol error on its side), and so does closing it, which also ends the stream. A
+        request that arrives as the stream is ending (the client read the last event and asked
+        its next question before the handler returned) is not an error: it is returned, to be
+        answered next."""
         reply = Reply(channel, msg.id)
         gone: list[ConnectionClosed | ProtocolError] = []
+        early: list[m.Message] = []
+        finished = trio.Event()
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
@@ -212,22 +222,30 @@ class ControlServer:
                     else:  # too late to refuse: end the connection, the client sees it close
                         log.error("stream %s failed: %s", msg.method, exc)
                         gone.append(ConnectionClosed(f"stream {msg.method} failed: {exc}"))
+                finished.set()
                 nursery.cancel_scope.cancel()
 
             async def listen() -> None:
                 try:
-                    extra = await channel.receive()
-                    gone.append(
-                        RemoteProtocolError(f"{extra.TYPE} sent while {msg.method} was streaming")
-                    )
+                    early.append(await channel.receive())
                 except (ConnectionClosed, ProtocolError) as exc:
                     gone.append(exc)
+                    nursery.cancel_scope.cancel()
+                    return
+                with trio.move_on_after(STREAM_END_GRACE):
+                    await finished.wait()
+                if finished.is_set():  # the stream ended: the request is the next one
+                    return
+                gone.append(
+                    RemoteProtocolError(f"{early[0].TYPE} sent while {msg.method} was streaming")
+                )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
             nursery.start_soon(listen)
         if gone:
             raise gone[0]
+        return early[0] if early else None
 
 
 def _refusal(msg: m.Request, exc: Exception) -> m.Response:

@@ -15,7 +15,7 @@ from common import messages as m
 from common.channel import Channel
 from common.errors import ConfigError, ConnectionClosed
 from common.protocol import Role
-from seeder.control import HEARTBEAT_INTERVAL, ControlServer
+from seeder.control import HEARTBEAT_INTERVAL, STREAM_END_GRACE, ControlServer, Reply
 from seeder.engine import Engine
 from seeder.store import Store
 from tests.conftest import MANIFEST
@@ -269,3 +269,51 @@ async def test_a_backlog_of_reports_in_one_burst_is_acked_without_a_disconnect(
             acks = [await client.receive() for _ in burst]
             assert acks == [m.Ack(seq=i) for i in range(3000)]
             assert not done.is_set() and connected(server, "web-1")
+
+
+def streaming_server(store: Store, after_last: trio.Event) -> ControlServer:
+    """A server whose one stream pushes a single event, then waits for ``after_last`` before
+    returning: the gap in which a client that read the event may already ask again."""
+    engine = Engine(store, seeder_bt=("127.0.0.1", 1), clock=Clock())
+
+    async def echo(params: dict[str, Any]) -> dict[str, Any]:
+        return {"echo": params}
+
+    async def one_event(params: dict[str, Any], reply: Reply) -> None:
+        await reply.respond({})
+        await reply.push(m.RolloutEvent("r1", 1, 0.0, "end", {"reason": "final"}))
+        await after_last.wait()
+
+    return ControlServer(store, engine, methods={"echo": echo}, streams={"one": one_event})
+
+
+async def test_a_request_sent_as_a_stream_ends_is_answered_next(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    after_last = trio.Event()
+    server = streaming_server(store, after_last)
+    async with connection(server) as (client, done):
+        await client.send(m.ClientHello(client="test"))
+        await client.send(m.Request(id=1, method="one"))
+        assert await client.receive() == m.Response(id=1, ok=True)
+        assert (await client.receive()).TYPE == "rollout_event"
+        await client.send(m.Request(id=2, method="echo", params={"a": 1}))
+        await trio.sleep(STREAM_END_GRACE / 2)  # the handler has not returned yet
+        after_last.set()
+        assert await client.receive() == m.Response(id=2, ok=True, result={"echo": {"a": 1}})
+        assert not done.is_set()
+
+
+async def test_a_request_in_the_middle_of_a_stream_ends_the_connection(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = streaming_server(store, trio.Event())  # the stream never ends
+    async with connection(server) as (client, done):
+        await client.send(m.ClientHello(client="test"))
+        await client.send(m.Request(id=1, method="one"))
+        assert await client.receive() == m.Response(id=1, ok=True)
+        assert (await client.receive()).TYPE == "rollout_event"
+        await client.send(m.Request(id=2, method="echo"))
+        with pytest.raises(ConnectionClosed, match="request sent while one was streaming"):
+            await client.receive()
+        await done.wait()
