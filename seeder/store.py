@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY, address TEXT NOT NULL, bt_port INTEGER NOT NULL,
     labels TEXT NOT NULL, current TEXT, previous TEXT, staged TEXT NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS hosts_by_address ON hosts (address);
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
     created_at REAL NOT NULL);
@@ -142,6 +143,11 @@ class Store:
                     now,
                 ),
             )
+
+    def is_host_address(self, address: str) -> bool:
+        """Whether a fleet host registered from ``address`` (one indexed lookup)."""
+        row = self._db.execute("SELECT 1 FROM hosts WHERE address=? LIMIT 1", (address,))
+        return row.fetchone() is not None
 
     def hosts(self) -> list[HostRecord]:
         rows = self._db.execute("SELECT * FROM hosts ORDER BY name").fetchall()
