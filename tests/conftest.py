@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from common.appspec import LIFECYCLE_EVENTS
 from common.release import Manifest
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
+from seeder.store import Store
 
 # A release record for tests of the seeder's bookkeeping (no archive behind it).
 MANIFEST = Manifest(
@@ -69,6 +70,17 @@ def shoal(control: object, *args: str, timeout: float = 120) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A seeder store holding the MANIFEST release record (tests may override it)."""
+    s = Store(tmp_path / "seeder.db")
+    s.add_release(MANIFEST, b"torrent-bytes", 1.0)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture

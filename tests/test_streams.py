@@ -5,9 +5,8 @@ hub), and rollouts move only through the engine's API (peer reports, operator re
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 import trio
@@ -30,16 +29,6 @@ from tests.test_control_server import Clock, peer_connected
 
 RELEASE = MANIFEST.release_id
 ONE_WAVE = {"waves": "100%"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "seeder.db")
-    s.add_release(MANIFEST, b"torrent-bytes", 1.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @asynccontextmanager
