@@ -92,6 +92,30 @@ class LocalFleet:
             ],
         )
 
+    def client(self) -> contextlib.AbstractAsyncContextManager[SeederClient]:
+        """A CLI-side connection to this fleet's seeder (with whatever credentials it needs)."""
+        assert self.control is not None, "start the seeder first"
+        return open_client(self.control)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal`` CLI against this fleet's seeder."""
+        assert self.control is not None, "start the seeder first"
+        return subprocess.run(
+            [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(self.control)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def build_release(
+        self, repo: Path, ref: str = "main", app: str = "web", extra: tuple[str, ...] = ()
+    ) -> str:
+        """Build a release of ``repo`` at ``ref`` through the real CLI; its release id."""
+        out = self.cli("release", "build", str(repo), "--ref", ref, "--app", app, *extra)
+        if out.returncode != 0:
+            raise ShoalError(f"release build failed: {out.stderr.strip()}")
+        return out.stdout.strip().splitlines()[-1]
+
     def peer_dir(self, name: str) -> Path:
         return self.root / "hosts" / name
 

@@ -51,9 +51,7 @@ async def start(fleet: LocalFleet, hosts: list[str] = HOSTS) -> None:
 
 
 def build(fleet: LocalFleet, repo: Path, ref: str) -> str:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", ref, "--app", "web")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return fleet.build_release(repo, ref)
 
 
 def events(fleet: LocalFleet, host: str) -> list[tuple[str, str]]:

@@ -32,9 +32,7 @@ RESUME_INTERVAL = 1.0  # common.torrent.session.RESUME_INTERVAL
 
 
 def build(fleet: LocalFleet, repo: Path) -> str:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return fleet.build_release(repo)
 
 
 def add_file(repo: Path, name: str, data: bytes, message: str) -> None:

@@ -97,9 +97,7 @@ async def staged(control: FakeControl, rollout: str) -> None:
 
 
 def release(fleet: LocalFleet, repo: Path) -> tuple[dict[str, Any], bytes]:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
-    assert out.returncode == 0, out.stderr
-    rid = out.stdout.strip().splitlines()[-1]
+    rid = fleet.build_release(repo)
     listing = json.loads(shoal(fleet.control, "release", "list", "--json").stdout)
     manifest = next(r for r in listing if r["release_id"] == rid)
     del manifest["created_at"]

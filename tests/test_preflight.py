@@ -25,9 +25,7 @@ HOSTS = ["pf-1", "pf-2", "pf-3"]
 
 
 def build(fleet: LocalFleet, repo: Path) -> str:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return fleet.build_release(repo)
 
 
 def preflight(fleet: LocalFleet, *args: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]

@@ -36,9 +36,7 @@ PEER_IP, FETCH_IP = f"127.{_NET}.0.2", f"127.{_NET}.0.50"
 
 
 def build(fleet: LocalFleet, repo: Path) -> str:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return fleet.build_release(repo)
 
 
 def export(fleet: LocalFleet, release_id: str, out: Path) -> bytes:

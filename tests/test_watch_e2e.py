@@ -92,9 +92,7 @@ async def start(fleet: LocalFleet) -> None:
 
 
 def build(fleet: LocalFleet, repo: Path) -> str:
-    out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", "--app", "web")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return fleet.build_release(repo)
 
 
 def start_rollout(fleet: LocalFleet, release: str) -> str:
