@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -15,6 +16,8 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
+from peer import service_cli
+from peer.config import load_config
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 
@@ -47,47 +50,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the peer daemon in the foreground")
-    run.add_argument("--seeder", required=True, help="the seeder's control HOST:PORT")
-    run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
-    run.add_argument("--bind", default="127.0.0.1", help="this host's IP for BitTorrent")
-    run.add_argument("--torrent-port", type=int, default=6881)
-    run.add_argument("--labels", default="", help="k=v,k=v")
-    run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
+    run.add_argument(
+        "--config", type=Path, help="YAML file of these options (README); options given win"
+    )
+    run.add_argument("--seeder", help="the seeder's control HOST:PORT (required)")
+    run.add_argument("--data-dir", type=Path, help="(required)")
+    run.add_argument("--name", help="host name (default: hostname)")
+    run.add_argument("--bind", help="this host's IP for BitTorrent (default: 127.0.0.1)")
+    run.add_argument("--torrent-port", type=int, help="default: 6881")
+    run.add_argument("--labels", help="k=v,k=v")
+    run.add_argument("--keep", type=int, help="releases to keep on disk (default: 5)")
     run.add_argument(
         "--min-free",
         type=_size,
-        default=RESERVE,
         help="bytes staging always leaves free on the data disk (default 64M; K/M/G suffixes)",
     )
     run.add_argument(
         "--unpack-ratio",
         type=float,
-        default=UNPACK_RATIO,
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
     add_override_option(run)
+    service_cli.add_commands(sub)
     return parser
+
+
+def _peer_config(args: argparse.Namespace) -> PeerConfig:
+    """The run options: the command line's, then the config file's, then the defaults."""
+    file = load_config(args.config) if args.config else None
+
+    def pick(option: str, key: str, default: Any) -> Any:
+        given = getattr(args, option)
+        if given is not None:
+            return given
+        return file.get(key) if file is not None and file.get(key) is not None else default
+
+    seeder, data_dir = pick("seeder", "seeder", None), pick("data_dir", "data_dir", None)
+    if seeder is None or data_dir is None:
+        raise ConfigError("shoal-peer run needs --seeder and --data-dir (or --config FILE)")
+    labels = parse_labels(args.labels) if args.labels is not None else None
+    min_free = pick("min_free", "min_free", RESERVE)
+    return PeerConfig(
+        seeder=Address.parse(str(seeder), default_port=7700),
+        data_dir=Path(data_dir).resolve(),
+        name=pick("name", "name", socket.gethostname()),
+        bind=parse_ip(pick("bind", "bind", "127.0.0.1")),
+        torrent_port=pick("torrent_port", "torrent_port", 6881),
+        labels=labels if labels is not None else dict(file.get("labels") or {}) if file else {},
+        keep_releases=pick("keep", "keep", 5),
+        min_free=_size(min_free) if isinstance(min_free, str) else min_free,
+        unpack_ratio=float(pick("unpack_ratio", "unpack_ratio", UNPACK_RATIO)),
+        torrent_settings=parse_overrides(args.torrent_setting),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = PeerConfig(
-            seeder=Address.parse(args.seeder, default_port=7700),
-            data_dir=args.data_dir.resolve(),
-            name=args.name,
-            bind=parse_ip(args.bind),
-            torrent_port=args.torrent_port,
-            labels=parse_labels(args.labels),
-            keep_releases=args.keep,
-            min_free=args.min_free,
-            unpack_ratio=args.unpack_ratio,
-            torrent_settings=parse_overrides(args.torrent_setting),
-        )
+        if args.command != "run":
+            return service_cli.run(args)
+        config = _peer_config(args)
         trio.run(run_until_signalled, lambda: run_peer(config))
-    except ShoalError as exc:
+    except (ShoalError, argparse.ArgumentTypeError) as exc:
         print(f"shoal-peer: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
