@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import fleet_cli, follow, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", action="store_true", help="then print new lines as they come")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    fleet_cli.add_commands(sub, with_seeder)
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
     return parser
@@ -214,6 +215,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         from seeder.demo import run_demo
 
         return await run_demo(peers=args.peers)
+    if args.command == "fleet":
+        return await fleet_cli.run(args)
     async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
         if args.command == "seeder":
             totals = await client.call("seeder.stats")

@@ -231,6 +231,7 @@ async def install_one(
         check_python(probe, inv.python)
         run.info["service"] = probe["service"]
         target = wheelhouse.Target(probe["python"], probe["machine"], probe["glibc"])
+        run.begin("bundle", time.monotonic())
         bundle = await builds.get(target)
         bind = str(inv.var("shoal_bind") or probe["route_ip"] or inv.address)
         config = peer_config(inv, host.layout, opts, bind)

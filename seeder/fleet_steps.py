@@ -15,6 +15,7 @@ from typing import Any
 STEPS = (
     "connect",
     "check python",
+    "bundle",
     "check disk",
     "upload",
     "install",

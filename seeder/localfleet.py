@@ -36,6 +36,10 @@ class Daemon:
 class LocalFleet:
     root: Path
     seeder_ip: str = "127.0.0.1"
+    # Run every daemon and CLI inside this network namespace (the bench/netns.py testbed's
+    # seeder namespace), so namespaced hosts reach the seeder. ``client()`` then cannot reach
+    # it from the test's own namespace: go through ``cli()``.
+    netns: str | None = None
     daemons: list[Daemon] = field(default_factory=list)
     control: Address | None = None
     seeder: Daemon | None = None
@@ -43,7 +47,8 @@ class LocalFleet:
     async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
         """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
         if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
-            self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
+            port = 7700 if self.netns else free_port(self.seeder_ip, block=3)  # a fresh namespace
+            self.control = Address(self.seeder_ip, port)
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -59,6 +64,11 @@ class LocalFleet:
             ],
         )
         with trio.fail_after(30):
+            while self.netns is not None:
+                if (await trio.to_thread.run_sync(lambda: self.cli("hosts"))).returncode == 0:
+                    return self.control
+                self._check_alive()
+                await trio.sleep(0.2)
             while True:
                 try:
                     async with open_client(self.control) as client:
@@ -101,7 +111,15 @@ class LocalFleet:
         """Run the real ``shoal`` CLI against this fleet's seeder."""
         assert self.control is not None, "start the seeder first"
         return subprocess.run(
-            [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(self.control)],
+            [
+                *self._prefix(),
+                sys.executable,
+                "-m",
+                "seeder.cli",
+                *args,
+                "--seeder",
+                str(self.control),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -136,7 +154,7 @@ class LocalFleet:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             process = await trio.lowlevel.open_process(
-                [sys.executable, *args],
+                [*self._prefix(), sys.executable, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -144,6 +162,9 @@ class LocalFleet:
         daemon = Daemon(name, process, log)
         self.daemons.append(daemon)
         return daemon
+
+    def _prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def _check_alive(self) -> None:
         for d in self.daemons:
