@@ -15,9 +15,9 @@ from common.cli import add_override_option
 from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
-from common.peer_config import load_config
 from common.torrent import parse_overrides
 from peer import service_cli
+from peer.config import load_config
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 

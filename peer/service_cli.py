@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from common.install_layout import LOGFILE, PIDFILE
-from common.peer_config import load_config
 from peer import supervise
+from peer.config import load_config
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
-import string
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -21,11 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import trio
+import yaml
 
 from common.addr import Address
 from common.errors import RemoteError, ShoalError
 from common.install_layout import InstallLayout
-from common.peer_config import render_config
 from seeder import fleet_agent, ssh, wheelhouse
 from seeder.client import SeederClient
 from seeder.fleet_steps import (
@@ -42,6 +41,7 @@ from seeder.fleet_steps import (
 from seeder.inventory import InventoryHost
 
 WAIT_CONNECTED = 90.0
+UNIT = "shoal-peer.service"
 AGENT = Path(fleet_agent.__file__).read_text()
 ClientFactory = Callable[[], AbstractAsyncContextManager[SeederClient]]
 
@@ -74,10 +74,14 @@ def layout_of(host: InventoryHost) -> InstallLayout:
 
 
 def render_unit(layout: InstallLayout) -> str:
-    text = resources.files("seeder").joinpath("templates/shoal-peer.service").read_text()
-    return string.Template(text).substitute(
-        program=shlex.quote(str(layout.program())), config=shlex.quote(str(layout.config))
-    )
+    """The shipped unit (``deploy/systemd/shoal-peer.service``) for this host's paths."""
+    text = resources.files("seeder").joinpath(f"deploy/systemd/{UNIT}").read_text()
+    default = InstallLayout()
+    for old, new in ((default.program(), layout.program()), (default.config, layout.config)):
+        if any(c.isspace() or c in "%$\\\"'" for c in str(new)):
+            raise ShoalError(f"path {str(new)!r} cannot go into a systemd unit (spaces, quotes)")
+        text = text.replace(str(old), str(new))
+    return text
 
 
 class Host:
@@ -310,16 +314,21 @@ def _labels(inv: InventoryHost) -> str:
 
 
 def peer_config(inv: InventoryHost, layout: InstallLayout, opts: Options, bind: str) -> str:
+    """The host's ``peer.yml`` (keys: ``shoal-peer run``'s options, see peer/config.py).
+
+    Written with sorted keys, so the same inventory gives the same bytes (idempotence)."""
     assert opts.peer_seeder is not None
     values: dict[str, Any] = {
         "seeder": str(opts.peer_seeder),
         "data_dir": str(layout.data_dir),
         "name": inv.name,
         "bind": bind,
-        "torrent_port": inv.var("shoal_torrent_port"),
-        "labels": inv.labels,
+        "labels": dict(inv.labels),
     }
-    return render_config(values)
+    if inv.var("shoal_torrent_port") is not None:
+        values["torrent_port"] = int(inv.var("shoal_torrent_port"))
+    body = yaml.safe_dump(values, sort_keys=True, default_flow_style=False)
+    return f"# written by shoal fleet install; read by shoal-peer run --config\n{body}"
 
 
 class Builds:

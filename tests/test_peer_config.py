@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.errors import ConfigError
-from common.peer_config import parse_config, render_config
+from peer.config import parse_config, render_config
 from peer.supervise import FIRST_DELAY, HEALTHY_AFTER, MAX_DELAY, next_delay
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from common.peer_config import render_config
+from peer.config import render_config
 from peer.supervise import read_pid
 from seeder.localfleet import LocalFleet
 

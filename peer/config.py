@@ -1,4 +1,4 @@
-"""The peer's config file (``/etc/shoal/peer.yml``), written by the fleet, read by the peer.
+"""The peer's config file (``/etc/shoal/peer.yml``): YAML, keyed by ``shoal-peer run``'s options.
 
     seeder: 10.0.0.1:7700        # required
     data_dir: /var/lib/shoal-peer # required
