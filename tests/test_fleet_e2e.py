@@ -81,7 +81,9 @@ class Fleet:
         return {h["name"]: h for h in json.loads(out.stdout)}
 
 
-def _inventory(bed: Testbed, key: Path, extra: str = "") -> str:
+def _inventory(
+    bed: Testbed, key: Path, extra: str = "", host_vars: dict[str, dict[str, str]] | None = None
+) -> str:
     lines = [
         "all:",
         "  vars:",
@@ -99,6 +101,7 @@ def _inventory(bed: Testbed, key: Path, extra: str = "") -> str:
             f"          shoal_data_dir: {h.workdir}/var/shoal-peer",
             f"          shoal_config: {h.workdir}/etc/peer.yml",
         ]
+        lines += [f"          {k}: {v}" for k, v in (host_vars or {}).get(h.name, {}).items()]
     return "\n".join(lines) + "\n" + extra
 
 
@@ -168,28 +171,36 @@ async def test_install_is_idempotent_and_refuses_changed_host_keys(fleet: Fleet)
     assert {n: r["outcome"] for n, r in second.items()} == dict.fromkeys(names, "unchanged")
     assert {h.name: _daemon_pid(h) for h in fleet.bed.peers} == pids  # nothing restarted
 
-    changed, rest = fleet.bed.peers[1], fleet.bed.peers[:1] + fleet.bed.peers[2:]
+    good, changed, refused, nopython = fleet.bed.peers
     _regenerate_host_key(changed)
+    stranger = fleet.key.with_name("stranger")
+    _keygen(stranger)  # a key no host authorizes
     extra = "    ghost:\n      hosts:\n        ghost1:\n          ansible_host: 10.77.0.250\n"
-    fleet.inventory.write_text(_inventory(fleet.bed, fleet.key, extra))
+    broken = {
+        refused.name: {"ansible_ssh_private_key_file": str(stranger)},
+        nopython.name: {"ansible_python_interpreter": "/nonexistent/python3"},
+    }
+    fleet.inventory.write_text(_inventory(fleet.bed, fleet.key, extra, broken))
     code, third = await trio.to_thread.run_sync(lambda: fleet.install("--accept-new"))
     assert code == 1
     assert third[changed.name]["outcome"] == "failed"
     assert third[changed.name]["reason"] == "host key changed"
     assert "HOST KEY CHANGED" in third[changed.name]["detail"]
     assert third["ghost1"]["reason"] == "unreachable", third["ghost1"]
-    for h in rest:
-        assert third[h.name]["outcome"] == "unchanged", third[h.name]
+    assert third[refused.name]["reason"] == "auth refused", third[refused.name]
+    assert third[nopython.name]["reason"] == "no python3", third[nopython.name]
+    assert third[good.name]["outcome"] == "unchanged", third[good.name]
     # --accept-new never overwrites a recorded key: the changed one is still refused, the
     # recorded line is still the old one
     assert fleet.known_hosts.read_text().count(changed.ip + " ") == 1
 
-    code, status = await trio.to_thread.run_sync(lambda: fleet.fleet("status", "--limit", "web"))
+    code, status = await trio.to_thread.run_sync(fleet.fleet, "status", "--limit", "web")
     assert code == 1 and status[changed.name]["reason"] == "host key changed"
-    for h in rest:
-        s = status[h.name]
-        assert (s["reachable"], s["running"], s["connected"]) == (True, True, True), s
-        assert s["version"].startswith("0.1.0-")
+    s = status[good.name]
+    assert (s["reachable"], s["running"], s["connected"]) == (True, True, True), s
+    assert s["version"].startswith("0.1.0-")
+    # the host whose python is gone still runs its daemon: the seeder sees it connected
+    assert status[nopython.name]["connected"] is True
 
 
 async def test_uninstall_then_reinstall(fleet: Fleet) -> None:
@@ -215,3 +226,15 @@ async def test_uninstall_then_reinstall(fleet: Fleet) -> None:
     assert code == 0 and again[one.name]["outcome"] == "unchanged"
     code, status = await trio.to_thread.run_sync(fleet.fleet, "status", "--limit", one.name)
     assert status[one.name]["version"] is None and status[one.name]["running"] is False
+
+
+async def test_a_daemon_that_cannot_start_is_reported_with_its_log(fleet: Fleet) -> None:
+    bad = fleet.bed.peers[2]
+    fleet.inventory.write_text(
+        _inventory(fleet.bed, fleet.key, host_vars={bad.name: {"shoal_bind": "10.99.99.99"}})
+    )
+    code, out = await trio.to_thread.run_sync(fleet.install, "--limit", bad.name, "--wait", "10")
+    assert code == 1
+    assert out[bad.name]["reason"] == "service failed to start", out[bad.name]
+    assert out[bad.name]["step"] == "wait connected"
+    assert "cannot listen for peers on 10.99.99.99" in out[bad.name]["detail"]
