@@ -1,0 +1,1 @@
+"""The one package that uses ``cryptography``: keys, certificates, CSRs, join tokens, signatures."""
