@@ -11,22 +11,13 @@ import trio
 
 from common.addr import Address, parse_ip
 from common.cli import add_override_option
-from common.errors import ConfigError, ShoalError
+from common.errors import ShoalError
+from common.labels import parse_labels
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"label {part!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
 
 
 def _size(text: str) -> int:

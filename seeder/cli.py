@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import follow, render, rollout_cli, token_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", action="store_true", help="then print new lines as they come")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    token_cli.add_commands(sub, with_seeder)
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
     return parser
@@ -246,6 +247,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
+        elif args.command == "token":
+            return await token_cli.run(client, args)
         elif args.command == "logs":
             return await follow.show_logs(
                 client,
