@@ -1,1 +1,2 @@
-"""The one package that uses ``cryptography``: keys, certificates, CSRs, join tokens, signatures."""
+"""Everything that touches ``cryptography``: certificates and keys (:mod:`.certs`), CSRs and join
+tokens, release signatures. No other package imports ``cryptography``."""
