@@ -196,3 +196,55 @@ def _broken(exc: trio.BrokenResourceError) -> Exception:
     if isinstance(translated, TLSRefused):
         return translated
     return trio.BrokenResourceError(str(translated))
+
+
+# --- the join listener (lane enroll): server-authenticated TLS for hosts without a certificate --
+
+Context = ssl.SSLContext  # for annotations elsewhere, which never import ssl themselves
+
+
+class JoinServerTLS:
+    """The join listener's context: the seeder's certificate, and no client certificate asked
+    for (the joining host has none yet; its token, sent inside, authenticates it)."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.options |= ssl.OP_NO_TICKET
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise CertificateError(
+                f"cannot use the seeder certificate {cert_file}: {_reason(exc)}"
+            ) from None
+        self.context = ctx
+
+    async def accept(
+        self, transport: trio.abc.Stream, patience: float = HANDSHAKE_TIMEOUT
+    ) -> trio.abc.Stream:
+        stream = trio.SSLStream(transport, self.context, server_side=True)
+        await _handshake(stream, patience, ours=False)
+        return _Translated(stream)
+
+
+def unverified_context() -> ssl.SSLContext:
+    """TLS 1.3 that checks nothing about the server: only for fetching the seeder's CA
+    certificate, which the joining host then checks against the pin in its token."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def pinned_context(ca_pem: bytes) -> ssl.SSLContext:
+    """TLS 1.3 that trusts only the CA in ``ca_pem`` and checks the seeder's name or IP, with no
+    client certificate (a joining host's second connection)."""
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = True
+    try:
+        ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"cannot trust the CA certificate: {_reason(exc)}") from None
+    return ctx

@@ -11,11 +11,12 @@ import trio
 
 from common.addr import Address, parse_ip
 from common.cli import add_override_option
-from common.errors import ShoalError
+from common.errors import ConfigError, ShoalError
 from common.labels import parse_labels
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
+from peer import join_cli, settings
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 
@@ -38,12 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the peer daemon in the foreground")
-    run.add_argument("--seeder", required=True, help="the seeder's control HOST:PORT")
+    run.add_argument(
+        "--seeder", help="the seeder's control HOST:PORT (default: the one `join` recorded)"
+    )
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
-    run.add_argument("--bind", default="127.0.0.1", help="this host's IP for BitTorrent")
+    run.add_argument("--name", help="host name (default: as joined, else the hostname)")
+    run.add_argument(
+        "--bind", help="this host's IP for BitTorrent (default: as joined, else 127.0.0.1)"
+    )
     run.add_argument("--torrent-port", type=int, default=6881)
-    run.add_argument("--labels", default="", help="k=v,k=v")
+    run.add_argument("--labels", help="k=v,k=v (default: as joined)")
     run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
     run.add_argument(
         "--min-free",
@@ -58,20 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
     add_override_option(run)
+    join_cli.add_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.command == "join":
+        return join_cli.run(args)
     try:
+        joined = settings.load(args.data_dir)
+        seeder = args.seeder or (joined and joined.seeder)
+        if not seeder:
+            raise ConfigError("pass --seeder HOST:PORT (or enroll with `shoal-peer join` first)")
         config = PeerConfig(
-            seeder=Address.parse(args.seeder, default_port=7700),
+            seeder=Address.parse(seeder, default_port=7700),
             data_dir=args.data_dir.resolve(),
-            name=args.name,
-            bind=parse_ip(args.bind),
+            name=args.name or (joined and joined.name) or socket.gethostname(),
+            bind=parse_ip(args.bind or (joined and joined.bind) or "127.0.0.1"),
             torrent_port=args.torrent_port,
-            labels=parse_labels(args.labels),
+            labels=parse_labels(args.labels) if args.labels is not None else _labels(joined),
             keep_releases=args.keep,
             min_free=args.min_free,
             unpack_ratio=args.unpack_ratio,
@@ -84,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _labels(joined: settings.PeerSettings | None) -> dict[str, str]:
+    return dict(joined.labels) if joined else {}
 
 
 if __name__ == "__main__":

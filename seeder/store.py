@@ -434,15 +434,24 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def _take_use(self, db: sqlite3.Connection, token_id: str, now: float) -> bool:
-        """Consume one use of a live token inside the caller's transaction: one UPDATE that
-        only succeeds while a use is left, so of two joins racing for the last use one wins."""
-        cur = db.execute(
-            """UPDATE join_tokens SET uses_left=uses_left-1 WHERE token_id=? AND uses_left>0
-            AND expires_at>? AND revoked_at IS NULL""",
-            (token_id, now),
-        )
-        return cur.rowcount == 1
+    def take_token_use(self, token_id: str, now: float) -> bool:
+        """Consume one use of a live token: one conditional UPDATE, so of two joins racing for
+        the last use (even from two seeder processes on one database) exactly one wins."""
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE join_tokens SET uses_left=uses_left-1 WHERE token_id=? AND uses_left>0
+                AND expires_at>? AND revoked_at IS NULL""",
+                (token_id, now),
+            )
+            return cur.rowcount == 1
+
+    def give_token_use_back(self, token_id: str) -> None:
+        """Undo :meth:`take_token_use` when the certificate could not be issued after all."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE join_tokens SET uses_left=min(uses, uses_left+1) WHERE token_id=?",
+                (token_id,),
+            )
 
 
 def _token(r: sqlite3.Row) -> TokenRecord:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.crypto import certs
 from common.errors import ShoalError
 
 MAX_CSR_BYTES = 8 * 1024  # a P-256 CSR is ~400 bytes
@@ -26,29 +27,13 @@ class CsrError(ShoalError):
     """A CSR that cannot be used: unreadable, badly signed, another name, a weak key."""
 
 
-@dataclass(frozen=True)
-class HostKey:
-    """A host's new private key (P-256) and its PEM form (PKCS#8, to be written 0600)."""
-
-    key: ec.EllipticCurvePrivateKey
-
-    @classmethod
-    def generate(cls) -> HostKey:
-        return cls(ec.generate_private_key(ec.SECP256R1()))
-
-    def pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def csr(self, name: str) -> bytes:
-        """A PEM CSR asking for a certificate with subject ``CN=name``."""
-        builder = x509.CertificateSigningRequestBuilder().subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        )
-        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+def make_csr(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
+    """A PEM CSR asking for a certificate with subject ``CN=name`` for ``key``'s public half
+    (the key comes from :func:`common.crypto.certs.generate_key`, on the host)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)
@@ -82,3 +67,23 @@ def read_csr(pem: bytes, *, name: str) -> CheckedCsr:
     if not isinstance(key.curve, _CURVES):
         raise CsrError(f"the CSR's key is on curve {key.curve.name}; use P-256 or P-384")
     return CheckedCsr(name, key)
+
+
+def check_issued(
+    cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey, name: str
+) -> None:
+    """The joining host's check of its new certificate: issued by the pinned CA, for its own key
+    (the one that never left it), naming it as a host. CsrError (the seeder's fault) if not."""
+    try:
+        cert, ca = certs.load_certificate(cert_pem), certs.load_certificate(ca_pem)
+        who = certs.holder(cert)
+    except certs.CertificateError as exc:
+        raise CsrError(f"the seeder sent an unusable certificate: {exc}") from None
+    if not certs.issued_by(cert, ca):
+        raise CsrError("the seeder sent a certificate that its CA did not issue")
+    if cert.public_key() != key.public_key():
+        raise CsrError("the seeder sent a certificate for another key than the one in the CSR")
+    if (who.name, who.role) != (name, certs.HOST_ROLE):
+        raise CsrError(
+            f"the seeder's certificate names {who.name!r} ({who.role}), not host {name!r}"
+        )

@@ -1,0 +1,195 @@
+"""The seeder's join listener (control port + 3): new hosts enroll themselves with a join token.
+
+TLS with the seeder's server certificate only: the joining host has no certificate yet, so none
+is asked for. A connection carries one exchange of :mod:`common.join` and closes: a
+``Discover`` is answered with the CA certificate (the host checks it against its token's pin,
+then dials again verifying the seeder's certificate), a ``JoinRequest`` with the host's new
+certificate or a refusal naming the reason. Handshake and exchange run under one deadline,
+messages are bounded (``common.join.MAX_JOIN_MESSAGE``) and so are the connections handled at
+once (more are closed at once). Nothing a remote sends stops the listener.
+
+Who may enroll under which name: the token decides (expiry, uses, optional name pattern); a
+name that already has a live host certificate (issued and neither revoked nor expired) is
+refused, so nobody takes over a running host by joining under its name. An operator who wants
+to re-enroll a host revokes it first (``shoal hosts revoke NAME``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import trio
+
+from common import join as j
+from common import joinchannel, tls
+from common.crypto import certs
+from common.crypto.csr import CsrError, read_csr
+from common.errors import ConnectionClosed, ProtocolError, ShoalError
+from common.messages import Message
+from seeder.enrollment import check_join, joined_labels
+from seeder.store import Store
+
+log = logging.getLogger("shoal.seeder.join")
+
+EXCHANGE_TIMEOUT = 15.0  # seconds from accept to answer sent, handshake included
+MAX_JOINS = 64  # connections handled at once; more are closed unanswered
+HOST_LIFETIME = dt.timedelta(days=365)
+
+
+class IssuedRecord(Protocol):
+    name: str
+    role: str
+    not_after: float
+    revoked_at: float | None
+
+
+class Issuer(Protocol):
+    """The seeder's CA as the join listener uses it (``seeder.authority.Authority``)."""
+
+    ca_pem: bytes
+
+    def signing_public(self) -> bytes: ...
+
+    def issue(
+        self,
+        public_key_pem: bytes,
+        name: str,
+        role: str,
+        *,
+        now: dt.datetime,
+        lifetime: dt.timedelta,
+        labels: dict[str, str] | None = None,
+    ) -> bytes: ...
+
+    def certificates(self) -> Iterable[IssuedRecord]: ...
+
+
+def live_host(issuer: Issuer, name: str, now: float) -> bool:
+    """Whether a host certificate for ``name`` is in force: issued, not revoked, not expired."""
+    return any(
+        c.name == name and c.role == certs.HOST_ROLE and c.revoked_at is None and c.not_after > now
+        for c in issuer.certificates()
+    )
+
+
+class Enrollments:
+    """Answers join requests: checks the token and the name, issues and records the host
+    certificate. Synchronous from check to record (no await in between), so two joins never
+    interleave; the store's atomic use count decides races besides."""
+
+    def __init__(
+        self, store: Store, issuer: Issuer, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.issuer = issuer
+        self.clock = clock
+
+    def answer(self, request: j.JoinRequest) -> j.Joined:
+        """Enroll the host, or raise JoinError saying why not (the joining host's fault)."""
+        now = self.clock()
+        record = self.store.token(request.token_id)
+        check_join(record, request.secret, request.name, now)
+        assert record is not None
+        try:
+            certs.check_name(request.name)
+        except certs.CertificateError as exc:
+            raise j.JoinError(j.RefusalCode.NAME_REFUSED, str(exc)) from None
+        labels = joined_labels(record, request.labels)
+        try:
+            csr = read_csr(request.csr, name=request.name)
+        except CsrError as exc:
+            raise j.JoinError(j.RefusalCode.BAD_CSR, str(exc)) from None
+        if live_host(self.issuer, request.name, now):
+            raise j.JoinError(
+                j.RefusalCode.NAME_TAKEN,
+                f"a host named {request.name!r} is already enrolled; join under another name,"
+                " or have an operator run `shoal hosts revoke` on it first",
+            )
+        if not self.store.take_token_use(record.token_id, now):
+            check_join(self.store.token(record.token_id), request.secret, request.name, now)
+            raise j.JoinError(j.RefusalCode.USED_UP, f"join token {record.token_id} is used up")
+        try:
+            cert = self.issuer.issue(
+                certs.public_pem(csr.public_key),
+                request.name,
+                certs.HOST_ROLE,
+                now=dt.datetime.fromtimestamp(now, dt.UTC),
+                lifetime=HOST_LIFETIME,
+                labels=labels,
+            )
+        except BaseException:
+            self.store.give_token_use_back(record.token_id)  # nothing was enrolled
+            raise
+        log.info("host %s joined with token %s, labels %s", request.name, record.token_id, labels)
+        return j.Joined(
+            name=request.name,
+            host_cert=cert,
+            ca_cert=self.issuer.ca_pem,
+            signing_key=self.issuer.signing_public(),
+            labels=labels,
+        )
+
+
+class JoinServer:
+    def __init__(self, enrollments: Enrollments, server_tls: tls.JoinServerTLS) -> None:
+        self.enrollments = enrollments
+        self.tls = server_tls
+        self._slots = trio.Semaphore(MAX_JOINS)
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = int(listeners[0].socket.getsockname()[1])
+        log.info("join listener on %s:%d", host, bound)
+        async with trio.open_nursery() as nursery:
+            task_status.started(bound)
+            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+
+    async def handle(self, transport: trio.abc.Stream) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(transport)  # busy: the host retries later
+            return
+        try:
+            with trio.move_on_after(EXCHANGE_TIMEOUT) as deadline:
+                await self._exchange(transport)
+            if deadline.cancelled_caught:
+                log.info("join connection: no exchange within %gs; closed", EXCHANGE_TIMEOUT)
+        except (ConnectionClosed, ProtocolError) as exc:
+            log.info("join connection closed: %s", exc)
+        except Exception:  # one connection's bug must not take the listener down
+            log.exception("join connection failed after an internal error")
+        finally:
+            self._slots.release()
+            await trio.aclose_forcefully(transport)
+
+    async def _exchange(self, transport: trio.abc.Stream) -> None:
+        stream = await self.tls.accept(transport, EXCHANGE_TIMEOUT)
+        conn = j.JoinConnection(j.JoinRole.SEEDER)
+        try:
+            request = await joinchannel.receive(stream, conn)
+        except ProtocolError as exc:
+            await joinchannel.send(
+                stream, conn, j.JoinRefused(code=j.RefusalCode.BAD_REQUEST, reason=str(exc))
+            )
+            raise
+        await joinchannel.send(stream, conn, self._answer(request))
+
+    def _answer(self, request: Message) -> Message:
+        if isinstance(request, j.Discover):
+            return j.CaCert(ca_cert=self.enrollments.issuer.ca_pem)
+        assert isinstance(request, j.JoinRequest)
+        try:
+            return self.enrollments.answer(request)
+        except j.JoinError as exc:
+            log.info("join as %r refused: %s", request.name[:64], exc)
+            return j.JoinRefused(code=exc.code, reason=str(exc))
+        except ShoalError as exc:  # ours: the CA could not issue or record
+            log.error("join as %r failed: %s", request.name[:64], exc)
+            return j.JoinRefused(code=j.RefusalCode.INTERNAL, reason=f"the seeder failed: {exc}")
