@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from common.crypto.csr import CsrError, HostKey, read_csr
+from common.crypto.certs import generate_key
+from common.crypto.csr import CsrError, make_csr, read_csr
 from common.crypto.tokens import (
     JoinToken,
     TokenFormatError,
@@ -99,11 +100,11 @@ def test_secret_is_stored_as_a_digest() -> None:
 
 
 def test_csr_carries_the_public_key_only_and_its_name() -> None:
-    key = HostKey.generate()
-    csr = key.csr("web-1")
+    key = generate_key()
+    csr = make_csr(key, "web-1")
     assert b"PRIVATE" not in csr
     checked = read_csr(csr, name="web-1")
-    assert checked.public_key == key.key.public_key()
+    assert checked.public_key == key.public_key()
     with pytest.raises(CsrError, match="asks for the name 'web-1' but the host joins as 'web-2'"):
         read_csr(csr, name="web-2")
 
@@ -142,7 +143,7 @@ def test_csr_problems_are_named() -> None:
 
 def test_csr_signed_by_another_key_is_refused() -> None:
     """A CSR whose public key was swapped: the signature no longer verifies."""
-    good = x509.load_pem_x509_csr(HostKey.generate().csr("web-1"))
+    good = x509.load_pem_x509_csr(make_csr(generate_key(), "web-1"))
     der = bytearray(good.public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0xFF  # inside the signature
     bad = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
