@@ -43,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeder", help="the seeder's control HOST:PORT (default: the one `join` recorded)"
     )
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", help="host name (default: as joined, else the hostname)")
+    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
     run.add_argument(
         "--bind", help="this host's IP for BitTorrent (default: as joined, else 127.0.0.1)"
     )
     run.add_argument("--torrent-port", type=int, default=6881)
-    run.add_argument("--labels", help="k=v,k=v (default: as joined)")
+    run.add_argument("--labels", default="", help="k=v,k=v")
     run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
     run.add_argument(
         "--min-free",
@@ -74,16 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         return join_cli.run(args)
     try:
         joined = settings.load(args.data_dir)
-        seeder = args.seeder or (joined and joined.seeder)
-        if not seeder:
+        seeder = args.seeder or (joined.seeder if joined else None)
+        if seeder is None:
             raise ConfigError("pass --seeder HOST:PORT (or enroll with `shoal-peer join` first)")
         config = PeerConfig(
             seeder=Address.parse(seeder, default_port=7700),
             data_dir=args.data_dir.resolve(),
-            name=args.name or (joined and joined.name) or socket.gethostname(),
-            bind=parse_ip(args.bind or (joined and joined.bind) or "127.0.0.1"),
+            name=args.name,
+            bind=parse_ip(args.bind or (joined.bind if joined else "") or "127.0.0.1"),
             torrent_port=args.torrent_port,
-            labels=parse_labels(args.labels) if args.labels is not None else _labels(joined),
+            labels=parse_labels(args.labels),
             keep_releases=args.keep,
             min_free=args.min_free,
             unpack_ratio=args.unpack_ratio,
@@ -96,10 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _labels(joined: settings.PeerSettings | None) -> dict[str, str]:
-    return dict(joined.labels) if joined else {}
 
 
 if __name__ == "__main__":

@@ -85,8 +85,7 @@ def existing(data_dir: Path) -> Joined | None:
         who = certs.holder(certs.load_certificate(cert.read_bytes()))
     except (OSError, certs.CertificateError) as exc:
         raise ConfigError(f"{cert} is not a usable host certificate: {exc}") from None
-    found = settings.load(data_dir)
-    return Joined(who.name, identity, found.labels if found else {}, joined=False)
+    return Joined(who.name, identity, {}, joined=False)
 
 
 async def join(opts: JoinOptions) -> Joined:
@@ -131,7 +130,7 @@ async def join(opts: JoinOptions) -> Joined:
     )
     settings.save(
         opts.data_dir,
-        settings.PeerSettings(str(opts.seeder), opts.name, dict(answer.labels), local_ip),
+        settings.PeerSettings(str(opts.seeder), local_ip),
     )
     return Joined(opts.name, identity, dict(answer.labels), joined=True)
 

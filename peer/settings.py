@@ -1,8 +1,9 @@
 """What ``shoal-peer join`` records for ``shoal-peer run``: ``DATA/peer.json``.
 
-The seeder's control address, the host's name, its labels (the token's included) and the local
-IP it reached the seeder from (its default ``--bind``), so that after a join ``shoal-peer run
---data-dir DATA`` needs nothing else. Options given to ``run`` win over the file.
+The seeder's control address and the local IP this host reached it from (its default
+``--bind``), so that after a join ``shoal-peer run --data-dir DATA`` needs nothing else (the
+name is the one in ``DATA/identity/host.crt``, the labels are the seeder's record of the
+enrollment). Options given to ``run`` win over the file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import ConfigError
@@ -22,8 +23,6 @@ FILE = "peer.json"
 @dataclass(frozen=True)
 class PeerSettings:
     seeder: str  # HOST:PORT of the control port
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
     bind: str = ""
 
 
@@ -33,8 +32,6 @@ def load(data_dir: Path) -> PeerSettings | None:
         raw = json.loads(path.read_text())
         return PeerSettings(
             seeder=str(raw["seeder"]),
-            name=str(raw["name"]),
-            labels={str(k): str(v) for k, v in dict(raw.get("labels", {})).items()},
             bind=str(raw.get("bind", "")),
         )
     except FileNotFoundError:
@@ -47,6 +44,7 @@ def save(data_dir: Path, settings: PeerSettings) -> None:
     """Write the file atomically (a crash leaves the old one or the new one)."""
     fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{FILE}.")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(settings), f, indent=2, sort_keys=True)
             f.flush()

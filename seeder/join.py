@@ -30,7 +30,7 @@ from common.crypto import certs
 from common.crypto.csr import CsrError, read_csr
 from common.errors import ConnectionClosed, ProtocolError, ShoalError
 from common.messages import Message
-from seeder.enrollment import check_join, joined_labels
+from seeder.join_policy import check_join, joined_labels
 from seeder.store import Store
 
 log = logging.getLogger("shoal.seeder.join")

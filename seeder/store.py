@@ -19,7 +19,7 @@ from typing import Any
 
 from common.errors import ShoalError
 from common.release import Manifest
-from seeder.enrollment import TokenRecord
+from seeder.join_policy import TokenRecord
 from seeder.model import RolloutModel, StepRecord, TargetModel
 from seeder.states import TERMINAL, RolloutState, TargetState
 from seeder.waves import Plan, RolloutOptions
@@ -406,7 +406,7 @@ class Store:
         ).fetchone()
         return int(row[0])
 
-    # --- join tokens (seeder.enrollment) ----------------------------------------------------------
+    # --- join tokens (seeder.join_policy) ------------------------------------------------------
 
     def add_token(self, t: TokenRecord) -> None:
         with self._tx() as db:

@@ -17,7 +17,7 @@ from common.errors import ConfigError, ShoalError
 from common.join import JoinError
 from seeder.caller import current_caller
 from seeder.control import Handler
-from seeder.enrollment import MAX_TTL, MAX_USES, TokenRecord, check_labels
+from seeder.join_policy import MAX_TTL, MAX_USES, TokenRecord, check_labels
 from seeder.store import Store
 
 DEFAULT_TTL = 3600.0
