@@ -116,7 +116,9 @@ class JoinConnection:
         self.role = role
         self.state = JoinState.IDLE
         self.request: Message | None = None
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message_size)
+        self._max = max_message_size
+        # msgpack's own limit is a little looser than ours: a safety net, not the rule
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * max_message_size)
         self._eof = False
         self._pending = 0
 
@@ -148,11 +150,15 @@ class JoinConnection:
             raise RemoteProtocolError(
                 f"unexpected data from the {self._remote} ({len(data)} bytes)"
             )
+        if self._pending + len(data) > self._max:  # counted here: exact, whatever msgpack buffers
+            raise RemoteProtocolError(
+                f"the {self._remote}'s join message exceeds {self._max} bytes"
+            )
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
             raise RemoteProtocolError(
-                f"the {self._remote}'s join message exceeds {MAX_JOIN_MESSAGE} bytes"
+                f"the {self._remote}'s join message exceeds {self._max} bytes"
             ) from None
         self._pending += len(data)
 

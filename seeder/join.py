@@ -16,6 +16,7 @@ to re-enroll a host revokes it first (``shoal hosts revoke NAME``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger("shoal.seeder.join")
 
 EXCHANGE_TIMEOUT = 15.0  # seconds from accept to answer sent, handshake included
 MAX_JOINS = 64  # connections handled at once; more are closed unanswered
+CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
 HOST_LIFETIME = dt.timedelta(days=365)
 
 
@@ -173,13 +175,16 @@ class JoinServer:
         stream = await self.tls.accept(transport, EXCHANGE_TIMEOUT)
         conn = j.JoinConnection(j.JoinRole.SEEDER)
         try:
-            request = await joinchannel.receive(stream, conn)
-        except ProtocolError as exc:
-            await joinchannel.send(
-                stream, conn, j.JoinRefused(code=j.RefusalCode.BAD_REQUEST, reason=str(exc))
-            )
-            raise
-        await joinchannel.send(stream, conn, self._answer(request))
+            try:
+                request = await joinchannel.receive(stream, conn)
+            except ProtocolError as exc:
+                refusal = j.JoinRefused(code=j.RefusalCode.BAD_REQUEST, reason=str(exc))
+                await joinchannel.send(stream, conn, refusal)
+                raise
+            await joinchannel.send(stream, conn, self._answer(request))
+        finally:
+            with trio.move_on_after(CLOSE_GRACE), contextlib.suppress(trio.BrokenResourceError):
+                await stream.aclose()  # close_notify: the host reads a clean end after the answer
 
     def _answer(self, request: Message) -> Message:
         if isinstance(request, j.Discover):
