@@ -22,7 +22,7 @@ from common.crypto.tokens import (
     secret_matches,
 )
 from common.join import JoinError, RefusalCode
-from seeder.enrollment import TokenRecord, check_join, joined_labels
+from seeder.join_policy import TokenRecord, check_join, joined_labels
 
 PIN = "ab" * 32
 
