@@ -6,6 +6,10 @@ every client certificate against a CRL (a revoked certificate is refused in the 
 is handed a new CRL with :meth:`ServerTLS.reload` when a host is revoked: connections accepted
 afterwards use a fresh context (which also invalidates every TLS session ticket of the old one).
 
+An end of stream without TLS's close_notify counts as an end of stream (trio's
+``https_compatible``): the control protocol's own framing detects a message cut short, and a
+seeder that drops a connection does not wait for the remote's goodbye.
+
 ``ssl`` and trio's TLS errors are translated here, once, into :class:`~common.errors.TLSRefused`
 (saying whose fault) or :class:`~common.errors.ConnectionClosed`.
 """
@@ -47,6 +51,19 @@ def client_context(cert_file: Path, key_file: Path | None, ca_pem: bytes) -> ssl
     return ctx
 
 
+class ClientTLS:
+    """What a client (a peer daemon, the CLI) dials the seeder with: its certificate and the CA.
+    One context serves every connection of the process."""
+
+    def __init__(self, cert_file: Path, key_file: Path | None, ca_pem: bytes) -> None:
+        self.context = client_context(cert_file, key_file, ca_pem)
+
+    async def connect(
+        self, transport: trio.abc.Stream, server_name: str, patience: float = HANDSHAKE_TIMEOUT
+    ) -> trio.abc.Stream:
+        return await connect(transport, self.context, server_name, patience)
+
+
 class ServerTLS:
     """The seeder's server context: its certificate, the CA and the current CRL."""
 
@@ -80,7 +97,7 @@ class ServerTLS:
     ) -> tuple[trio.abc.Stream, Holder]:
         """Run the server side of the handshake; the stream and who the client's certificate
         names. TLSRefused (the client's fault) or ConnectionClosed on failure."""
-        stream = trio.SSLStream(transport, self.context, server_side=True)
+        stream = trio.SSLStream(transport, self.context, server_side=True, https_compatible=True)
         await _handshake(stream, patience, ours=False)
         der = stream.getpeercert(binary_form=True)
         if der is None:  # CERT_REQUIRED makes this unreachable; refuse rather than assume
@@ -99,7 +116,7 @@ async def connect(
     patience: float = HANDSHAKE_TIMEOUT,
 ) -> trio.abc.Stream:
     """Run the client side of the handshake with the seeder at ``server_name``."""
-    stream = trio.SSLStream(transport, context, server_hostname=server_name)
+    stream = trio.SSLStream(transport, context, server_hostname=server_name, https_compatible=True)
     await _handshake(stream, patience, ours=True)
     return _Translated(stream)
 

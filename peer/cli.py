@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 
 import trio
 
 from common.addr import Address, parse_ip
+from common.bundle import Bundle
 from common.cli import add_override_option
 from common.errors import ConfigError, ShoalError
 from common.labels import parse_labels
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
-from peer import join_cli, settings
+from peer import identity, join_cli, settings
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 
@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeder", help="the seeder's control HOST:PORT (default: the one `join` recorded)"
     )
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
+    run.add_argument(
+        "--name", help="host name; must be the one its certificate names (default: that one)"
+    )
+    run.add_argument(
+        "--bundle", type=Path, help="install this enrollment bundle into DATA_DIR/identity first"
+    )
     run.add_argument(
         "--bind", help="this host's IP for BitTorrent (default: as joined, else 127.0.0.1)"
     )
@@ -63,8 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
     add_override_option(run)
+    enroll = sub.add_parser("enroll", help="install an enrollment bundle (from `shoal enroll`)")
+    enroll.add_argument("--bundle", type=Path, required=True)
+    enroll.add_argument("--data-dir", type=Path, required=True)
     join_cli.add_command(sub)
     return parser
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    bundle = Bundle.read(args.bundle)
+    directory = identity.install(bundle, args.data_dir.resolve())
+    print(f"host {bundle.name} enrolled: identity in {directory}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,14 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "join":
         return join_cli.run(args)
     try:
-        joined = settings.load(args.data_dir)
+        if args.command == "enroll":
+            return _enroll(args)
+        data_dir = args.data_dir.resolve()
+        if args.bundle is not None:
+            identity.install(Bundle.read(args.bundle), data_dir)
+        name = identity.load(data_dir).name
+        if args.name is not None and args.name != name:
+            raise ConfigError(
+                f"--name {args.name} differs from the host its certificate names ({name})"
+            )
+        joined = settings.load(data_dir)
         seeder = args.seeder or (joined.seeder if joined else None)
         if seeder is None:
             raise ConfigError("pass --seeder HOST:PORT (or enroll with `shoal-peer join` first)")
         config = PeerConfig(
             seeder=Address.parse(seeder, default_port=7700),
-            data_dir=args.data_dir.resolve(),
-            name=args.name,
+            data_dir=data_dir,
+            name=name,
             bind=parse_ip(args.bind or (joined.bind if joined else "") or "127.0.0.1"),
             torrent_port=args.torrent_port,
             labels=parse_labels(args.labels),

@@ -7,6 +7,7 @@ when it is ready.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -22,9 +23,11 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.authority import Authority
 from seeder.build import build_release, v1_torrent
-from seeder.control import ControlServer, Handler
+from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
+from seeder.enrollment import enrollment_methods
 from seeder.events import EventHub
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
@@ -98,6 +101,8 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
+    authority = Authority(data)  # refuses to start without an identity, naming the command
+    server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
@@ -152,13 +157,18 @@ async def run_seeder(
             )
             methods.update(watching.methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
+            connections = Connections()
+            methods.update(enrollment_methods(authority, connections))
             server = ControlServer(
                 store,
                 engine,
                 methods=methods,
+                tls=server_tls,
                 streams=watching.streams(),
                 observe=watching.observe,
                 preflights=preflights,
+                labels_of=authority.labels,
+                connections=connections,
             )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
