@@ -240,7 +240,7 @@ class JoinServerTLS:
     async def accept(
         self, transport: trio.abc.Stream, patience: float = HANDSHAKE_TIMEOUT
     ) -> trio.abc.Stream:
-        stream = trio.SSLStream(transport, self.context, server_side=True)
+        stream = trio.SSLStream(transport, self.context, server_side=True, https_compatible=True)
         await _handshake(stream, patience, ours=False)
         return _Translated(stream)
 

@@ -6,19 +6,15 @@
 2. Generate the host key here (it never leaves the host) and a CSR for the host's name.
 3. Dial again, now trusting only that CA and checking the seeder's certificate against the
    address dialled, and only then send the token's secret, the name, the labels and the CSR.
-4. Check the answer (the certificate is the CA's, for our key and our name) and write
-   ``ca.crt``, ``release-signing.pub``, ``host.key`` (0600) and ``host.crt`` into a fresh
-   directory renamed to ``DATA/identity`` in one step, then ``DATA/peer.json`` for ``run``.
+4. Check the answer (the certificate is the CA's, for our key and our name) and install it
+   as a bundle would be (:func:`peer.identity.install`: ``ca.crt``, ``host.crt``, ``host.key``
+   0600, ``release-signing.pub``, each written atomically), then ``DATA/peer.json`` for ``run``.
 
-A host that already has ``DATA/identity/host.crt`` does nothing and says so.
+A host that already has an identity in ``DATA/identity`` does nothing and says so.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,15 +23,15 @@ import trio
 from common import join as j
 from common import joinchannel, tls
 from common.addr import Address
+from common.bundle import Bundle
 from common.crypto import certs
 from common.crypto.csr import CsrError, check_issued, make_csr
 from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConfigError, ConnectionClosed, ProtocolError, TLSRefused
 from common.messages import Message
-from peer import settings
+from peer import identity, settings
 
 EXCHANGE_TIMEOUT = 30.0  # seconds for each of the two connections, handshake included
-IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
@@ -72,20 +68,22 @@ class Joined:
 
 
 def existing(data_dir: Path) -> Joined | None:
-    """The identity a data directory already holds, if any."""
-    identity = data_dir / IDENTITY
-    cert = identity / "host.crt"
-    if not cert.exists():
-        if identity.exists() and any(identity.iterdir()):
-            raise ConfigError(
-                f"{identity} exists but holds no host.crt; remove it or use another --data-dir"
-            )
+    """The identity a data directory already holds, if any (ConfigError if only part of one)."""
+    directory = identity.identity_dir(data_dir)
+    present = [n for n in identity.FILES if (directory / n).is_file()]
+    if not present:
         return None
+    if len(present) < len(identity.FILES):
+        missing = ", ".join(n for n in identity.FILES if n not in present)
+        raise ConfigError(
+            f"{directory} holds part of an identity (missing {missing}); remove it (and have an"
+            " operator `shoal hosts revoke` the name if it was enrolled) before joining again"
+        )
     try:
-        who = certs.holder(certs.load_certificate(cert.read_bytes()))
-    except (OSError, certs.CertificateError) as exc:
-        raise ConfigError(f"{cert} is not a usable host certificate: {exc}") from None
-    return Joined(who.name, identity, {}, joined=False)
+        who = identity.load(data_dir).name
+    except ConfigError as exc:
+        raise ConfigError(f"{directory} holds an unusable identity: {exc}") from None
+    return Joined(who, directory, {}, joined=False)
 
 
 async def join(opts: JoinOptions) -> Joined:
@@ -119,20 +117,21 @@ async def join(opts: JoinOptions) -> Joined:
         certs.check_signing_public(answer.signing_key)
     except (CsrError, certs.CertificateError) as exc:
         raise j.JoinError("bad_answer", f"the seeder at {at}: {exc}") from None
-    identity = _install(
-        opts.data_dir,
-        {
-            "ca.crt": (ca_pem, 0o644),
-            "release-signing.pub": (answer.signing_key, 0o644),
-            "host.key": (certs.key_pem(key), 0o600),
-            "host.crt": (answer.host_cert, 0o644),
-        },
+    bundle = Bundle(
+        name=opts.name,
+        labels=dict(answer.labels),
+        ca=ca_pem,
+        cert=answer.host_cert,
+        key=certs.key_pem(key),
+        release_signing_pub=answer.signing_key,
     )
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    directory = identity.install(bundle, opts.data_dir)
     settings.save(
         opts.data_dir,
         settings.PeerSettings(str(opts.seeder), local_ip),
     )
-    return Joined(opts.name, identity, dict(answer.labels), joined=True)
+    return Joined(opts.name, directory, dict(answer.labels), joined=True)
 
 
 async def _discover(at: Address) -> bytes:
@@ -192,25 +191,3 @@ async def _exchange(
     except ProtocolError as exc:
         raise ConnectionClosed(f"the join port at {at}: {exc}") from None
     return answer, local_ip
-
-
-def _install(data_dir: Path, files: dict[str, tuple[bytes, int]]) -> Path:
-    """Write ``files`` into a new directory and rename it to ``DATA/identity`` in one step."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target = data_dir / IDENTITY
-    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".identity-"))
-    try:
-        os.chmod(staging, 0o700)
-        for name, (data, mode) in files.items():
-            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            target.rmdir()  # an empty leftover; a non-empty one was refused by existing()
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
