@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--torrent-listen", help="BitTorrent IP:PORT (default: listen IP, control port + 2)"
     )
+    run.add_argument("--join-listen", help="join IP:PORT (default: listen IP, control port + 3)")
     run.add_argument(
         "--tracker-interval",
         type=_whole(1),
@@ -210,6 +211,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             listen=Address.parse(args.listen),
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
+            join_listen=_opt_addr(args.join_listen, 0),
             tracker_interval=args.tracker_interval,
             piece_size=args.piece_size,
             slices=not args.no_slices,

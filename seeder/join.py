@@ -20,17 +20,18 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable
 
 import trio
 
 from common import join as j
 from common import joinchannel, tls
+from common.addr import Address
 from common.crypto import certs
 from common.crypto.csr import CsrError, read_csr
-from common.errors import ConnectionClosed, ProtocolError, ShoalError
+from common.errors import ConfigError, ConnectionClosed, ProtocolError, ShoalError
 from common.messages import Message
+from seeder.authority import Authority
 from seeder.join_policy import check_join, joined_labels
 from seeder.store import Store
 
@@ -42,39 +43,11 @@ CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
 HOST_LIFETIME = dt.timedelta(days=365)
 
 
-class IssuedRecord(Protocol):
-    name: str
-    role: str
-    not_after: float
-    revoked_at: float | None
-
-
-class Issuer(Protocol):
-    """The seeder's CA as the join listener uses it (``seeder.authority.Authority``)."""
-
-    ca_pem: bytes
-
-    def signing_public(self) -> bytes: ...
-
-    def issue(
-        self,
-        public_key_pem: bytes,
-        name: str,
-        role: str,
-        *,
-        now: dt.datetime,
-        lifetime: dt.timedelta,
-        labels: dict[str, str] | None = None,
-    ) -> bytes: ...
-
-    def certificates(self) -> Iterable[IssuedRecord]: ...
-
-
-def live_host(issuer: Issuer, name: str, now: float) -> bool:
+def live_host(authority: Authority, name: str, now: float) -> bool:
     """Whether a host certificate for ``name`` is in force: issued, not revoked, not expired."""
     return any(
         c.name == name and c.role == certs.HOST_ROLE and c.revoked_at is None and c.not_after > now
-        for c in issuer.certificates()
+        for c in authority.certificates()
     )
 
 
@@ -84,7 +57,7 @@ class Enrollments:
     interleave; the store's atomic use count decides races besides."""
 
     def __init__(
-        self, store: Store, issuer: Issuer, clock: Callable[[], float] = time.time
+        self, store: Store, issuer: Authority, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.issuer = issuer
@@ -198,3 +171,21 @@ class JoinServer:
         except ShoalError as exc:  # ours: the CA could not issue or record
             log.error("join as %r failed: %s", request.name[:64], exc)
             return j.JoinRefused(code=j.RefusalCode.INTERNAL, reason=f"the seeder failed: {exc}")
+
+
+async def start_join_listener(
+    nursery: trio.Nursery, at: Address, store: Store, authority: Authority
+) -> Address:
+    """Start the join listener on ``at`` (a taken port is an error naming the option)."""
+    ident = authority.dir
+    server = JoinServer(
+        Enrollments(store, authority),
+        tls.JoinServerTLS(ident / "seeder.crt", ident / "seeder.key"),
+    )
+    try:
+        port = await nursery.start(server.serve, at.host, at.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"the join listener cannot listen on {at} (--join-listen): {exc.strerror}"
+        ) from None
+    return at.with_port(port)

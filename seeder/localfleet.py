@@ -128,7 +128,8 @@ class LocalFleet:
     ) -> Daemon:
         """Start a peer daemon, enrolled first if it never was (its labels go in its Hello)."""
         assert self.control is not None, "start the seeder first (or choose its address)"
-        bundle = self.bundles.get(name) or await self.enroll(name)
+        joined = name not in self.bundles and (self.peer_dir(name) / "peer.json").exists()
+        bundle = None if joined else self.bundles.get(name) or await self.enroll(name)
         # A free BitTorrent port, the same one across restarts: on a shared machine another
         # fleet's peer may hold the default 6881 of the same 127.0.0.x (extra may override it).
         port = self.torrent_ports.setdefault(name, free_port(ip))
@@ -148,12 +149,43 @@ class LocalFleet:
                 str(self.peer_dir(name)),
                 "--labels",
                 labels,
-                "--bundle",
-                str(bundle),
+                *(("--bundle", str(bundle)) if bundle else ()),
                 "--torrent-port",
                 str(port),
                 *extra,
             ],
+        )
+
+    async def start_joined_peer(self, name: str, *, extra: tuple[str, ...] = ()) -> Daemon:
+        """Start a host that ran :meth:`join` as an operator would: ``shoal-peer run
+        --data-dir D`` and nothing else (but a free BitTorrent port, on a shared machine)."""
+        port = self.torrent_ports.setdefault(name, free_port(self.seeder_ip))
+        args = ["--data-dir", str(self.peer_dir(name)), "--torrent-port", str(port), *extra]
+        return await self._spawn(name, ["-m", "peer.cli", "run", *args])
+
+    def join(
+        self, name: str, token: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal-peer join`` for host ``name`` into its data directory (after
+        it, :meth:`start_peer` starts that host without a bundle)."""
+        assert self.control is not None, "start the seeder first"
+        where = ["--seeder", str(self.control), "--data-dir", str(self.peer_dir(name))]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "peer.cli",
+                "join",
+                *where,
+                "--token",
+                token,
+                "--name",
+                name,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def client(

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from common.durations import parse_duration
+from common.errors import ConfigError
 from common.labels import parse_labels
 from seeder import render
 
 WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(text: str) -> float:
     """An argparse type: ``90``, ``90s``, ``15m``, ``1h``, ``2d`` -> seconds."""
-    found = _DURATION.fullmatch(text.strip().lower())
-    if found is None or float(found[1]) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30m, 1h, 2d)")
-    return float(found[1]) * _UNITS[found[2]]
+    try:
+        return parse_duration(text).total_seconds()
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_commands(top: argparse._SubParsersAction, with_seeder: WithSeeder) -> None:  # type: ignore[type-arg]
