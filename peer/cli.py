@@ -17,7 +17,6 @@ from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
 from peer import identity, join_cli, settings
-from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 
 
@@ -102,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         seeder = args.seeder or (joined.seeder if joined else None)
         if seeder is None:
             raise ConfigError("pass --seeder HOST:PORT (or enroll with `shoal-peer join` first)")
+        from peer.daemon import PeerConfig, run_peer  # not loaded for `join`: it starts faster
+
         config = PeerConfig(
             seeder=Address.parse(seeder, default_port=7700),
             data_dir=data_dir,
