@@ -42,6 +42,7 @@ class JoinOptions:
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     join_port: int | None = None
+    patience: float = EXCHANGE_TIMEOUT  # seconds for each connection, handshake included
 
     @property
     def join_at(self) -> Address:
@@ -92,7 +93,7 @@ async def join(opts: JoinOptions) -> Joined:
         return already
     certs.check_name(opts.name)
     at = opts.join_at
-    ca_pem = await _discover(at)
+    ca_pem = await _discover(at, opts.patience)
     pin = ca_pin(ca_pem)
     if pin != opts.token.ca_pin:
         raise j.JoinError(
@@ -109,7 +110,7 @@ async def join(opts: JoinOptions) -> Joined:
         csr=make_csr(key, opts.name),
         labels=opts.labels,
     )
-    answer, local_ip = await _enroll(at, ca_pem, request)
+    answer, local_ip = await _enroll(at, ca_pem, request, opts.patience)
     if answer.ca_cert != ca_pem:
         raise j.JoinError("bad_answer", f"the seeder at {at} answered with another CA certificate")
     try:
@@ -134,23 +135,25 @@ async def join(opts: JoinOptions) -> Joined:
     return Joined(opts.name, directory, dict(answer.labels), joined=True)
 
 
-async def _discover(at: Address) -> bytes:
+async def _discover(at: Address, patience: float) -> bytes:
     """The CA certificate the seeder at ``at`` says it has (not trusted until pinned)."""
-    msg, _ = await _exchange(at, tls.unverified_context(), j.Discover(), verified=False)
+    msg, _ = await _exchange(at, tls.unverified_context(), j.Discover(), patience, verified=False)
     if isinstance(msg, j.JoinRefused):
         raise j.JoinError(msg.code, f"the seeder at {at} refused: {msg.reason}")
     assert isinstance(msg, j.CaCert)
     return msg.ca_cert
 
 
-async def _enroll(at: Address, ca_pem: bytes, request: j.JoinRequest) -> tuple[j.Joined, str]:
+async def _enroll(
+    at: Address, ca_pem: bytes, request: j.JoinRequest, patience: float
+) -> tuple[j.Joined, str]:
     try:
         context = tls.pinned_context(ca_pem)
     except certs.CertificateError as exc:
         raise j.JoinError(
             "bad_answer", f"the seeder at {at} sent a CA certificate: {exc}"
         ) from None
-    msg, local_ip = await _exchange(at, context, request, verified=True)
+    msg, local_ip = await _exchange(at, context, request, patience, verified=True)
     if isinstance(msg, j.JoinRefused):
         raise j.JoinError(msg.code, f"the seeder at {at} refused the join: {msg.reason}")
     assert isinstance(msg, j.Joined)
@@ -158,12 +161,12 @@ async def _enroll(at: Address, ca_pem: bytes, request: j.JoinRequest) -> tuple[j
 
 
 async def _exchange(
-    at: Address, context: tls.Context, msg: Message, *, verified: bool
+    at: Address, context: tls.Context, msg: Message, patience: float, *, verified: bool
 ) -> tuple[Message, str]:
     """One join connection: the answer to ``msg``, and the local IP that reached the seeder."""
     conn = j.JoinConnection(j.JoinRole.HOST)
     try:
-        with trio.fail_after(EXCHANGE_TIMEOUT):
+        with trio.fail_after(patience):
             try:
                 tcp = await trio.open_tcp_stream(at.host, at.port)
             except OSError as exc:
@@ -172,7 +175,7 @@ async def _exchange(
                 ) from None
             local_ip = str(tcp.socket.getsockname()[0])
             try:
-                stream = await tls.connect(tcp, context, at.host)
+                stream = await tls.connect(tcp, context, at.host, patience)
             except TLSRefused as exc:
                 if verified and not exc.ours:
                     raise j.JoinError(
@@ -186,7 +189,7 @@ async def _exchange(
                 answer = await joinchannel.receive(stream, conn)
     except trio.TooSlowError:
         raise ConnectionClosed(
-            f"the seeder's join port at {at} did not answer within {EXCHANGE_TIMEOUT:g}s"
+            f"the seeder's join port at {at} did not answer within {patience:g}s"
         ) from None
     except ProtocolError as exc:
         raise ConnectionClosed(f"the join port at {at}: {exc}") from None

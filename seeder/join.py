@@ -66,13 +66,13 @@ class Enrollments:
     def answer(self, request: j.JoinRequest) -> j.Joined:
         """Enroll the host, or raise JoinError saying why not (the joining host's fault)."""
         now = self.clock()
+        try:  # first, so that every later message and log line holds a short, printable name
+            certs.check_name(request.name)
+        except certs.CertificateError as exc:
+            raise j.JoinError(j.RefusalCode.NAME_REFUSED, str(exc)[:300]) from None
         record = self.store.token(request.token_id)
         check_join(record, request.secret, request.name, now)
         assert record is not None
-        try:
-            certs.check_name(request.name)
-        except certs.CertificateError as exc:
-            raise j.JoinError(j.RefusalCode.NAME_REFUSED, str(exc)) from None
         labels = joined_labels(record, request.labels)
         try:
             csr = read_csr(request.csr, name=request.name)
@@ -110,10 +110,18 @@ class Enrollments:
 
 
 class JoinServer:
-    def __init__(self, enrollments: Enrollments, server_tls: tls.JoinServerTLS) -> None:
+    def __init__(
+        self,
+        enrollments: Enrollments,
+        server_tls: tls.JoinServerTLS,
+        *,
+        patience: float = EXCHANGE_TIMEOUT,
+        max_joins: int = MAX_JOINS,
+    ) -> None:
         self.enrollments = enrollments
         self.tls = server_tls
-        self._slots = trio.Semaphore(MAX_JOINS)
+        self.patience = patience
+        self._slots = trio.Semaphore(max_joins)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -132,10 +140,10 @@ class JoinServer:
             await trio.aclose_forcefully(transport)  # busy: the host retries later
             return
         try:
-            with trio.move_on_after(EXCHANGE_TIMEOUT) as deadline:
+            with trio.move_on_after(self.patience) as deadline:
                 await self._exchange(transport)
             if deadline.cancelled_caught:
-                log.info("join connection: no exchange within %gs; closed", EXCHANGE_TIMEOUT)
+                log.info("join connection: no exchange within %gs; closed", self.patience)
         except (ConnectionClosed, ProtocolError) as exc:
             log.info("join connection closed: %s", exc)
         except Exception:  # one connection's bug must not take the listener down
@@ -145,7 +153,7 @@ class JoinServer:
             await trio.aclose_forcefully(transport)
 
     async def _exchange(self, transport: trio.abc.Stream) -> None:
-        stream = await self.tls.accept(transport, EXCHANGE_TIMEOUT)
+        stream = await self.tls.accept(transport, self.patience)
         conn = j.JoinConnection(j.JoinRole.SEEDER)
         try:
             try:

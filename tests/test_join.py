@@ -26,6 +26,7 @@ from common.addr import Address
 from common.crypto import certs
 from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConnectionClosed
+from common.protocol import NEED_DATA
 from peer.join import JoinOptions, existing, join
 from seeder.authority import Authority, init_identity
 from seeder.join import Enrollments, JoinServer
@@ -52,15 +53,15 @@ class Seeder:
         return JoinOptions(self.at, token, self.root / "hosts" / name, name, **kw)
 
 
-async def _seeder(root: Path, nursery: trio.Nursery) -> Seeder:
+async def _seeder(root: Path, nursery: trio.Nursery, **server: Any) -> Seeder:
     init_identity(root, [IP, "localhost"], dt.datetime.now(dt.UTC))
     authority = Authority(root)
     store = Store(root / "seeder.db")
-    now = [1_000_000_000.0 + 0.0]
-    now[0] = dt.datetime.now(dt.UTC).timestamp()
+    now = [dt.datetime.now(dt.UTC).timestamp()]
     server = JoinServer(
         Enrollments(store, authority, lambda: now[0]),
         tls.JoinServerTLS(authority.dir / "seeder.crt", authority.dir / "seeder.key"),
+        **server,
     )
     port = free_port(IP)
     await nursery.start(server.serve, IP, port)
@@ -310,3 +311,77 @@ async def test_garbage_and_oversized_requests_leave_the_listener_serving(seeder:
     assert "exceeds 65536 bytes" in refusal.reason
     await s.aclose()
     assert (await join(seeder.opts(token, "web-1"))).joined  # still serving
+
+
+async def _raw_request(seeder: Seeder, request: j.JoinRequest) -> j.Message:
+    """What a hand-made client (not ``peer.join``, which checks its input) is answered."""
+    tcp = await trio.open_tcp_stream(IP, seeder.at.port + 3)
+    stream = await tls.connect(tcp, tls.pinned_context(seeder.authority.ca_pem), IP)
+    conn = j.JoinConnection(j.JoinRole.HOST)
+    await stream.send_all(conn.send(request))
+    with trio.fail_after(10):
+        while (event := conn.next_event()) is NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(65536)))
+    await stream.aclose()
+    assert isinstance(event, j.Message)
+    return event
+
+
+async def test_names_and_labels_a_hostile_client_sends_are_refused(seeder: Seeder) -> None:
+    token = await seeder.token()
+    base = {"token_id": token.token_id, "secret": token.secret, "csr": b"-"}
+    long_name = await _raw_request(seeder, j.JoinRequest(name="x" * 5000, **base))
+    assert isinstance(long_name, j.JoinRefused) and long_name.code == "name_refused"
+    assert len(long_name.reason) <= 300
+    spaced = await _raw_request(seeder, j.JoinRequest(name="web 1", **base))
+    assert isinstance(spaced, j.JoinRefused) and spaced.code == "name_refused"
+    labels = await _raw_request(seeder, j.JoinRequest(name="web-1", labels={"a b": "c"}, **base))
+    assert isinstance(labels, j.JoinRefused) and "label key 'a b'" in labels.reason
+    csr = await _raw_request(seeder, j.JoinRequest(name="web-1", **base))
+    assert isinstance(csr, j.JoinRefused) and csr.code == "bad_csr"
+    assert seeder.store.token(token.token_id).uses_left == 1  # type: ignore[union-attr]
+
+
+async def test_a_silent_seeder_times_out(tmp_path: Path) -> None:
+    port = free_port(IP)
+    held: list[trio.abc.Stream] = []
+
+    async def hold(stream: trio.abc.Stream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    token = JoinToken("a" * 12, "b" * 32, "c" * 64)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(port, host=IP)
+        nursery.start_soon(trio.serve_listeners, hold, listeners)
+        opts = JoinOptions(Address(IP, port - 3), token, tmp_path / "h", "web-1", patience=0.5)
+        with pytest.raises(ConnectionClosed, match=r"took over 0.5s|did not answer within 0.5s"):
+            await join(opts)
+        nursery.cancel_scope.cancel()
+    assert held and not (tmp_path / "h").exists()
+
+
+async def test_silent_clients_are_dropped_and_capped(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        seeder = await _seeder(tmp_path / "s", nursery, patience=1.0, max_joins=2)
+        token = await seeder.token()
+        port = seeder.at.port + 3
+        idle = [await trio.open_tcp_stream(IP, port) for _ in range(2)]  # both slots taken
+        await trio.sleep(0.2)
+        third = await trio.open_tcp_stream(IP, port)
+        with trio.fail_after(5):  # closed at once, unanswered
+            assert await _closed(third)
+        for stream in idle:  # dropped when their time is up
+            with trio.fail_after(10):
+                assert await _closed(stream)
+        assert (await join(seeder.opts(token, "web-1"))).joined  # the slots are free again
+        nursery.cancel_scope.cancel()
+    seeder.store.close()
+
+
+async def _closed(stream: trio.abc.Stream) -> bool:
+    """Whether the remote closed ``stream`` without sending anything (an EOF or a reset)."""
+    try:
+        return await stream.receive_some(1024) == b""
+    except trio.BrokenResourceError:
+        return True
