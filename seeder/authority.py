@@ -43,13 +43,10 @@ def identity_dir(data_dir: Path) -> Path:
     return data_dir / IDENTITY
 
 
-def default_hosts(listen_ip: str | None = None) -> list[str]:
+def default_hosts() -> list[str]:
     """What the seeder's certificate names when ``seeder init`` is given no ``--host``: this
-    machine's hostname, loopback, and the ``--listen`` IP if one was given."""
-    hosts = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    if listen_ip and listen_ip not in ("0.0.0.0", "::"):
-        hosts.append(listen_ip)
-    return list(dict.fromkeys(hosts))
+    machine's hostname and loopback."""
+    return list(dict.fromkeys([socket.gethostname(), "localhost", "127.0.0.1", "::1"]))
 
 
 @dataclass(frozen=True)
@@ -156,11 +153,12 @@ class Authority:
     def open_server_tls(self, now: dt.datetime) -> tls.ServerTLS:
         """The control server's TLS context, refusing every revoked certificate."""
         self.server_tls = tls.ServerTLS(
-            self.dir / "seeder.crt", self.dir / "seeder.key", self.ca_pem, self._crl(now)
+            self.dir / "seeder.crt", self.dir / "seeder.key", self.ca_pem, self.crl(now)
         )
         return self.server_tls
 
-    def _crl(self, now: dt.datetime) -> bytes:
+    def crl(self, now: dt.datetime) -> bytes:
+        """The CRL (PEM) of every revoked certificate, signed by the CA."""
         revoked = [i.serial for i in self._index if i.revoked_at is not None]
         return certs.crl_pem(self.ca.revocation_list(revoked, now))
 
@@ -203,7 +201,7 @@ class Authority:
         ]
         _write_index(self.dir, self._index)
         if self.server_tls is not None:
-            self.server_tls.reload(self._crl(now))
+            self.server_tls.reload(self.crl(now))
         return serials
 
     def labels(self, name: str) -> dict[str, str]:

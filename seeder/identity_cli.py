@@ -36,7 +36,7 @@ def add_init(seeder: Any) -> None:
         default=[],
         metavar="NAME|IP",
         help="a name or IP the seeder is reached at (repeatable; default: this hostname,"
-        " localhost, 127.0.0.1, ::1 and the --listen IP)",
+        " localhost, 127.0.0.1 and ::1); the --listen IP is always added",
     )
     init.add_argument("--listen", help="the control HOST:PORT the seeder will listen on")
     init.add_argument("--json", action="store_true")
@@ -70,10 +70,9 @@ def add_commands(sub: Any, with_seeder: WithSeeder, hosts: argparse.ArgumentPars
 
 
 def run_init(args: argparse.Namespace) -> int:
-    hosts = list(args.host)
-    if not hosts:
-        listen = Address.parse(args.listen, default_port=7700).host if args.listen else None
-        hosts = default_hosts(listen)
+    listen = Address.parse(args.listen, default_port=7700).host if args.listen else None
+    listen = None if listen in ("0.0.0.0", "::") else listen  # not a name a client dials
+    hosts = list(dict.fromkeys([*args.host, *([listen] if listen else [])])) or default_hosts()
     directory = init_identity(args.data_dir.resolve(), hosts, dt.datetime.now(dt.UTC))
     info = {
         "identity": str(directory),
