@@ -186,8 +186,8 @@ async def run_seeder(
                 labels_of=authority.labels,
                 connections=connections,
             )
-            port = await nursery.start(server.serve, listen.host, listen.port)
             join_at = await start_join_listener(nursery, join_address(config), store, authority)
+            port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(
                 listen.with_port(port), tracker_at.with_port(tracker_port), bt, join_at
             )

@@ -24,6 +24,7 @@ from common import join as j
 from common import tls
 from common.addr import Address
 from common.crypto import certs
+from common.crypto.csr import make_csr
 from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConnectionClosed
 from common.protocol import NEED_DATA
@@ -339,6 +340,12 @@ async def test_names_and_labels_a_hostile_client_sends_are_refused(seeder: Seede
     assert isinstance(labels, j.JoinRefused) and "label key 'a b'" in labels.reason
     csr = await _raw_request(seeder, j.JoinRequest(name="web-1", **base))
     assert isinstance(csr, j.JoinRefused) and csr.code == "bad_csr"
+    other = make_csr(certs.generate_key(), "web-2")  # a good CSR, for another name
+    mismatch = await _raw_request(
+        seeder, j.JoinRequest(name="web-1", token_id=token.token_id, secret=token.secret, csr=other)
+    )
+    assert isinstance(mismatch, j.JoinRefused) and mismatch.code == "bad_csr"
+    assert "asks for the name 'web-2' but the host joins as 'web-1'" in mismatch.reason
     assert seeder.store.token(token.token_id).uses_left == 1  # type: ignore[union-attr]
 
 

@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import trio
 
+from common.errors import ShoalError
 from seeder.localfleet import LocalFleet
 
 pytestmark = pytest.mark.integration
@@ -121,3 +123,14 @@ async def test_only_an_admin_makes_tokens(fleet: LocalFleet) -> None:
     assert bad.returncode == 1 and "--uses must be a whole number" in bad.stderr
     bad_ttl = fleet.cli("token", "create", "--ttl", "soon")
     assert bad_ttl.returncode == 2 and "--ttl" in bad_ttl.stderr
+
+
+async def test_a_taken_join_port_is_an_error_naming_the_option(fleet: LocalFleet) -> None:
+    with socket.socket() as taken:
+        taken.bind((fleet.seeder_ip, 0))
+        taken.listen()
+        at = f"{fleet.seeder_ip}:{taken.getsockname()[1]}"
+        with pytest.raises(
+            ShoalError, match=r"join listener cannot listen on \S+ \(--join-listen\)"
+        ):
+            await fleet.start_seeder(extra=("--join-listen", at))

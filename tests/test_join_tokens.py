@@ -199,3 +199,50 @@ def test_token_view_has_no_digest() -> None:
     view = _record().view(now=150.0)
     assert "digest" not in view and view["state"] == "active"
     assert _record().view(now=250.0)["state"] == "expired"
+
+
+def test_the_last_use_goes_to_exactly_one_of_two_store_connections(tmp_path: Path) -> None:
+    """Two writers on one database (as two seeder processes would be) race for the last use."""
+    import threading
+
+    from seeder.store import Store
+
+    first, second = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
+    try:
+        first.add_token(_record(uses=1, uses_left=1, expires_at=1e12))
+        barrier = threading.Barrier(2)
+        won: list[bool] = []
+
+        def race(store: Store) -> None:
+            barrier.wait()
+            won.append(store.take_token_use("aaaaaaaaaaaa", now=150.0))
+
+        threads = [threading.Thread(target=race, args=(s,)) for s in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(won) == [False, True]
+        assert first.token("aaaaaaaaaaaa").uses_left == 0  # type: ignore[union-attr]
+        first.give_token_use_back("aaaaaaaaaaaa")
+        first.give_token_use_back("aaaaaaaaaaaa")  # never more than it had
+        assert second.token("aaaaaaaaaaaa").uses_left == 1  # type: ignore[union-attr]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_join_port_follows_the_control_port() -> None:
+    from common.addr import Address
+    from common.errors import ConfigError
+    from seeder.service import SeederConfig, join_address
+
+    def config(listen: str, **kw: Address) -> SeederConfig:
+        return SeederConfig(data_dir=Path("/nonexistent"), listen=Address.parse(listen), **kw)
+
+    assert join_address(config("10.0.0.1:7700")) == Address("10.0.0.1", 7703)
+    moved = config("10.0.0.1:7700", join_listen=Address("0.0.0.0", 9000))
+    assert join_address(moved) == Address("0.0.0.0", 9000)
+    assert join_address(config("127.0.0.1:0")) == Address("127.0.0.1", 0)
+    with pytest.raises(ConfigError, match="pass --join-listen explicitly"):
+        join_address(config("10.0.0.1:65533"))
