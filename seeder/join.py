@@ -31,7 +31,7 @@ from common.crypto import certs
 from common.crypto.csr import CsrError, read_csr
 from common.errors import ConfigError, ConnectionClosed, ProtocolError, ShoalError
 from common.messages import Message
-from seeder.authority import Authority
+from seeder.authority import HOST_LIFETIME, Authority
 from seeder.join_policy import check_join, joined_labels
 from seeder.store import Store
 
@@ -40,7 +40,6 @@ log = logging.getLogger("shoal.seeder.join")
 EXCHANGE_TIMEOUT = 15.0  # seconds from accept to answer sent, handshake included
 MAX_JOINS = 64  # connections handled at once; more are closed unanswered
 CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
-HOST_LIFETIME = dt.timedelta(days=365)
 
 
 def live_host(authority: Authority, name: str, now: float) -> bool:
@@ -62,6 +61,8 @@ class Enrollments:
         self.store = store
         self.issuer = issuer
         self.clock = clock
+        # read once, at start-up: a join never fails half-way for want of it
+        self.signing_pub = issuer.signing_public()
 
     def answer(self, request: j.JoinRequest) -> j.Joined:
         """Enroll the host, or raise JoinError saying why not (the joining host's fault)."""
@@ -104,7 +105,7 @@ class Enrollments:
             name=request.name,
             host_cert=cert,
             ca_cert=self.issuer.ca_pem,
-            signing_key=self.issuer.signing_public(),
+            signing_key=self.signing_pub,
             labels=labels,
         )
 
