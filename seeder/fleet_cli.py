@@ -16,7 +16,7 @@ import trio
 from common.addr import Address
 from common.errors import ConfigError
 from seeder import fleet_install, fleet_ops, fleet_view, render
-from seeder.client import open_client
+from seeder.client import credential_path, load_credential, open_client
 from seeder.fleet_steps import HostRun
 from seeder.inventory import InventoryHost, env_inventory, load_inventory
 
@@ -157,8 +157,10 @@ async def run(args: argparse.Namespace) -> int:
         wait=getattr(args, "wait", fleet_install.WAIT_CONNECTED),
     )
 
+    tls, _ = load_credential(credential_path(args.identity))
+
     def client() -> Any:
-        return open_client(seeder)
+        return open_client(seeder, tls)
 
     runs = {h.name: HostRun(h.name) for h in hosts}
     began = time.monotonic()

@@ -2,12 +2,15 @@
 
 Used by ``shoal demo`` and by the integration tests: every host gets its own 127.0.0.x address
 and data directory, every daemon its own process group, and everything started here is stopped
-here (by process group, never by name).
+here (by process group, never by name). Security is on as in production: the seeder's identity
+is made in its data directory on first start, every peer is enrolled (a bundle, installed with
+``shoal-peer run --bundle``) before it starts, and every client presents the admin credential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -19,10 +22,23 @@ from pathlib import Path
 import trio
 
 from common.addr import Address
+from common.bundle import Bundle
+from common.crypto import certs
 from common.errors import ConnectionClosed, ShoalError
-from seeder.client import SeederClient, open_client
+from common.tls import ClientTLS
+from seeder.authority import HOST_LIFETIME, Authority, identity_dir, init_identity
+from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
+from seeder.identity_cli import enroll_host
 
 STOP_GRACE = 5.0
+# control address -> admin credential of every seeder started here, for helpers that know only
+# the address (tests' ``shoal(control, ...)``)
+_CREDENTIALS: dict[str, Path] = {}
+
+
+def credential_for(control: str) -> Path | None:
+    """The admin credential of the LocalFleet seeder at ``control``, if one was started here."""
+    return _CREDENTIALS.get(control)
 
 
 @dataclass
@@ -43,12 +59,36 @@ class LocalFleet:
     daemons: list[Daemon] = field(default_factory=list)
     control: Address | None = None
     seeder: Daemon | None = None
+    bundles: dict[str, Path] = field(default_factory=dict)
+    torrent_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def seeder_dir(self) -> Path:
+        return self.root / "seeder"
+
+    @property
+    def credential(self) -> Path:
+        """The admin credential ``shoal seeder init`` made (what the CLI presents here)."""
+        return identity_dir(self.seeder_dir) / "admin.pem"
+
+    def init_identity(self) -> Path:
+        """The seeder's identity (``shoal seeder init``), made once, for its loopback IP."""
+        if not (identity_dir(self.seeder_dir) / "ca.crt").exists():
+            self.seeder_dir.mkdir(parents=True, exist_ok=True)
+            hosts = [self.seeder_ip, "localhost"]
+            init_identity(self.seeder_dir, hosts, dt.datetime.now(dt.UTC))
+        return self.credential
+
+    def tls(self, credential: Path | None = None) -> ClientTLS:
+        return load_credential(credential or self.init_identity())[0]
 
     async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
         """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
-        if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
-            port = 7700 if self.netns else free_port(self.seeder_ip, block=3)  # a fresh namespace
+        self.init_identity()
+        if self.control is None:  # the tracker, BitTorrent and join ports follow it (+1..+3)
+            port = 7700 if self.netns else free_port(self.seeder_ip, block=4)  # a fresh namespace
             self.control = Address(self.seeder_ip, port)
+        _CREDENTIALS[str(self.control)] = self.credential
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -71,17 +111,38 @@ class LocalFleet:
                 await trio.sleep(0.2)
             while True:
                 try:
-                    async with open_client(self.control) as client:
+                    async with open_client(self.control, self.tls()) as client:
                         await client.call("hosts.list")
                         return self.control
                 except ConnectionClosed:
                     self._check_alive()
                     await trio.sleep(0.1)
 
+    async def enroll(self, name: str, labels: dict[str, str] | None = None) -> Path:
+        """Enroll host ``name`` (as ``shoal enroll`` does); its bundle file. Through the running
+        seeder, or straight from its CA while none runs (a test may start a peer first)."""
+        if self.seeder is not None and self.seeder.process.returncode is None:
+            async with self.client() as client:
+                bundle, _ = await enroll_host(client, name, labels or {})
+        else:
+            self.init_identity()
+            bundle = offline_bundle(self.seeder_dir, name, labels or {})
+        path = self.root / "bundles" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        certs.write_private(path, bundle.to_json(), overwrite=True)
+        self.bundles[name] = path
+        return path
+
     async def start_peer(
         self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
     ) -> Daemon:
-        assert self.control is not None, "start the seeder first"
+        """Start a peer daemon, enrolled first if it never was (its labels go in its Hello)."""
+        assert self.control is not None, "start the seeder first (or choose its address)"
+        joined = name not in self.bundles and (self.peer_dir(name) / "peer.json").exists()
+        bundle = None if joined else self.bundles.get(name) or await self.enroll(name)
+        # A free BitTorrent port, the same one across restarts: on a shared machine another
+        # fleet's peer may hold the default 6881 of the same 127.0.0.x (extra may override it).
+        port = self.torrent_ports.setdefault(name, free_port(ip))
         return await self._spawn(
             name,
             [
@@ -98,18 +159,60 @@ class LocalFleet:
                 str(self.peer_dir(name)),
                 "--labels",
                 labels,
+                *(("--bundle", str(bundle)) if bundle else ()),
+                "--torrent-port",
+                str(port),
                 *extra,
             ],
         )
 
-    def client(self) -> contextlib.AbstractAsyncContextManager[SeederClient]:
-        """A CLI-side connection to this fleet's seeder (with whatever credentials it needs)."""
-        assert self.control is not None, "start the seeder first"
-        return open_client(self.control)
+    async def start_joined_peer(self, name: str, *, extra: tuple[str, ...] = ()) -> Daemon:
+        """Start a host that ran :meth:`join` as an operator would: ``shoal-peer run
+        --data-dir D`` and nothing else (but a free BitTorrent port, on a shared machine)."""
+        port = self.torrent_ports.setdefault(name, free_port(self.seeder_ip))
+        args = ["--data-dir", str(self.peer_dir(name)), "--torrent-port", str(port), *extra]
+        return await self._spawn(name, ["-m", "peer.cli", "run", *args])
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real ``shoal`` CLI against this fleet's seeder."""
+    def join(
+        self, name: str, token: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal-peer join`` for host ``name`` into its data directory (after
+        it, :meth:`start_peer` starts that host without a bundle)."""
         assert self.control is not None, "start the seeder first"
+        where = ["--seeder", str(self.control), "--data-dir", str(self.peer_dir(name))]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "peer.cli",
+                "join",
+                *where,
+                "--token",
+                token,
+                "--name",
+                name,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def client(
+        self, credential: Path | None = None
+    ) -> contextlib.AbstractAsyncContextManager[SeederClient]:
+        """A CLI-side connection to this fleet's seeder, presenting ``credential`` (default:
+        the admin credential)."""
+        assert self.control is not None, "start the seeder first"
+        return open_client(self.control, self.tls(credential))
+
+    def cli(
+        self, *args: str, timeout: float = 120, credential: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal`` CLI against this fleet's seeder (as ``credential``, default the
+        admin credential, passed in ``SHOAL_IDENTITY``)."""
+        assert self.control is not None, "start the seeder first"
+        env = {**os.environ, IDENTITY_ENV: str(credential or self.init_identity())}
         return subprocess.run(
             [
                 *self._prefix(),
@@ -123,6 +226,7 @@ class LocalFleet:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
 
     def build_release(
@@ -187,6 +291,24 @@ class LocalFleet:
         with trio.CancelScope(shield=True):
             for daemon in reversed(list(self.daemons)):
                 await self.stop(daemon)
+
+
+def offline_bundle(seeder_dir: Path, name: str, labels: dict[str, str]) -> Bundle:
+    """A host bundle issued straight from the CA in ``seeder_dir`` (no seeder may be running:
+    it is the one writer of the CA's index)."""
+    authority = Authority(seeder_dir)
+    key = certs.generate_key()
+    cert = authority.issue(
+        certs.public_pem(key.public_key()),
+        name,
+        certs.HOST_ROLE,
+        now=dt.datetime.now(dt.UTC),
+        lifetime=HOST_LIFETIME,
+        labels=labels,
+    )
+    return Bundle(
+        name, labels, authority.ca_pem, cert, certs.key_pem(key), authority.signing_public()
+    )
 
 
 def _killpg(pgid: int, sig: int) -> None:
