@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import app_cli, follow, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--json", action="store_true")
 
+    app_cli.add_commands(sub, with_seeder)
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
     )
@@ -215,6 +216,8 @@ async def dispatch(args: argparse.Namespace) -> int:
 
         return await run_demo(peers=args.peers)
     async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
+        if args.command == "app":
+            return await app_cli.run(client, args)
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
