@@ -210,11 +210,9 @@ def _row(
     manifest: dict[str, Any], created_at: float, source: ReleaseSource | None, live: dict[str, int]
 ) -> dict[str, Any]:
     return {
-        "release_id": manifest["release_id"],
-        "app": manifest["app"],
-        "version": manifest["version"],
+        **manifest,  # every manifest field (release_id, app, version, commit, size, digest, ...)
+        "created_at": created_at,
         "ref": source.ref if source else manifest.get("ref", ""),
-        "commit": manifest["commit"],
         "subject": source.subject if source else "",
         "author": source.author if source else "",
         "committed_at": source.committed_at if source else 0.0,
