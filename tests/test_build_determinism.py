@@ -22,7 +22,7 @@ exclude: [dist/stamp.txt]
 
 
 async def build_on_new_seeder(root: Path, url: str, ref: str) -> tuple[str, str, bytes]:
-    root.mkdir()
+    await trio.to_thread.run_sync(root.mkdir)
     store = Store(root / "seeder.db")
     try:
         apps = Apps(store, root)
