@@ -123,6 +123,11 @@ class Releases:
             piece_size=self.piece_size,
             on_line=collect,
         )
+        with trio.CancelScope(shield=True):  # built and in place: register it, come what may
+            result = await self._register(built, lines)
+        return result
+
+    async def _register(self, built: BuiltRelease, lines: list[dict[str, Any]]) -> dict[str, Any]:
         mf, src = built.manifest, built.source
         self.store.add_release_source(
             ReleaseSource(
