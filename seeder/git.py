@@ -144,6 +144,14 @@ class Mirror:
             refs.append(Ref(name=name, commit=sha, created=_num(created), info=info))
         return RefTable(tuple(refs))
 
+    def head_branch(self) -> str | None:
+        """The remote's default branch (the mirror's HEAD), if it names one."""
+        result = _run(
+            ["symbolic-ref", "--quiet", "HEAD"], cwd=self.path, app=self.app, what="", check=False
+        )
+        name = result.stdout.decode().strip()
+        return name.removeprefix("refs/heads/") if name.startswith("refs/heads/") else None
+
     def commits(self, rev: str, count: int) -> list[Commit]:
         """The latest ``count`` commits reachable from ``rev``, newest first."""
         out = self._git(
