@@ -5,6 +5,8 @@ failing and timed-out steps publishing nothing, release history with where relea
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.gitremote import make_remote
 pytestmark = pytest.mark.integration
 
 PEER_IP = "127.0.8.2"
+CLI = [sys.executable, "-m", "seeder.cli"]
 SHOAL_YML = """\
 build: mkdir -p dist && echo compiled > dist/out.txt && echo step-output
 include: [appspec.yml, hooks/, dist/]
@@ -195,3 +198,42 @@ async def test_build_steps_stream_are_kept_and_failures_publish_nothing(
             lambda: cli_json(fleet, "release", "build", "web", "--ref", "main")
         )
         assert again["release"]["release_id"] == rid and again["created"] is False
+
+
+async def test_build_output_reaches_the_operator_while_the_step_runs(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """The step waits for a file the test creates only after the CLI printed the step's first
+    line: the build can only finish if that line was streamed before the step ended."""
+    remote = await trio.to_thread.run_sync(make_remote, tmp_path / "git")
+    flag = tmp_path / "go"
+    step = f"echo waiting; while [ ! -e {flag} ]; do sleep 0.05; done; echo released"
+    with trio.fail_after(120):
+        await fleet.start_seeder()
+        await trio.to_thread.run_sync(lambda: fleet.add_app(remote.url, "web", "--build", step))
+        assert fleet.control is not None
+        proc = await trio.lowlevel.open_process(
+            [*CLI, "release", "build", "web", "--ref", "main", "--seeder", str(fleet.control)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            seen = b""
+            while b"[build] waiting\n" not in seen:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, f"the CLI ended before the step's first line: {seen!r}"
+                seen += chunk
+            assert b"[build] released" not in seen
+            await trio.to_thread.run_sync(flag.touch)
+            while chunk := await proc.stderr.receive_some(4096):
+                seen += chunk
+            out = b""
+            while chunk := await proc.stdout.receive_some(4096):
+                out += chunk
+            await proc.wait()
+        finally:
+            proc.kill()
+            await proc.wait()
+        assert proc.returncode == 0, seen
+        assert b"[build] released\n" in seen and out.strip().splitlines()[-1].startswith(b"web-")
