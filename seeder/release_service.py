@@ -72,7 +72,7 @@ class Releases:
 
     async def build_follow(self, params: dict[str, Any], reply: Reply) -> None:
         app = self.apps.get(str(params.get("app", "")))
-        await reply.respond({"app": app.name, "ref": str(params.get("ref", ""))})
+        await reply.respond({"app": app.name, "ref": str(params.get("ref") or app.branch)})
         send, receive = trio.open_memory_channel[m.RolloutEvent](FOLLOW_BUFFER)
 
         def on_line(step: str, line: str, at: float) -> None:
@@ -102,9 +102,8 @@ class Releases:
     ) -> dict[str, Any]:
         if "repo" in params or "path" in params:
             raise ShoalError("release.build takes an application name and a ref, not a path")
-        name, ref = str(params.get("app", "")), str(params.get("ref", ""))
-        if not ref:
-            raise ShoalError("release.build needs a ref (a branch, tag or commit id)")
+        name = str(params.get("app", ""))
+        ref = str(params.get("ref") or "") or self.apps.get(name).branch  # default: its branch
         lines: list[dict[str, Any]] = []
 
         def collect(step: str, line: str) -> None:

@@ -198,6 +198,10 @@ async def test_build_steps_stream_are_kept_and_failures_publish_nothing(
             lambda: cli_json(fleet, "release", "build", "web", "--ref", "main")
         )
         assert again["release"]["release_id"] == rid and again["created"] is False
+        default = await trio.to_thread.run_sync(
+            lambda: cli_json(fleet, "release", "build", "web")  # the app's branch: main
+        )
+        assert default["resolved"]["ref"] == "main" and default["release"]["release_id"] == rid
 
 
 async def test_build_output_reaches_the_operator_while_the_step_runs(
