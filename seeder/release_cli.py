@@ -48,7 +48,7 @@ async def run(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _build(client: Any, args: argparse.Namespace) -> int:
-    params = {"app": args.app} | ({"ref": args.ref} if args.ref else {})
+    params = {"app": args.app} | ({"ref": args.ref} if args.ref is not None else {})
     _, events = await client.subscribe("release.build.follow", **params)
     result: dict[str, Any] = {}
     async for event in events:

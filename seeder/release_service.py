@@ -72,7 +72,8 @@ class Releases:
 
     async def build_follow(self, params: dict[str, Any], reply: Reply) -> None:
         app = self.apps.get(str(params.get("app", "")))
-        await reply.respond({"app": app.name, "ref": str(params.get("ref") or app.branch)})
+        given = params.get("ref")
+        await reply.respond({"app": app.name, "ref": app.branch if given is None else str(given)})
         send, receive = trio.open_memory_channel[m.RolloutEvent](FOLLOW_BUFFER)
 
         def on_line(step: str, line: str, at: float) -> None:
@@ -103,7 +104,8 @@ class Releases:
         if "repo" in params or "path" in params:
             raise ShoalError("release.build takes an application name and a ref, not a path")
         name = str(params.get("app", ""))
-        ref = str(params.get("ref") or "") or self.apps.get(name).branch  # default: its branch
+        given = params.get("ref")
+        ref = self.apps.get(name).branch if given is None else str(given)  # default: its branch
         lines: list[dict[str, Any]] = []
 
         def collect(step: str, line: str) -> None:
