@@ -135,7 +135,8 @@ async def run(client: Any, args: argparse.Namespace) -> int:
         result = await client.call("app.refs", **params)
         shown = wanted or ["branches", "tags", "commits"]
         if args.json:
-            _emit({k: v for k, v in result.items() if k in (*shown, "app", "branch")}, True, str)
+            keep = {*shown, *(f"{k}_total" for k in shown), "app", "branch"}
+            _emit({k: v for k, v in result.items() if k in keep}, True, str)
         else:
             print(refs_text(result, shown))
     return 0

@@ -26,6 +26,7 @@ from seeder.store import Store
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 MAX_COMMITS = 1000
+MAX_LISTED = 500  # branches and tags listed at most (the newest tags), so an answer stays small
 
 
 class AppExists(ConfigError):
@@ -144,12 +145,15 @@ class Apps:
             def info(ref: Ref) -> dict[str, Any]:
                 return ref.info.to_dict() if ref.info else {"sha": ref.commit}
 
+            branches, tags = table.branches(), table.tags()
             out: dict[str, Any] = {
                 "app": app.name,
-                "branches": [{"name": r.short, **info(r)} for r in table.branches()],
+                "branches": [{"name": r.short, **info(r)} for r in branches[:MAX_LISTED]],
                 "tags": [
-                    {"name": r.short, "tagged_at": r.created, **info(r)} for r in table.tags()
+                    {"name": r.short, "tagged_at": r.created, **info(r)} for r in tags[:MAX_LISTED]
                 ],
+                "branches_total": len(branches),
+                "tags_total": len(tags),
                 "branch": branch,
                 "commits": [],
             }

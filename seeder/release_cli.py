@@ -29,6 +29,7 @@ def add_commands(release: argparse._SubParsersAction, with_seeder: WithSeeder) -
     build.add_argument("--json", action="store_true")
     listing = with_seeder(release.add_parser("list", help="releases, newest first"))
     listing.add_argument("--app", help="only this application's releases")
+    listing.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
     listing.add_argument("--json", action="store_true")
     show = with_seeder(release.add_parser("show", help="a release's manifest, build log, rollouts"))
     show.add_argument("release_id")
@@ -39,7 +40,7 @@ async def run(client: Any, args: argparse.Namespace) -> int:
     if args.action == "build":
         return await _build(client, args)
     if args.action == "list":
-        params = {"app": args.app} if args.app else {}
+        params: dict[str, Any] = {"limit": args.limit} | ({"app": args.app} if args.app else {})
         rows = (await client.call("release.list", **params))["releases"]
         _emit(rows, args.json, list_text)
     else:
