@@ -287,7 +287,9 @@ def _parse_commits(out: bytes) -> list[Commit]:
 
 def _env(network: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in _KEEP or k in _KEEP_PREFIX}
+    # Only these transports, whatever a URL or a config asks (no ext::, fd:: or remote helpers).
     env.update(GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never", LC_ALL="C")
+    env["GIT_ALLOW_PROTOCOL"] = "file:git:http:https:ssh"
     if network:
         env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     else:  # local reads: nothing but the mirror's own config decides what they give

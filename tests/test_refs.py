@@ -82,7 +82,15 @@ def test_repo_urls_with_passwords_are_refused_without_repeating_the_password() -
     with pytest.raises(ConfigError) as err:
         check_repo_url("https://deploy:hunter2@git.example.com/app.git")
     assert "hunter2" not in str(err.value) and "deploy:***@" in str(err.value)
-    for bad in ("", "relative/path", "-oProxyCommand=x", "https:///nohost"):
+    for bad in (
+        "",
+        "relative/path",
+        "-oProxyCommand=x",
+        "https:///nohost",
+        "ext::sh -c touch% /tmp/pwned",
+        "fd::17",
+        "gopher://host/x",
+    ):
         with pytest.raises(ConfigError):
             check_repo_url(bad)
     assert redact_url("fatal: https://u:pw@h/x and ssh://v:q@h") == (
