@@ -27,7 +27,16 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import fleet_cli, follow, identity_cli, render, rollout_cli, token_cli
+from seeder import (
+    app_cli,
+    fleet_cli,
+    follow,
+    identity_cli,
+    release_cli,
+    render,
+    rollout_cli,
+    token_cli,
+)
 from seeder.client import connect_client, credential_path, load_credential, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -94,14 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True
     )
-    build = with_seeder(release.add_parser("build", help="build a release from a git ref"))
-    build.add_argument("repo", type=Path)
-    build.add_argument("--ref", required=True)
-    build.add_argument("--app", help="application name (default: the repository's dir name)")
-    build.add_argument("--json", action="store_true")
-    with_seeder(release.add_parser("list", help="list releases")).add_argument(
-        "--json", action="store_true"
-    )
+    release_cli.add_commands(release, with_seeder)
     export = with_seeder(release.add_parser("torrent", help="export a release's .torrent"))
     export.add_argument("release_id")
     export.add_argument("--out", type=Path, help="write it to FILE (default: binary to stdout)")
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--json", action="store_true")
 
+    app_cli.add_commands(sub, with_seeder)
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
     )
@@ -233,37 +236,22 @@ async def dispatch(args: argparse.Namespace) -> int:
     async with open_client(Address.parse(args.seeder, default_port=7700), tls) as client:
         if (code := await identity_cli.run(client, args)) is not None:
             return code
+        if args.command == "app":
+            return await app_cli.run(client, args)
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
         elif args.command == "hosts":
             items = (await client.call("hosts.list"))["hosts"]
             _emit(items, args.json, render.hosts)
-        elif args.command == "release" and args.action == "build":
-            result = await client.call(
-                "release.build", repo=str(args.repo.resolve()), ref=args.ref, app=args.app
-            )
-            mf = result["release"]
-            if args.json:
-                _emit(result, True, str)
-                return 0
-            for warning in result.get("warnings", []):
-                print(f"shoal: warning: {warning}", file=sys.stderr)
-            print(
-                f"{'built' if result['created'] else 'already built'}: {mf['app']} "
-                f"{mf['version']} commit {mf['commit'][:12]} {mf['size']} bytes "
-                f"infohash {mf['infohash'][:16]}"
-            )
-            print(mf["release_id"])
+        elif args.command == "release" and args.action in ("build", "list", "show"):
+            return await release_cli.run(client, args)
         elif args.command == "release" and args.action == "torrent":
             kind = "v1" if args.v1 else "hybrid"
             result = await client.call("release.torrent", release_id=args.release_id, kind=kind)
             _export_torrent(result, args)
         elif args.command == "release" and args.action == "fetch":
             await _fetch(client, args)
-        elif args.command == "release":
-            items = (await client.call("release.list"))["releases"]
-            _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
         elif args.command == "token":
             return await token_cli.run(client, args)
         elif args.command == "logs":

@@ -82,8 +82,11 @@ class LocalFleet:
     def tls(self, credential: Path | None = None) -> ClientTLS:
         return load_credential(credential or self.init_identity())[0]
 
-    async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
-        """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
+    async def start_seeder(
+        self, *, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> Address:
+        """Start (or restart) the seeder, keeping its control address, and wait until it answers.
+        ``env`` adds to the seeder's environment (e.g. its git credential helper's config)."""
         self.init_identity()
         if self.control is None:  # the tracker, BitTorrent and join ports follow it (+1..+3)
             port = 7700 if self.netns else free_port(self.seeder_ip, block=4)  # a fresh namespace
@@ -102,6 +105,7 @@ class LocalFleet:
                 str(self.control),
                 *extra,
             ],
+            env=env,
         )
         with trio.fail_after(30):
             while self.netns is not None:
@@ -229,11 +233,21 @@ class LocalFleet:
             env=env,
         )
 
+    def add_app(self, repo: Path | str, app: str = "web", *extra: str) -> None:
+        """Register ``repo`` (a path on this machine or any git URL) as application ``app``
+        through the real CLI; a no-op if it is registered with the same settings."""
+        url = str(repo.resolve()) if isinstance(repo, Path) else repo
+        out = self.cli("app", "add", app, "--repo", url, *extra)
+        if out.returncode != 0:
+            raise ShoalError(f"app add failed: {out.stderr.strip()}")
+
     def build_release(
-        self, repo: Path, ref: str = "main", app: str = "web", extra: tuple[str, ...] = ()
+        self, repo: Path | str, ref: str = "main", app: str = "web", extra: tuple[str, ...] = ()
     ) -> str:
-        """Build a release of ``repo`` at ``ref`` through the real CLI; its release id."""
-        out = self.cli("release", "build", str(repo), "--ref", ref, "--app", app, *extra)
+        """Build a release of ``repo`` at ``ref`` through the real CLI (registering ``repo`` as
+        application ``app`` first); its release id."""
+        self.add_app(repo, app)
+        out = self.cli("release", "build", app, "--ref", ref, *extra)
         if out.returncode != 0:
             raise ShoalError(f"release build failed: {out.stderr.strip()}")
         return out.stdout.strip().splitlines()[-1]
@@ -253,7 +267,7 @@ class LocalFleet:
                 self._check_alive()
                 await trio.sleep(0.1)
 
-    async def _spawn(self, name: str, args: list[str]) -> Daemon:
+    async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Daemon:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -262,6 +276,7 @@ class LocalFleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         daemon = Daemon(name, process, log)
         self.daemons.append(daemon)

@@ -19,6 +19,7 @@ from typing import Any
 
 from common.errors import ShoalError
 from common.release import Manifest
+from seeder.appstore import APPS_SCHEMA, AppTables
 from seeder.join_policy import TokenRecord
 from seeder.model import RolloutModel, StepRecord, TargetModel
 from seeder.states import TERMINAL, RolloutState, TargetState
@@ -89,7 +90,7 @@ class Commit:
     create: bool = False
 
 
-class Store:
+class Store(AppTables):
     """SQLite-backed state. Calls are short and synchronous; the seeder is the only writer."""
 
     def __init__(self, path: Path) -> None:
@@ -106,7 +107,7 @@ class Store:
                 f"{path} was written by another version of shoal (schema {version}, "
                 f"this one needs {SCHEMA_VERSION}); use a new --data-dir"
             )
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + APPS_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
