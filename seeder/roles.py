@@ -43,6 +43,7 @@ METHOD_ROLES: dict[str, str] = {
     "admin.list": ADMIN,
     # building and rolling out
     "release.build": DEPLOYER,
+    "release.build.follow": DEPLOYER,
     "app.refs": DEPLOYER,
     "rollout.preflight": DEPLOYER,
     "rollout.start": DEPLOYER,
@@ -54,6 +55,7 @@ METHOD_ROLES: dict[str, str] = {
     # configuring and trusting
     "app.add": ADMIN,
     "app.update": ADMIN,
+    "app.set": ADMIN,
     "app.remove": ADMIN,
     "env.set": ADMIN,
     "hosts.enroll": ADMIN,
