@@ -13,7 +13,7 @@ import trio.testing
 from common import messages as m
 from common.channel import Channel
 from common.errors import ConfigError, ConnectionClosed
-from common.protocol import Role
+from common.protocol import Role, frame
 from seeder.control import HEARTBEAT_INTERVAL, STREAM_END_GRACE, ControlServer, Reply
 from seeder.engine import Engine
 from seeder.store import Store
@@ -172,7 +172,7 @@ async def test_garbage_ends_only_its_own_connection(server: ControlServer, store
         async with connection(server) as (cli, _), connection(server) as (bad, bad_done):
             await cli.send(m.ClientHello(client="test"))
             await peer_connected(bad, "web-9")
-            await bad.stream.send_all(b"\xc1\xc1\xc1")  # not msgpack at all
+            await bad.stream.send_all(frame(b"\xc1\xc1\xc1"))  # not msgpack at all
             with pytest.raises(ConnectionClosed, match="goodbye: undecodable"):
                 await bad.receive()
             await bad_done.wait()
@@ -185,7 +185,7 @@ async def test_garbage_ends_only_its_own_connection(server: ControlServer, store
 async def test_garbage_instead_of_hello_closes_without_goodbye(server: ControlServer) -> None:
     with trio.fail_after(5):
         async with connection(server) as (client, done):
-            await client.stream.send_all(b"\x92\x01\x02")  # msgpack, but not a message
+            await client.stream.send_all(frame(b"\x92\x01\x02"))  # msgpack, not a message
             await done.wait()
             with pytest.raises(ConnectionClosed, match="closed the connection"):
                 await client.receive()

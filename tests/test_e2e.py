@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from common.addr import Address
+from common.protocol import frame
 from seeder.client import open_client
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
@@ -210,13 +211,13 @@ async def test_garbage_closes_one_connection_only(fleet: LocalFleet) -> None:
         await start(fleet, HOSTS[:1])
         assert fleet.control is not None
         bad = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
-        await bad.send_all(b"\xc1\xc1 this is not msgpack")
+        await bad.send_all(frame(b"\xc1\xc1 this is not msgpack"))
         with trio.fail_after(10):
             while await bad.receive_some(4096):
                 pass  # a goodbye, then end of stream: the seeder closed it
         await bad.aclose()
         truncated = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
-        await truncated.send_all(b"\x85\xa1t\xa5hello")  # a map cut short
+        await truncated.send_all(frame(b"\x85\xa1t\xa5hello" * 9)[:12])  # a frame cut short
         await truncated.aclose()
         async with open_client(fleet.control) as client:
             hosts = (await client.call("hosts.list"))["hosts"]
