@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--sizes-gb", type=float, nargs="+", default=[1, 10, 100])
     args = parser.parse_args()
     print(f"frame limit after hello {FRAME_LIMIT} bytes, before hello {HELLO_FRAME_LIMIT}")
-    print(f"{'release':>10} {'piece':>9} {'pieces':>7} {'torrent':>10} {'stage':>10} {'%limit':>7} {'s':>6}")
+    columns = ("release", "piece", "pieces", "torrent", "stage", "%limit", "s")
+    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 9, 7, 10, 10, 7, 6), strict=True)))
     with tempfile.TemporaryDirectory() as tmp:
         for gb in args.sizes_gb:
             size = int(gb * GB)
