@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import follow, limits_cli, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="releases kept seeded besides those a rollout or a host's current/previous needs",
     )
     add_override_option(run)
+    limits_cli.add_options(run)
 
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True
@@ -207,6 +208,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             slices=not args.no_slices,
             keep_releases=args.keep_releases,
             torrent_settings=parse_overrides(args.torrent_setting),
+            limits=limits_cli.limits_from(args),
         )
         await run_until_signalled(lambda: run_seeder(config))
         return 0

@@ -18,7 +18,9 @@ import trio
 from common import messages as m
 from common.channel import Channel
 from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
-from common.protocol import Role
+from common.ratelog import RateLog
+from seeder import gatekeeper
+from seeder.admission import Limits
 from seeder.engine import Engine
 from seeder.preflight import Preflights
 from seeder.store import Store
@@ -79,6 +81,7 @@ class ControlServer:
         streams: dict[str, StreamHandler] | None = None,
         observe: Observer = _no_observer,
         preflights: Preflights | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -86,27 +89,31 @@ class ControlServer:
         self.streams = streams or {}
         self.observe = observe
         self.preflights = preflights or Preflights()
+        self.gate = gatekeeper.Gatekeeper(limits or Limits(), RateLog(log))
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        self.gate.raise_fd_limit()
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         log.info("control server listening on %s:%d", host, bound)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.gate.refusals.run)
             task_status.started(bound)
-            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+            handler = self.gate.admitting(self.handle)
+            await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        channel = Channel(stream, Role.SERVER)
+        channel = self.gate.channel(stream)
         try:
-            first = await channel.receive()
+            first = await self.gate.hello(channel)
             if isinstance(first, m.Hello):
                 await self._serve_peer(channel, first)
             elif isinstance(first, m.ClientHello):
                 await self._serve_cli(channel)
         except ProtocolError as exc:
-            log.warning("closing a control connection: %s", exc)
+            self.gate.refusals.event("closed", gatekeeper.remote_ip(stream), str(exc))
             await channel.fail(exc)
         except ConnectionClosed:
             pass

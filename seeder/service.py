@@ -22,6 +22,7 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.admission import Limits
 from seeder.build import build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
@@ -55,6 +56,7 @@ class SeederConfig:
     slices: bool = True
     keep_releases: int = KEEP_RELEASES
     torrent_settings: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
 
 def default_addresses(config: SeederConfig) -> tuple[Address, Address]:
@@ -159,6 +161,7 @@ async def run_seeder(
                 streams=watching.streams(),
                 observe=watching.observe,
                 preflights=preflights,
+                limits=config.limits,
             )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
