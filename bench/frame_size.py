@@ -7,7 +7,7 @@ by :func:`common.torrent.make_torrent` (the code ``shoal release build`` runs: h
 private, the piece size the seeder picks), and the torrent is put into a
 :class:`~common.messages.Stage` the way a rollout sends it, with 32 slice seeds listed and a
 full manifest. Prints the piece size, piece count, torrent bytes and the Stage frame's bytes
-against :data:`common.protocol.FRAME_LIMIT`. The figures size the frame limit.
+against :data:`common.protocol.CLIENT_FRAME_LIMIT`. The figures size the frame limit.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from common import messages as m
-from common.protocol import FRAME_LIMIT, HELLO_FRAME_LIMIT, Connection, Role
+from common.protocol import CLIENT_FRAME_LIMIT, Connection, Role
 from common.torrent import make_torrent, piece_size_of
 
 GB = 1_000_000_000
@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-gb", type=float, nargs="+", default=[1, 10, 100])
     args = parser.parse_args()
-    print(f"frame limit after hello {FRAME_LIMIT} bytes, before hello {HELLO_FRAME_LIMIT}")
+    print(f"a peer accepts frames of up to {CLIENT_FRAME_LIMIT} bytes from the seeder")
     columns = ("release", "piece", "pieces", "torrent", "stage", "%limit", "s")
     print(" ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 9, 7, 10, 10, 7, 6), strict=True)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def main() -> None:
             frame = stage_frame(torrent, size)
             print(
                 f"{gb:>8g}GB {piece:>9} {-(-size // piece):>7} {len(torrent):>10} {frame:>10}"
-                f" {100 * frame / FRAME_LIMIT:>6.1f}% {took:>6.1f}"
+                f" {100 * frame / CLIENT_FRAME_LIMIT:>6.1f}% {took:>6.1f}"
             )
             payload.unlink()
 

@@ -9,10 +9,12 @@ for end of stream); ``next_event()`` returns the next complete message, ``NEED_D
 Framing: every message is one frame, a 4-byte big-endian length followed by that many bytes of
 one msgpack map. The length is checked against the connection's limit as soon as its 4 bytes
 arrive, before any of the body is buffered, so a remote that announces a huge frame is refused
-at once and never makes us hold more than the limit. The limit is small before the client's
-hello (:data:`HELLO_FRAME_LIMIT`: nothing unauthenticated needs more) and sized for the largest
-real message after it (:data:`FRAME_LIMIT`: a Stage with a big release's torrent, measured by
-``python -m bench.frame_size``).
+at once and never makes us hold more than the limit. The seeder's limits are small before the
+client's hello (:data:`HELLO_FRAME_LIMIT`: nothing unauthenticated needs more) and after it
+(:data:`FRAME_LIMIT`: peers and the CLI send reports and requests, all small). Clients accept
+more from the seeder (:data:`CLIENT_FRAME_LIMIT`): its answers grow with the fleet, and the
+largest message to a peer, a Stage with its torrent, with the release (``python -m
+bench.frame_size``).
 
 Errors say whose fault they are: :class:`LocalProtocolError` when our side breaks the rules,
 :class:`RemoteProtocolError` when the bytes or messages received do.
@@ -32,12 +34,15 @@ from common.errors import LocalProtocolError, RemoteProtocolError
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
 FRAME_LIMIT: Final = 8 * MiB
-"""Largest frame after the hello. The largest real message is a Stage with its torrent: 128 KiB
-for a 10 GB release (hybrid v1+v2, 4 MiB pieces, bench/frame_size.py), about 13 KiB more per
-further GB, so 8 MiB leaves room for releases of hundreds of GB and for a CLI's big answers
-(hosts, rollout status of a few thousand hosts)."""
+"""Largest frame the seeder accepts after the hello. Clients send step reports (at most 50
+output lines of 4 KiB: ~200 KiB), preflight results and requests; 8 MiB is ample."""
 HELLO_FRAME_LIMIT: Final = 64 * KiB
 """Largest frame before the hello: a Hello (name, address, labels, releases) is well under 4 KiB."""
+CLIENT_FRAME_LIMIT: Final = 64 * MiB
+"""Largest frame a peer or CLI accepts from the seeder. A Stage carries the torrent: 124,419
+bytes for a 10 GB release (hybrid v1+v2, 4 MiB pieces; a 125,557-byte frame), about 13 KB more
+per further GB (bench/frame_size.py). ``rollout status`` of 2,000 hosts is about 3.3 MB
+(bench/control_plane.py), so 64 MiB leaves room for tens of thousands of hosts."""
 HEADER: Final = struct.Struct(">I")
 # The msgpack map bytes an old, unframed client starts with (fixmap, map16, map32).
 _UNFRAMED_START: Final = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -80,11 +85,17 @@ class Connection:
         self,
         role: Role,
         *,
-        max_frame: int = FRAME_LIMIT,
+        max_frame: int | None = None,
         max_hello_frame: int = HELLO_FRAME_LIMIT,
+        max_send: int | None = None,
     ) -> None:
-        """``max_frame`` bounds every frame received after the hello; ``max_hello_frame``
-        bounds what a server accepts before it (a client receives nothing before its hello)."""
+        """``max_frame`` bounds every frame received after the hello (default: FRAME_LIMIT for
+        the server, CLIENT_FRAME_LIMIT for a client); ``max_hello_frame`` what a server accepts
+        before it (a client receives nothing before its hello); ``max_send`` what we send,
+        the remote's limit (default: the other role's ``max_frame``)."""
+        to_server, to_client = FRAME_LIMIT, CLIENT_FRAME_LIMIT
+        if max_frame is None:
+            max_frame = to_server if role is Role.SERVER else to_client
         if not 0 < max_hello_frame <= max_frame:
             raise ValueError(f"frame limits {max_hello_frame} / {max_frame} are not 0 < a <= b")
         self.role = role
@@ -92,6 +103,7 @@ class Connection:
         self.closed = False
         self.max_frame = max_frame
         self.max_hello_frame = max_hello_frame
+        self.max_send = max_send or (to_client if role is Role.SERVER else to_server)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._buffer = bytearray()
         self._frame: int | None = None  # body length of the frame being received, once known
@@ -122,9 +134,9 @@ class Connection:
             if not isinstance(msg, _TO_PEER if self.kind == "peer" else _TO_CLI):
                 raise LocalProtocolError(f"the seeder may not send {msg.TYPE} to a {self.kind}")
         body = self._packer.pack(m.to_wire(msg))
-        if len(body) > self.max_frame:  # the remote would refuse it: say so here, clearly
+        if len(body) > self.max_send:  # the remote would refuse it: say so here, clearly
             raise LocalProtocolError(
-                f"{msg.TYPE} is {len(body)} bytes, over the {self.max_frame}-byte frame limit"
+                f"{msg.TYPE} is {len(body)} bytes, over the {self.max_send}-byte frame limit"
             )
         if isinstance(msg, m.Goodbye):
             self.closed = True

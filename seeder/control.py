@@ -17,7 +17,13 @@ import trio
 
 from common import messages as m
 from common.channel import Channel
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
+from common.errors import (
+    ConnectionClosed,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ShoalError,
+)
 from common.ratelog import RateLog
 from seeder import gatekeeper
 from seeder.admission import Limits
@@ -185,7 +191,7 @@ class ControlServer:
             if stream is not None:
                 pending = await self._stream(channel, msg, stream)
             else:
-                await channel.send(await self._answer(msg))
+                await _send_answer(channel, msg, await self._answer(msg))
 
     async def _answer(self, msg: m.Request) -> m.Response:
         handler = self.methods.get(msg.method)
@@ -253,6 +259,16 @@ class ControlServer:
         if gone:
             raise gone[0]
         return early[0] if early else None
+
+
+async def _send_answer(channel: Channel, msg: m.Request, response: m.Response) -> None:
+    """Send ``response``; one too big for a frame is answered with an error instead."""
+    try:
+        await channel.send(response)
+    except LocalProtocolError as exc:
+        await channel.send(
+            m.Response(id=msg.id, ok=False, error_code="too_large", error=f"{msg.method}: {exc}")
+        )
 
 
 def _refusal(msg: m.Request, exc: Exception) -> m.Response:

@@ -13,7 +13,7 @@ import trio.testing
 from common import messages as m
 from common.channel import Channel
 from common.errors import ConfigError, ConnectionClosed
-from common.protocol import Role, frame
+from common.protocol import CLIENT_FRAME_LIMIT, Role, frame
 from seeder.control import HEARTBEAT_INTERVAL, STREAM_END_GRACE, ControlServer, Reply
 from seeder.engine import Engine
 from seeder.store import Store
@@ -45,7 +45,10 @@ async def server(store: Store) -> AsyncIterator[ControlServer]:
         rollout = engine.start_rollout(params["release_id"], params.get("hosts", "all"))
         return {"rollout_id": rollout.rollout_id}
 
-    methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start}
+    async def huge(params: dict[str, Any]) -> dict[str, Any]:
+        return {"blob": b"x" * (CLIENT_FRAME_LIMIT + 1)}
+
+    methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start, "huge": huge}
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         yield ControlServer(store, engine, methods=methods)
@@ -306,3 +309,19 @@ async def test_a_request_in_the_middle_of_a_stream_ends_the_connection(
         with pytest.raises(ConnectionClosed, match="request sent while one was streaming"):
             await client.receive()
         await done.wait()
+
+
+async def test_an_answer_too_big_for_a_frame_is_an_error_not_a_dead_connection(
+    server: ControlServer,
+) -> None:
+    with trio.fail_after(10):
+        async with connection(server) as (client, _):
+            await client.send(m.ClientHello(client="test"))
+            await client.send(m.Request(id=1, method="huge", params={}))
+            reply = await client.receive()
+            assert isinstance(reply, m.Response) and not reply.ok
+            assert reply.error_code == "too_large"
+            assert "huge: response is 6710892" in reply.error
+            assert f"over the {CLIENT_FRAME_LIMIT}-byte frame limit" in reply.error
+            await client.send(m.Request(id=2, method="echo", params={}))  # still served
+            assert await client.receive() == m.Response(id=2, ok=True, result={"echo": {}})

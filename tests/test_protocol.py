@@ -7,7 +7,15 @@ import pytest
 
 from common import messages as m
 from common.errors import LocalProtocolError, RemoteProtocolError
-from common.protocol import CLOSED, NEED_DATA, Connection, Role, frame
+from common.protocol import (
+    CLIENT_FRAME_LIMIT,
+    CLOSED,
+    FRAME_LIMIT,
+    NEED_DATA,
+    Connection,
+    Role,
+    frame,
+)
 
 PEER_MESSAGES: list[m.Message] = [
     m.Hello(
@@ -159,6 +167,7 @@ def test_frames_before_the_hello_have_a_smaller_limit() -> None:
         server.next_event()
     # A hello of up to the limit is fine, and after it the full limit applies.
     server = Connection(Role.SERVER, max_frame=4096, max_hello_frame=1024)
+    assert Connection(Role.CLIENT).max_frame == CLIENT_FRAME_LIMIT > FRAME_LIMIT
     server.receive_data(client.send(PEER_MESSAGES[0]))
     assert server.next_event() == PEER_MESSAGES[0]
     big = m.Heartbeat(sent_at=1.0)
@@ -185,7 +194,7 @@ def test_empty_frame_is_remote_error() -> None:
 
 
 def test_sending_over_the_limit_is_our_error() -> None:
-    client = Connection(Role.CLIENT, max_frame=1024, max_hello_frame=1024)
+    client = Connection(Role.CLIENT, max_send=1024)
     client.send(m.ClientHello(client="cli"))
     with pytest.raises(LocalProtocolError, match="over the 1024-byte frame limit"):
         client.send(m.Request(id=1, method="x", params={"blob": "y" * 2000}))
