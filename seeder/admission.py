@@ -62,18 +62,22 @@ class Limits:
 class Admission:
     """Open control connections, in total and per remote address."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, options: bool = True) -> None:
+        """``options``: name the ``seeder run`` options in refusals (not for the tracker)."""
         self.limits = limits
         self.total = 0
         self._by_address: dict[str, int] = {}
+        self._hints = (
+            (" (--max-connections)", " (--max-connections-per-address)") if options else ("", "")
+        )
 
     def open(self, address: str) -> str | None:
         """Count one more connection from ``address``; or why it is refused (then not counted)."""
         if self.total >= self.limits.max_connections:
-            return f"the seeder has {self.total} connections open (--max-connections)"
+            return f"{self.total} connections are open{self._hints[0]}"
         held = self._by_address.get(address, 0)
         if held >= self.limits.max_per_address:
-            return f"{address} has {held} connections open (--max-connections-per-address)"
+            return f"{address} has {held} connections open{self._hints[1]}"
         self.total += 1
         self._by_address[address] = held + 1
         return None

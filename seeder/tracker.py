@@ -88,7 +88,8 @@ class Tracker:
         self._origin_ok = origin_ok
         self._clock = clock
         self._admission = Admission(
-            Limits(max_connections=max_connections, max_per_address=max_per_address)
+            Limits(max_connections=max_connections, max_per_address=max_per_address),
+            options=False,
         )
         self._refusals = RateLog(log)
         self._announced = trio.Event()  # set (and replaced) after every accepted announce
