@@ -17,7 +17,7 @@ Process handling, and why:
 - ``runas`` switches uid, gid and supplementary groups (``initgroups``) in the child before
   exec, with no shell or login in between. The environment is the caller's (the CodeDeploy
   variables) plus, from the passwd entry of the user the hook runs as, ``HOME``, ``USER``,
-  ``LOGNAME`` and ``SHELL``, and a fixed ``PATH`` (:data:`HOOK_PATH`): nothing of the daemon's
+  ``LOGNAME`` and ``SHELL``, and a fixed ``PATH`` (:mod:`peer.runas`): nothing of the daemon's
   own environment leaks in.
 - On a normal exit the group is left alone, because an ``ApplicationStart`` hook may
   legitimately start a daemon. Such a daemon inherits the output pipe; we keep reading for
@@ -35,7 +35,6 @@ import contextlib
 import enum
 import errno
 import os
-import pwd
 import signal
 import stat
 import subprocess
@@ -43,11 +42,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import trio
 
 from peer import hookprocs
+from peer.runas import RunAsError, hook_environment, resolve
 
 OUTPUT_GRACE = 0.5
 """Seconds to keep reading output after the script exits (children may still hold the pipe)."""
@@ -57,9 +56,6 @@ REAP_LIMIT = 5.0
 
 READ_SIZE = 65536
 TRUNCATED = " [...truncated]"
-HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-"""``PATH`` of every hook, whoever it runs as (the daemon's own PATH is not passed on)."""
-
 _spawn_lock = trio.Lock()  # one fork at a time: the daemon steps into the hook's cgroup for it
 
 
@@ -92,34 +88,6 @@ class HookResult:
     @property
     def ok(self) -> bool:
         return self.outcome is HookOutcome.SUCCEEDED
-
-
-class _Identity(NamedTuple):
-    """Arguments for subprocess to switch user (all None: stay who we are), and the passwd
-    entry of the user the hook runs as (None if the daemon's own user has none)."""
-
-    user: int | None = None
-    group: int | None = None
-    extra_groups: list[int] | None = None
-    entry: pwd.struct_passwd | None = None
-
-
-def hook_environment(env: Mapping[str, str], entry: pwd.struct_passwd | None) -> dict[str, str]:
-    """The environment of a hook: ``env`` with the identity of its user and a fixed PATH."""
-    out = dict(env)
-    out["PATH"] = HOOK_PATH
-    if entry is not None:
-        out.update(
-            HOME=entry.pw_dir or "/",
-            USER=entry.pw_name,
-            LOGNAME=entry.pw_name,
-            SHELL=entry.pw_shell or "/bin/sh",
-        )
-    return out
-
-
-class _RunAsError(Exception):
-    pass
 
 
 class _LineSplitter:
@@ -166,38 +134,10 @@ class _LineSplitter:
         return [self._decode(rest)] if rest and not skipping else []
 
 
-def runas_problem(runas: str | None) -> str | None:
-    """Why this peer could not run a hook as ``runas`` (unknown user, no right to switch)."""
-    try:
-        _identity(runas)
-    except _RunAsError as exc:
-        return str(exc)
-    return None
-
-
 def script_problem(script: Path) -> str | None:
     """Why ``script`` could not be started as a hook (missing, not a file, not executable)."""
     problem = _check_script(script)
     return None if problem is None else problem[1]
-
-
-def _identity(runas: str | None) -> _Identity:
-    """Resolve ``runas`` to ids; no switch when it is unset or already the current user."""
-    if runas is None:
-        try:
-            return _Identity(entry=pwd.getpwuid(os.geteuid()))
-        except KeyError:  # a uid without a passwd entry (some containers): keep env as given
-            return _Identity()
-    try:
-        entry = pwd.getpwnam(runas)
-    except KeyError:
-        raise _RunAsError(f"runas user {runas!r} does not exist on this host") from None
-    if entry.pw_uid == os.geteuid():
-        return _Identity(entry=entry)
-    if os.geteuid() != 0:
-        raise _RunAsError(f"cannot run as user {runas!r}: the peer is not running as root")
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return _Identity(entry.pw_uid, entry.pw_gid, groups, entry)
 
 
 def _check_script(script: Path) -> tuple[HookOutcome, str] | None:
@@ -278,8 +218,8 @@ async def run_hook(
     if kill is not None and kill.is_set():
         return result(HookOutcome.KILLED, "was not started: the rollout was aborted")
     try:
-        ids = await trio.to_thread.run_sync(_identity, runas)  # NSS lookups may block
-    except _RunAsError as exc:
+        ids = await trio.to_thread.run_sync(resolve, runas)  # NSS lookups may block
+    except RunAsError as exc:
         return result(HookOutcome.FAILED, f"was not run: {exc}")
     tree = hookprocs.track(name or script.name)
     try:

@@ -20,8 +20,9 @@ import pytest
 import trio
 
 from peer import hookprocs
-from peer.hooks import HOOK_PATH, HookOutcome, run_hook
+from peer.hooks import HookOutcome, run_hook
 from peer.preflight import runas_checks
+from peer.runas import HOOK_PATH
 from tests.test_hooks import alive, gone, read_pid, reaping, script
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -208,3 +209,22 @@ async def test_hook_cgroups_are_removed_once_empty(tmp_path: Path) -> None:
         assert result.ok
     assert [p.name for p in base.iterdir() if p.name.startswith(mine)] == []
     assert str(os.getpid()) in (base / "cgroup.procs").read_text().split()  # we stepped back
+
+
+@ROOT_ONLY
+def test_preflight_says_when_a_runas_user_cannot_reach_the_releases(
+    user: tuple[str, str], work: Path
+) -> None:
+    name, _ = user
+    releases = work / "data" / "releases"
+    releases.mkdir(parents=True)
+    (work / "data").chmod(0o700)  # a peer data dir closed to everyone but root
+    (check,) = runas_checks([name], releases)
+    assert not check.ok
+    assert check.detail.startswith(f"user {name!r} cannot reach {releases}: {work / 'data'} is")
+    assert "drwx------" in check.detail
+    (work / "data").chmod(0o755)
+    (check,) = runas_checks([name], releases)
+    assert check.ok and check.detail == f"user {name!r} is usable"
+    (check,) = runas_checks([name], work / "data" / "not-yet" / "releases")
+    assert check.ok  # made later by the peer itself

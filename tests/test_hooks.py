@@ -14,14 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from peer.hooks import (
-    HOOK_PATH,
-    TRUNCATED,
-    HookOutcome,
-    run_hook,
-    runas_problem,
-    script_problem,
-)
+from peer.hooks import TRUNCATED, HookOutcome, run_hook, script_problem
+from peer.runas import HOOK_PATH, runas_problem
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
