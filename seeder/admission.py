@@ -17,6 +17,7 @@ event loop away from the fleet. This module decides; the control server only ask
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,22 +76,38 @@ class Admission:
         """Count one more connection from ``address``; or why it is refused (then not counted)."""
         if self.total >= self.limits.max_connections:
             return f"{self.total} connections are open{self._hints[0]}"
-        held = self._by_address.get(address, 0)
+        source = source_of(address)
+        held = self._by_address.get(source, 0)
         if held >= self.limits.max_per_address:
-            return f"{address} has {held} connections open{self._hints[1]}"
+            return f"{source} has {held} connections open{self._hints[1]}"
         self.total += 1
-        self._by_address[address] = held + 1
+        self._by_address[source] = held + 1
         return None
 
     def close(self, address: str) -> None:
         """One connection admitted by :meth:`open` has ended."""
-        held = self._by_address.pop(address)
+        source = source_of(address)
+        held = self._by_address.pop(source)
         self.total -= 1
         if held > 1:
-            self._by_address[address] = held - 1
+            self._by_address[source] = held - 1
 
     def held(self, address: str) -> int:
-        return self._by_address.get(address, 0)
+        return self._by_address.get(source_of(address), 0)
+
+
+def source_of(address: str) -> str:
+    """What the per-address cap counts: an IPv4 address, or an IPv6 address's /64 (one host
+    holds a whole /64, so counting single IPv6 addresses would bound nothing)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a test's memory stream): counted as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class RateExceeded(RemoteProtocolError):

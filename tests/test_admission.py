@@ -24,6 +24,17 @@ def test_caps_in_total_and_per_address() -> None:
     assert gate.total == 0 and gate.held("10.0.0.1") == 0
 
 
+def test_ipv6_addresses_count_by_their_64() -> None:
+    gate = Admission(Limits(max_per_address=2))
+    assert gate.open("2001:db8:1:2::1") is None
+    assert gate.open("2001:db8:1:2:ffff::9") is None
+    assert "2001:db8:1:2::/64 has 2 connections open" in str(gate.open("2001:db8:1:2::3"))
+    assert gate.open("2001:db8:1:3::1") is None  # another /64
+    assert gate.open("::ffff:10.0.0.1") is None and gate.held("10.0.0.1") == 1  # mapped IPv4
+    gate.close("2001:db8:1:2::1")
+    assert gate.held("2001:db8:1:2::77") == 1
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("max_connections", 0), ("hello_timeout", 0.0), ("message_rate", float("nan"))],
