@@ -8,6 +8,8 @@ a ``trio.abc.Stream`` (TLS over TCP, a memory stream in tests) and a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from common import messages as m
@@ -19,13 +21,23 @@ from common.tls import ClientTLS
 RECEIVE_SIZE = 256 * 1024
 
 
-class Channel:
-    """A message channel over one stream. Sends are serialised; receive from one task only."""
+Pace = Callable[[], Awaitable[None]]
 
-    def __init__(self, stream: trio.abc.Stream, role: Role, **limits: int) -> None:
+
+class Channel:
+    """A message channel over one stream. Sends are serialised; receive from one task only.
+
+    ``limits`` are the protocol's frame limits (``max_frame``, ``max_hello_frame``). ``pace``,
+    if given, is awaited after each message received and before it is returned: a rate limiter
+    that sleeps to slow the remote down or raises a ProtocolError to cut it off."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, role: Role, *, pace: Pace | None = None, **limits: int
+    ) -> None:
         self.stream = stream
         self.conn = Connection(role, **limits)
         self._send_lock = trio.Lock()
+        self._pace = pace
 
     async def send(self, msg: m.Message) -> None:
         data = self.conn.send(msg)
@@ -56,6 +68,8 @@ class Channel:
                 assert isinstance(event, m.Message)
                 if isinstance(event, m.Goodbye):
                     raise ConnectionClosed(f"the remote end said goodbye: {event.reason}")
+                if self._pace is not None:
+                    await self._pace()
                 return event
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)

@@ -8,11 +8,17 @@ an ordinary, reportable outcome of a deployment, not a bug in the peer.
 Process handling, and why:
 
 - The script runs in a new session (``start_new_session=True``), so it and everything it starts
-  share one process group that can be killed as a unit.
+  share one process group, and in a tree of its own (:mod:`peer.hookprocs`: a cgroup v2 where
+  one can be made, else a marker in the environment and a PID scan) that also holds the
+  processes that leave the group (``setsid``, a double fork).
 - On timeout, when the caller's ``kill`` event is set (an abort with ``--now``), and whenever
-  ``run_hook`` does not return normally (the caller was cancelled, or
-  ``on_line`` raised), the whole group gets SIGKILL: a hook that is given up on leaves nothing
-  behind.
+  ``run_hook`` does not return normally (the caller was cancelled, or ``on_line`` raised),
+  the group and the whole tree get SIGKILL: a hook that is given up on leaves nothing behind.
+- ``runas`` switches uid, gid and supplementary groups (``initgroups``) in the child before
+  exec, with no shell or login in between. The environment is the caller's (the CodeDeploy
+  variables) plus, from the passwd entry of the user the hook runs as, ``HOME``, ``USER``,
+  ``LOGNAME`` and ``SHELL``, and a fixed ``PATH`` (:mod:`peer.runas`): nothing of the daemon's
+  own environment leaks in.
 - On a normal exit the group is left alone, because an ``ApplicationStart`` hook may
   legitimately start a daemon. Such a daemon inherits the output pipe; we keep reading for
   :data:`OUTPUT_GRACE` seconds after the script exits and then close our end, so the hook does not
@@ -29,7 +35,6 @@ import contextlib
 import enum
 import errno
 import os
-import pwd
 import signal
 import stat
 import subprocess
@@ -37,9 +42,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import trio
+
+from peer import hookprocs
+from peer.runas import RunAsError, hook_environment, resolve
 
 OUTPUT_GRACE = 0.5
 """Seconds to keep reading output after the script exits (children may still hold the pipe)."""
@@ -49,6 +56,7 @@ REAP_LIMIT = 5.0
 
 READ_SIZE = 65536
 TRUNCATED = " [...truncated]"
+_spawn_lock = trio.Lock()  # one fork at a time: the daemon steps into the hook's cgroup for it
 
 
 class HookOutcome(enum.Enum):
@@ -80,18 +88,6 @@ class HookResult:
     @property
     def ok(self) -> bool:
         return self.outcome is HookOutcome.SUCCEEDED
-
-
-class _Identity(NamedTuple):
-    """Arguments for subprocess to switch user; all None means 'stay who we are'."""
-
-    user: int | None = None
-    group: int | None = None
-    extra_groups: list[int] | None = None
-
-
-class _RunAsError(Exception):
-    pass
 
 
 class _LineSplitter:
@@ -138,34 +134,10 @@ class _LineSplitter:
         return [self._decode(rest)] if rest and not skipping else []
 
 
-def runas_problem(runas: str | None) -> str | None:
-    """Why this peer could not run a hook as ``runas`` (unknown user, no right to switch)."""
-    try:
-        _identity(runas)
-    except _RunAsError as exc:
-        return str(exc)
-    return None
-
-
 def script_problem(script: Path) -> str | None:
     """Why ``script`` could not be started as a hook (missing, not a file, not executable)."""
     problem = _check_script(script)
     return None if problem is None else problem[1]
-
-
-def _identity(runas: str | None) -> _Identity:
-    """Resolve ``runas`` to ids; no switch when it is unset or already the current user."""
-    if runas is None:
-        return _Identity()
-    try:
-        entry = pwd.getpwnam(runas)
-    except KeyError:
-        raise _RunAsError(f"runas user {runas!r} does not exist on this host") from None
-    if entry.pw_uid == os.geteuid():
-        return _Identity()
-    if os.geteuid() != 0:
-        raise _RunAsError(f"cannot run as user {runas!r}: the peer is not running as root")
-    return _Identity(entry.pw_uid, entry.pw_gid, os.getgrouplist(entry.pw_name, entry.pw_gid))
 
 
 def _check_script(script: Path) -> tuple[HookOutcome, str] | None:
@@ -188,9 +160,11 @@ def _command(script: Path) -> list[str]:
     return [os.path.abspath(script)]
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_all(pgid: int, tree: hookprocs.Tree) -> None:
+    """SIGKILL the hook's process group and every process of its tree."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    tree.kill()
 
 
 def _describe_exit(code: int) -> str:
@@ -217,8 +191,9 @@ async def run_hook(
 ) -> HookResult:
     """Run ``script`` to completion (or its timeout) and describe what happened.
 
-    ``env`` and ``cwd`` are used exactly as given (the caller builds the environment contract,
-    PATH and HOME included). ``name`` (e.g. the lifecycle event) prefixes ``detail``.
+    ``cwd`` is used as given and ``env`` as given plus the identity of the user the hook runs
+    as and a fixed PATH (:func:`hook_environment`). ``name`` (e.g. the lifecycle event)
+    prefixes ``detail``.
 
     Outcomes without a process: MISSING (no such file), NOT_EXECUTABLE (not a regular file, no
     execute permission, or exec refused it, e.g. a bad ``#!`` line). An unknown ``runas`` user,
@@ -243,23 +218,30 @@ async def run_hook(
     if kill is not None and kill.is_set():
         return result(HookOutcome.KILLED, "was not started: the rollout was aborted")
     try:
-        ids = await trio.to_thread.run_sync(_identity, runas)  # NSS lookups may block
-    except _RunAsError as exc:
+        ids = await trio.to_thread.run_sync(resolve, runas)  # NSS lookups may block
+    except RunAsError as exc:
         return result(HookOutcome.FAILED, f"was not run: {exc}")
+    tree = hookprocs.track(name or script.name)
     try:
-        proc = await trio.lowlevel.open_process(
-            _command(script),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=os.fspath(cwd),
-            env=dict(env),
-            start_new_session=True,
-            user=ids.user,
-            group=ids.group,
-            extra_groups=ids.extra_groups,
-        )
+        async with _spawn_lock:
+            with tree.spawning():
+                proc = await trio.lowlevel.open_process(
+                    _command(script),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    cwd=os.fspath(cwd),
+                    env={**hook_environment(env, ids.entry), **tree.env},
+                    start_new_session=True,
+                    user=ids.user,
+                    group=ids.group,
+                    extra_groups=ids.extra_groups,
+                )
+    except hookprocs.TrackingError as exc:
+        tree.close()
+        return result(HookOutcome.FAILED, f"could not be started: {exc}")
     except OSError as exc:
+        tree.close()
         reason = exc.strerror or str(exc)
         if exc.filename is None:  # failed before exec: switching user, for instance
             return result(HookOutcome.FAILED, f"could not be started: {reason}")
@@ -268,6 +250,7 @@ async def run_hook(
         if exc.errno == errno.ENOENT:
             reason += " (is the #! interpreter installed?)"
         return result(HookOutcome.NOT_EXECUTABLE, f"cannot be executed: {reason}")
+    tree.started(proc.pid)
 
     start = trio.current_time()
     output = proc.stdout
@@ -309,7 +292,7 @@ async def run_hook(
                 await proc.wait()
             if proc.returncode is None:
                 timed_out = not killed
-                _kill_group(proc.pid)
+                _kill_all(proc.pid, tree)
                 await proc.wait()
             ended = trio.current_time()
             with trio.move_on_after(OUTPUT_GRACE):
@@ -322,9 +305,10 @@ async def run_hook(
         finished = True
     finally:
         if not finished:
-            _kill_group(proc.pid)
+            _kill_all(proc.pid, tree)
             with trio.move_on_after(REAP_LIMIT, shield=True):
                 await proc.wait()
+        tree.close()
         with trio.CancelScope(shield=True):
             await output.aclose()
 
@@ -335,13 +319,13 @@ async def run_hook(
         outcome, code, what = (
             HookOutcome.KILLED,
             None,
-            "was killed: the rollout was aborted; its process group was killed",
+            "was killed: the rollout was aborted; it and every process it started were killed",
         )
     elif timed_out:
         outcome, code, what = (
             HookOutcome.TIMED_OUT,
             None,
-            f"timed out after {timeout:g}s; its process group was killed",
+            f"timed out after {timeout:g}s; it and every process it started were killed",
         )
     elif code == 0:
         outcome, what = HookOutcome.SUCCEEDED, "succeeded"

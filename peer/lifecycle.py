@@ -42,7 +42,7 @@ AFTER_INSTALL = (
     "BeforeAllowTraffic",
     "AfterAllowTraffic",
 )
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
+PASSED_ENV = ("LANG", "LC_ALL", "TZ")  # PATH, HOME and the user's identity: peer.hooks
 
 
 class StepFailed(Exception):

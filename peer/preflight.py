@@ -8,7 +8,8 @@ per item, in four kinds:
 - ``hooks``: every hook script of the new release exists and is executable (the staged copy when
   there is one, else the archive's facts the seeder sent), and its ``#!`` interpreter exists
   here; and the hooks of the live release that will run first (block traffic, stop) are usable.
-- ``runas``: every ``runas`` user exists and the peer may switch to it.
+- ``runas``: every ``runas`` user exists, the peer may switch to it, and it can reach the
+  release directories (no parent closed to it).
 - ``files``: every ``files`` destination is a writable directory, or could be created.
 
 The checks are plain blocking functions of a directory layout (tested with a temp dir); the
@@ -30,8 +31,9 @@ from common.appspec import PREVIOUS_RELEASE_EVENTS, load_appspec
 from common.errors import RemoteProtocolError, ShoalError
 from common.preflight import Check, HookFacts, ReleaseFacts, interpreter_line
 from peer.context import PeerContext
-from peer.hooks import runas_problem, script_problem
+from peer.hooks import script_problem
 from peer.layout import Layout
+from peer.runas import reach_problem, runas_problem
 
 log = logging.getLogger("shoal.peer.preflight")
 
@@ -65,7 +67,7 @@ def run_checks(facts: ReleaseFacts, layout: Layout, staged: bool) -> list[Check]
     return [
         disk_check(facts, layout, staged),
         *(hooks + live or [Check("hooks", True, "the release has no hooks")]),
-        *runas_checks(users),
+        *runas_checks(users, layout.release_dir(facts.release_id).parent),
         *file_checks(facts.destinations),
     ]
 
@@ -134,12 +136,15 @@ def live_hook_checks(layout: Layout, new_release: str) -> tuple[list[Check], lis
     return out, users
 
 
-def runas_checks(users: list[str]) -> list[Check]:
+def runas_checks(users: list[str], releases: Path | None = None) -> list[Check]:
+    """Each user exists, may be switched to, and (given ``releases``) can reach that directory."""
     if not users:
         return [Check("runas", True, "no hook sets runas")]
     out = []
     for user in dict.fromkeys(users):
         problem = runas_problem(user)
+        if problem is None and releases is not None:
+            problem = reach_problem(releases, user)
         out.append(Check("runas", problem is None, problem or f"user {user!r} is usable"))
     return out
 

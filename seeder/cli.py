@@ -32,6 +32,7 @@ from seeder import (
     fleet_cli,
     follow,
     identity_cli,
+    limits_cli,
     release_cli,
     render,
     rollout_cli,
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="releases kept seeded besides those a rollout or a host's current/previous needs",
     )
     add_override_option(run)
+    limits_cli.add_options(run)
 
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True
@@ -221,6 +223,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             slices=not args.no_slices,
             keep_releases=args.keep_releases,
             torrent_settings=parse_overrides(args.torrent_setting),
+            limits=limits_cli.limits_from(args),
         )
         await run_until_signalled(lambda: run_seeder(config))
         return 0

@@ -25,14 +25,16 @@ from common.channel import Channel
 from common.crypto.certs import HOST_ROLE, Holder
 from common.errors import (
     ConnectionClosed,
+    LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     ShoalError,
     TLSRefused,
 )
-from common.protocol import Role
+from common.ratelog import RateLog
 from common.tls import ServerTLS
-from seeder import roles
+from seeder import gatekeeper, roles
+from seeder.admission import Limits
 from seeder.caller import CALLER, Caller
 from seeder.engine import Engine
 from seeder.preflight import Preflights
@@ -125,6 +127,7 @@ class ControlServer:
         labels_of: Callable[[str], dict[str, str]] = _no_labels,
         method_roles: Mapping[str, str] = roles.METHOD_ROLES,
         connections: Connections | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``tls`` is required to :meth:`serve` (tests of the message logic alone call
         :meth:`converse` over memory streams instead). ``labels_of`` gives the labels a host was
@@ -142,38 +145,42 @@ class ControlServer:
         if missing:
             raise AssertionError(f"seeder/roles.py gives no role to {', '.join(missing)}")
         self.connections = connections or Connections()
+        self.gate = gatekeeper.Gatekeeper(limits or Limits(), RateLog(log))
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        self.gate.raise_fd_limit()
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         log.info("control server listening on %s:%d", host, bound)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.gate.refusals.run)
             task_status.started(bound)
-            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+            handler = self.gate.admitting(self.handle)
+            await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
 
     async def handle(self, transport: trio.abc.Stream) -> None:
         """One accepted TCP connection: the TLS handshake, then the conversation."""
         assert self.tls is not None, "a control server that listens needs its TLS context"
         try:
-            stream, who = await self.tls.accept(transport)
+            stream, who = await self.tls.accept(transport, self.gate.limits.hello_timeout)
         except TLSRefused as exc:
-            log.warning("refused a control connection from %s: %s", _remote(transport), exc)
+            self.gate.refusals.event("refused", gatekeeper.remote_ip(transport), str(exc))
             return
         except ConnectionClosed as exc:
-            log.info("control connection from %s: %s", _remote(transport), exc)
+            log.debug("control connection from %s: %s", _remote(transport), exc)
             return
         await self.converse(stream, who)
 
     async def converse(self, stream: trio.abc.Stream, who: Holder) -> None:
         """Serve one authenticated connection of ``who`` until it ends."""
-        channel = Channel(stream, Role.SERVER)
+        channel = self.gate.channel(stream)
         scope = trio.CancelScope()
         self.connections.add(who.name, scope)
         try:
             with scope:
-                first = await channel.receive()
+                first = await self.gate.hello(channel)
                 if isinstance(first, m.Hello):
                     await self._serve_peer(channel, self._admit(first, who))
                 elif isinstance(first, m.ClientHello):
@@ -181,7 +188,7 @@ class ControlServer:
             if scope.cancelled_caught:
                 log.warning("closed the connection of %s: its certificate was revoked", who.name)
         except ProtocolError as exc:
-            log.warning("closing a control connection: %s", exc)
+            self.gate.refusals.event("closed", gatekeeper.remote_ip(stream), str(exc))
             await channel.fail(exc)
         except ConnectionClosed:
             pass
@@ -276,7 +283,7 @@ class ControlServer:
             if stream is not None:
                 pending = await self._stream(channel, msg, stream)
             else:
-                await channel.send(await self._answer(msg))
+                await _send_answer(channel, msg, await self._answer(msg))
 
     async def _answer(self, msg: m.Request) -> m.Response:
         handler = self.methods.get(msg.method)
@@ -353,6 +360,16 @@ def _remote(transport: trio.abc.Stream) -> str:
     except OSError:
         return "a closed socket"
     return f"{host}:{port}"
+
+
+async def _send_answer(channel: Channel, msg: m.Request, response: m.Response) -> None:
+    """Send ``response``; one too big for a frame is answered with an error instead."""
+    try:
+        await channel.send(response)
+    except LocalProtocolError as exc:
+        await channel.send(
+            m.Response(id=msg.id, ok=False, error_code="too_large", error=f"{msg.method}: {exc}")
+        )
 
 
 def _refusal(msg: m.Request, exc: Exception) -> m.Response:

@@ -25,6 +25,7 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.admission import Limits
 from seeder.app_service import Apps
 from seeder.authority import Authority
 from seeder.build import BuiltRelease, v1_torrent
@@ -65,6 +66,7 @@ class SeederConfig:
     slices: bool = True
     keep_releases: int = KEEP_RELEASES
     torrent_settings: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
 
 def default_addresses(config: SeederConfig) -> tuple[Address, Address]:
@@ -205,6 +207,7 @@ async def run_seeder(
                 preflights=preflights,
                 labels_of=authority.labels,
                 connections=connections,
+                limits=config.limits,
             )
             join_at = await start_join_listener(nursery, join_address(config), store, authority)
             port = await nursery.start(server.serve, listen.host, listen.port)

@@ -26,7 +26,9 @@ from collections.abc import Callable
 import h11
 import trio
 
+from common.ratelog import RateLog
 from common.torrent import Bencodable, bencode
+from seeder.admission import Admission, Limits
 from seeder.swarms import DEFAULT_INTERVAL, EXPIRY_INTERVALS, Addr, SwarmFull, Swarms
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ MAX_REQUEST_HEAD = 8 * 1024  # an announce line from libtorrent is ~400 bytes
 MAX_QUERY_FIELDS = 64
 MAX_SCRAPE_HASHES = 50  # info_hash fields one scrape may ask for
 RECEIVE_SIZE = 4096
+MAX_PER_ADDRESS = 64  # a host's libtorrent keeps one connection (or a few, briefly)
+MAX_NUMBER_DIGITS = 20  # port, left, numwant... no real value needs more digits
 
 
 class AnnounceRejected(Exception):
@@ -53,8 +57,9 @@ class Tracker:
     seeder's full seeds) as described there. ``origin_ok(ip)`` says whether a requester may be
     handed an origin. ``clock`` gives ``now`` for the swarms (``trio.current_time``, so the
     autojump clock works in tests). Each connection gets one task, at most ``max_connections``
-    at once; each request must arrive and be answered within ``timeout`` seconds (idle
-    keep-alive included), so a slow client can't hold a task forever.
+    at once and ``max_per_address`` from one IP (further ones are closed at once, counted in a
+    rate-limited log); each request must arrive and be answered within ``timeout`` seconds
+    (idle keep-alive included), so a slow client can't hold a task forever.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class Tracker:
         clock: Callable[[], float] = trio.current_time,
         timeout: float = 10.0,
         max_connections: int = 1024,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         if interval < 1:
             raise ValueError(f"tracker interval {interval} must be at least 1 second")
@@ -81,7 +87,11 @@ class Tracker:
         self.timeout = timeout
         self._origin_ok = origin_ok
         self._clock = clock
-        self._limiter = trio.CapacityLimiter(max_connections)
+        self._admission = Admission(
+            Limits(max_connections=max_connections, max_per_address=max_per_address),
+            options=False,
+        )
+        self._refusals = RateLog(log)
         self._announced = trio.Event()  # set (and replaced) after every accepted announce
 
     async def serve(
@@ -97,6 +107,7 @@ class Tracker:
             listeners = listeners[:1]
         actual_port: int = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._refusals.run)
             await nursery.start(trio.serve_listeners, self._connection, listeners)
             log.info("tracker listening on %s:%d", host, actual_port)
             task_status.started(actual_port)
@@ -115,7 +126,10 @@ class Tracker:
 
     def respond(self, ip: str, target: bytes) -> tuple[int, bytes]:
         """Answer one GET for ``target`` from ``ip``: (HTTP status, body). No IO."""
-        parts = urllib.parse.urlsplit(target.decode("latin-1"))
+        try:
+            parts = urllib.parse.urlsplit(target.decode("latin-1"))
+        except ValueError:  # e.g. "//[" (an unclosed IPv6 host)
+            return 400, b"bad request target\n"
         if parts.path not in ("/announce", "/scrape"):
             return 404, b"not found\n"
         try:
@@ -146,7 +160,7 @@ class Tracker:
         numwant = min(_int_field(fields, "numwant", DEFAULT_NUMWANT, 0, None), MAX_NUMWANT)
         event = fields.get("event", "")
         if event not in EVENTS:
-            raise AnnounceRejected(f"invalid event {event!r}")
+            raise AnnounceRejected(f"invalid event {event[:40]!r}")
         now = self._clock()
         try:
             peers = self.swarms.announce(
@@ -197,14 +211,25 @@ class Tracker:
         return bencode({b"files": files, b"flags": {b"min_request_interval": self.min_interval}})
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        """One client connection: requests in, responses out, until close, error or timeout."""
+        """One client connection, admitted under the caps."""
         try:
-            self._limiter.acquire_nowait()
-        except trio.WouldBlock:
+            ip = _normalise_ip(stream.socket.getpeername()[0])
+        except OSError:  # gone before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        refused = self._admission.open(ip)
+        if refused is not None:
+            self._refusals.event("tracker refused", ip, refused)
             await trio.aclose_forcefully(stream)
             return
         try:
-            ip = _normalise_ip(stream.socket.getpeername()[0])
+            await self.serve_stream(stream, ip)
+        finally:
+            self._admission.close(ip)
+
+    async def serve_stream(self, stream: trio.abc.Stream, ip: str) -> None:
+        """Requests in, responses out, until close, error or timeout; then close ``stream``."""
+        try:
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
             keep_alive = True
             while keep_alive:
@@ -216,10 +241,9 @@ class Tracker:
         except Exception:
             log.exception("tracker: unexpected error on a connection")
         finally:
-            self._limiter.release()
             await trio.aclose_forcefully(stream)
 
-    async def _one_request(self, stream: trio.SocketStream, conn: h11.Connection, ip: str) -> bool:
+    async def _one_request(self, stream: trio.abc.Stream, conn: h11.Connection, ip: str) -> bool:
         """Read one request and answer it; True if the connection may carry another one."""
         request: h11.Request | None = None
         body_size = 0
@@ -256,7 +280,7 @@ class Tracker:
 
 
 async def _send(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes, *, close: bool
+    stream: trio.abc.Stream, conn: h11.Connection, status: int, body: bytes, *, close: bool
 ) -> None:
     headers = [
         ("Content-Type", "text/plain"),
@@ -296,10 +320,11 @@ def _int_field(
         if default is None:
             raise AnnounceRejected(f"missing {name}")
         return default
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise AnnounceRejected(f"invalid {name} {text!r}") from None
+    digits = text[1:] if text.startswith("-") else text
+    # int() alone would take " 5", "5_0" and thousands of digits; a tracker number is plain.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_NUMBER_DIGITS:
+        raise AnnounceRejected(f"invalid {name} {text[:40]!r}")
+    value = int(text, 10)
     if value < low or (high is not None and value > high):
         raise AnnounceRejected(f"{name} {value} out of range")
     return value

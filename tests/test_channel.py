@@ -10,7 +10,7 @@ import trio.testing
 from common import messages as m
 from common.channel import Channel
 from common.errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
-from common.protocol import Role
+from common.protocol import Role, frame
 
 HELLO = m.Hello(name="web-1", address="127.0.0.1", bt_port=6881, labels={"env": "test"})
 REPORT = m.StepReport(
@@ -81,7 +81,7 @@ async def test_send_to_a_closed_remote_is_connection_closed() -> None:
 
 async def test_close_in_the_middle_of_a_message_is_a_remote_error() -> None:
     _client, server, raw = channels()
-    data = msgpack.packb(m.to_wire(HELLO), use_bin_type=True)
+    data = frame(msgpack.packb(m.to_wire(HELLO), use_bin_type=True))
     with trio.fail_after(5):
         await raw.send_all(data[:-3])
         await raw.aclose()
@@ -105,7 +105,7 @@ async def test_garbage_fails_with_a_goodbye_the_other_side_sees(
     with trio.fail_after(5):
         await client.send(HELLO)
         assert await server.receive() == HELLO
-        await raw.send_all(garbage)
+        await raw.send_all(frame(garbage))
         with pytest.raises(RemoteProtocolError, match=complaint) as caught:
             await server.receive()
         await server.fail(caught.value)
@@ -123,7 +123,7 @@ async def test_fail_before_hello_just_closes() -> None:
     # The server may not speak before the client's hello, so there is no goodbye to send.
     client, server, raw = channels()
     with trio.fail_after(5):
-        await raw.send_all(b"\xc1")
+        await raw.send_all(frame(b"\xc1"))
         with pytest.raises(RemoteProtocolError) as caught:
             await server.receive()
         await server.fail(caught.value)

@@ -14,7 +14,8 @@ from common import messages as m
 from common.channel import Channel
 from common.crypto.certs import Holder
 from common.errors import ConfigError, ConnectionClosed
-from common.protocol import Role
+from common.protocol import CLIENT_FRAME_LIMIT, Role, frame
+from seeder.admission import Limits
 from seeder.control import HEARTBEAT_INTERVAL, STREAM_END_GRACE, ControlServer, Reply
 from seeder.engine import Engine
 from seeder.roles import METHOD_ROLES
@@ -47,7 +48,10 @@ async def server(store: Store) -> AsyncIterator[ControlServer]:
         rollout = engine.start_rollout(params["release_id"], params.get("hosts", "all"))
         return {"rollout_id": rollout.rollout_id}
 
-    methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start}
+    async def huge(params: dict[str, Any]) -> dict[str, Any]:
+        return {"blob": b"x" * (CLIENT_FRAME_LIMIT + 1)}
+
+    methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start, "huge": huge}
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         yield ControlServer(store, engine, methods=methods, method_roles=TEST_ROLES)
@@ -188,7 +192,7 @@ async def test_garbage_ends_only_its_own_connection(server: ControlServer, store
         ):
             await cli.send(m.ClientHello(client="test"))
             await peer_connected(bad, "web-9")
-            await bad.stream.send_all(b"\xc1\xc1\xc1")  # not msgpack at all
+            await bad.stream.send_all(frame(b"\xc1\xc1\xc1"))  # not msgpack at all
             with pytest.raises(ConnectionClosed, match="goodbye: undecodable"):
                 await bad.receive()
             await bad_done.wait()
@@ -201,7 +205,7 @@ async def test_garbage_ends_only_its_own_connection(server: ControlServer, store
 async def test_garbage_instead_of_hello_closes_without_goodbye(server: ControlServer) -> None:
     with trio.fail_after(5):
         async with connection(server) as (client, done):
-            await client.stream.send_all(b"\x92\x01\x02")  # msgpack, but not a message
+            await client.stream.send_all(frame(b"\x92\x01\x02"))  # msgpack, not a message
             await done.wait()
             with pytest.raises(ConnectionClosed, match="closed the connection"):
                 await client.receive()
@@ -324,3 +328,55 @@ async def test_a_request_in_the_middle_of_a_stream_ends_the_connection(
         with pytest.raises(ConnectionClosed, match="request sent while one was streaming"):
             await client.receive()
         await done.wait()
+
+
+async def test_an_answer_too_big_for_a_frame_is_an_error_not_a_dead_connection(
+    server: ControlServer,
+) -> None:
+    with trio.fail_after(10):
+        async with connection(server) as (client, _):
+            await client.send(m.ClientHello(client="test"))
+            await client.send(m.Request(id=1, method="huge", params={}))
+            reply = await client.receive()
+            assert isinstance(reply, m.Response) and not reply.ok
+            assert reply.error_code == "too_large"
+            assert "huge: response is 6710892" in reply.error
+            assert f"over the {CLIENT_FRAME_LIMIT}-byte frame limit" in reply.error
+            await client.send(m.Request(id=2, method="echo", params={}))  # still served
+            assert await client.receive() == m.Response(id=2, ok=True, result={"echo": {}})
+
+
+def limited_server(store: Store, limits: Limits) -> ControlServer:
+    engine = Engine(store, seeder_bt=("127.0.0.1", 1), clock=Clock())
+    return ControlServer(store, engine, methods={}, limits=limits)
+
+
+async def test_a_peer_flooding_heartbeats_is_slowed_then_cut(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = limited_server(store, Limits(message_rate=10, message_burst=5, cut_after=2))
+    async with connection(server) as (client, done):
+        await peer_connected(client)
+        start = trio.current_time()
+        await client.send_many([m.Heartbeat(sent_at=float(i)) for i in range(25)])
+        await trio.testing.wait_all_tasks_blocked()
+        # 1 hello + 5 heartbeats at once, then one per 0.1 s: the 25th is read at ~2 s.
+        assert not done.is_set() and connected(server, "web-1")
+        await client.send_many([m.Heartbeat(sent_at=0.0) for _ in range(1000)])
+        with pytest.raises(ConnectionClosed, match=r"goodbye: over 10 messages/s for 2s"):
+            await client.receive()
+        await done.wait()
+        assert 2.0 < trio.current_time() - start < 2.5  # cut once over the rate for 2 s
+    assert not connected(server, "web-1")
+
+
+async def test_a_connection_that_says_nothing_is_closed_at_the_hello_timeout(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = limited_server(store, Limits(hello_timeout=3.0))
+    async with connection(server) as (client, done):
+        start = trio.current_time()
+        await done.wait()
+        assert trio.current_time() - start == pytest.approx(3.0)
+        with pytest.raises(ConnectionClosed, match="closed the connection"):
+            await client.receive()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from peer.hooks import TRUNCATED, HookOutcome, run_hook, runas_problem, script_problem
+from peer.hooks import TRUNCATED, HookOutcome, run_hook, script_problem
+from peer.runas import HOOK_PATH, runas_problem
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -80,19 +81,26 @@ def reaping(*pid_files: Path) -> Iterator[None]:
                         kill(pid, signal.SIGKILL)
 
 
-async def test_success_sees_env_and_cwd_exactly(tmp_path: Path) -> None:
+async def test_success_sees_the_documented_env_and_cwd(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     hook = script(
         tmp_path / "ok.sh",
-        'echo "event=$LIFECYCLE_EVENT"\necho "cwd=$(pwd)"\necho "home=${HOME-unset}"\n',
+        'echo "event=$LIFECYCLE_EVENT"\necho "cwd=$(pwd)"\n'
+        'echo "$HOME|$USER|$LOGNAME|$SHELL|$PATH"\necho "leak=${DAEMON_SECRET-unset}"\n',
     )
-    env = {**ENV, "LIFECYCLE_EVENT": "BeforeInstall"}
-    with trio.fail_after(5):
-        result = await run_hook(hook, cwd=work, env=env, timeout=10, name="BeforeInstall")
+    env = {"PATH": "/daemon/bin", "HOME": "/daemon", "LIFECYCLE_EVENT": "BeforeInstall"}
+    me = pwd.getpwuid(os.geteuid())
+    os.environ["DAEMON_SECRET"] = "x"  # the daemon's own environment never reaches a hook
+    try:
+        with trio.fail_after(5):
+            result = await run_hook(hook, cwd=work, env=env, timeout=10, name="BeforeInstall")
+    finally:
+        del os.environ["DAEMON_SECRET"]
     assert result.outcome is HookOutcome.SUCCEEDED and result.ok
     assert result.exit_code == 0
-    assert result.output == ("event=BeforeInstall", f"cwd={work}", "home=unset")
+    identity = f"{me.pw_dir}|{me.pw_name}|{me.pw_name}|{me.pw_shell}|{HOOK_PATH}"
+    assert result.output == ("event=BeforeInstall", f"cwd={work}", identity, "leak=unset")
     assert result.detail == f"BeforeInstall: {hook} succeeded"
     assert 0 <= result.duration < 5
 
@@ -302,7 +310,8 @@ async def test_the_kill_switch_kills_the_group_and_says_so(tmp_path: Path) -> No
         assert result.outcome is HookOutcome.KILLED and not result.ok
         assert result.exit_code is None
         assert result.detail == (
-            "Stop: long.sh was killed: the rollout was aborted; its process group was killed"
+            "Stop: long.sh was killed: the rollout was aborted; it and every process it started"
+            " were killed"
         )
         assert await gone(main)
         assert await gone(child)

@@ -7,7 +7,15 @@ import pytest
 
 from common import messages as m
 from common.errors import LocalProtocolError, RemoteProtocolError
-from common.protocol import CLOSED, NEED_DATA, Connection, Role
+from common.protocol import (
+    CLIENT_FRAME_LIMIT,
+    CLOSED,
+    FRAME_LIMIT,
+    NEED_DATA,
+    Connection,
+    Role,
+    frame,
+)
 
 PEER_MESSAGES: list[m.Message] = [
     m.Hello(
@@ -108,6 +116,10 @@ def test_truncated_message_is_remote_error() -> None:
     ("payload", "match"),
     [
         (b"\xc1", "undecodable"),
+        (b"\x92\x01", "undecodable"),  # an array cut short inside its frame
+        (msgpack.packb({"t": "ping"}) + b"\x01", "bytes after the message"),
+        (b"\xc7\x01\x05x", "extension type 5"),
+        (msgpack.packb({(1, 2): 3}), "undecodable"),
         (msgpack.packb([1, 2, 3]), "must be a map"),
         (msgpack.packb({"t": "nonsense"}), "unknown control message type"),
         (msgpack.packb({"t": "hello", "name": "x"}), "missing fields"),
@@ -123,7 +135,7 @@ def test_truncated_message_is_remote_error() -> None:
 )
 def test_garbage_is_typed_remote_error(payload: bytes, match: str) -> None:
     _, server = pair()
-    server.receive_data(payload)
+    server.receive_data(frame(payload))
     with pytest.raises(RemoteProtocolError, match=match):
         server.next_event()
 
@@ -131,16 +143,61 @@ def test_garbage_is_typed_remote_error(payload: bytes, match: str) -> None:
 def test_message_not_allowed_for_role_is_remote_error() -> None:
     client, server = pair()
     server.receive_data(client.send(m.ClientHello(client="cli")))
-    server.receive_data(msgpack.packb(m.to_wire(m.Heartbeat(sent_at=1.0))))
+    server.receive_data(frame(msgpack.packb(m.to_wire(m.Heartbeat(sent_at=1.0)))))
     assert isinstance(server.next_event(), m.ClientHello)
     with pytest.raises(RemoteProtocolError, match="not allowed"):
         server.next_event()
 
 
-def test_oversized_message_is_remote_error() -> None:
-    server = Connection(Role.SERVER, max_message_size=1024)
-    with pytest.raises(RemoteProtocolError, match="size limit"):
-        server.receive_data(msgpack.packb({"t": "hello", "name": "x" * 4096}))
+def test_oversized_frame_is_refused_on_its_length_prefix() -> None:
+    client, server = pair()
+    server.receive_data(client.send(PEER_MESSAGES[0]))
+    assert server.next_event() == PEER_MESSAGES[0]
+    # 200 MiB announced, 10 bytes sent: refused on the 4 header bytes, nothing buffered.
+    server.receive_data((200 * 1024 * 1024).to_bytes(4, "big") + b"x" * 10)
+    with pytest.raises(RemoteProtocolError, match="209715200 bytes exceeds the 8388608-byte"):
+        server.next_event()
+    assert server.pending_bytes == 14
+
+
+def test_frames_before_the_hello_have_a_smaller_limit() -> None:
+    client, server = pair()
+    server.receive_data((100 * 1024).to_bytes(4, "big"))
+    with pytest.raises(RemoteProtocolError, match="65536-byte frame limit before the hello"):
+        server.next_event()
+    # A hello of up to the limit is fine, and after it the full limit applies.
+    server = Connection(Role.SERVER, max_frame=4096, max_hello_frame=1024)
+    assert Connection(Role.CLIENT).max_frame == CLIENT_FRAME_LIMIT > FRAME_LIMIT
+    server.receive_data(client.send(PEER_MESSAGES[0]))
+    assert server.next_event() == PEER_MESSAGES[0]
+    big = m.Heartbeat(sent_at=1.0)
+    body = msgpack.packb({**m.to_wire(big), "pad": "x" * 2000})
+    server.receive_data(frame(body))
+    assert server.next_event() == big
+    server.receive_data(frame(msgpack.packb({**m.to_wire(big), "pad": "x" * 5000})))
+    with pytest.raises(RemoteProtocolError, match="exceeds the 4096-byte frame limit"):
+        server.next_event()
+
+
+def test_an_unframed_old_client_gets_a_clear_error() -> None:
+    _, server = pair()
+    server.receive_data(msgpack.packb(m.to_wire(PEER_MESSAGES[0])))
+    with pytest.raises(RemoteProtocolError, match="older shoal protocol"):
+        server.next_event()
+
+
+def test_empty_frame_is_remote_error() -> None:
+    _, server = pair()
+    server.receive_data(b"\0\0\0\0")
+    with pytest.raises(RemoteProtocolError, match="empty control frame"):
+        server.next_event()
+
+
+def test_sending_over_the_limit_is_our_error() -> None:
+    client = Connection(Role.CLIENT, max_send=1024)
+    client.send(m.ClientHello(client="cli"))
+    with pytest.raises(LocalProtocolError, match="over the 1024-byte frame limit"):
+        client.send(m.Request(id=1, method="x", params={"blob": "y" * 2000}))
 
 
 def test_local_errors_for_our_own_mistakes() -> None:

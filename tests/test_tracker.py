@@ -3,6 +3,7 @@ one end-to-end check with real libtorrent sessions announcing to it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import struct
@@ -513,3 +514,20 @@ async def test_a_libtorrent_seed_stays_listed_past_the_old_window(
         assert all(me in tracker.swarm_peers(ih) for ih in hashes), trio.current_time() - start
         await trio.sleep(0.5)
     assert tracker.swarms.counts(hashes[0], trio.current_time()) == (1, 0)
+
+
+async def test_per_address_cap_refuses_one_more_and_logs_it_once(
+    nursery: trio.Nursery, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = await nursery.start(Tracker(max_per_address=2).serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        held = [await connect(port) for _ in range(2)]
+        for stream in held:  # both are served
+            assert (await _exchange(stream, h11.Connection(h11.CLIENT), b"/x"))[0] == 404
+        for _ in range(5):  # a third and more from the same address are closed at once
+            refused = await connect(port)
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await refused.receive_some(4096) == b""
+    refusals = [r for r in caplog.records if "tracker refused" in r.getMessage()]
+    assert len(refusals) == 1  # the rest are counted for the window's summary
+    assert "127.0.0.1 has 2 connections open" in refusals[0].getMessage()
