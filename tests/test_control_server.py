@@ -59,7 +59,13 @@ async def server(store: Store) -> AsyncIterator[ControlServer]:
 
 
 # The methods these tests serve, with roles (the server refuses methods without one).
-TEST_ROLES = {**METHOD_ROLES, "echo": "viewer", "refuse": "viewer", "one": "viewer"}
+TEST_ROLES = {
+    **METHOD_ROLES,
+    "echo": "viewer",
+    "refuse": "viewer",
+    "one": "viewer",
+    "huge": "viewer",
+}
 OPERATOR = Holder("alice", "admin")
 
 
@@ -334,7 +340,7 @@ async def test_an_answer_too_big_for_a_frame_is_an_error_not_a_dead_connection(
     server: ControlServer,
 ) -> None:
     with trio.fail_after(10):
-        async with connection(server) as (client, _):
+        async with connection(server, OPERATOR) as (client, _):
             await client.send(m.ClientHello(client="test"))
             await client.send(m.Request(id=1, method="huge", params={}))
             reply = await client.receive()
