@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import follow, promote_cli, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -136,9 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--json", action="store_true")
 
-    with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
-        "--json", action="store_true"
-    )
+    hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
+    hosts.add_argument("--json", action="store_true")
+    promote_cli.add_env_filter(hosts)
+    app = sub.add_parser("app", help="applications").add_subparsers(dest="action", required=True)
+    promote_cli.add_app_set(app, with_seeder)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
@@ -219,7 +221,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
         elif args.command == "hosts":
-            items = (await client.call("hosts.list"))["hosts"]
+            items = (await client.call("hosts.list", **promote_cli.env_filter(args)))["hosts"]
             _emit(items, args.json, render.hosts)
         elif args.command == "release" and args.action == "build":
             result = await client.call(
@@ -246,6 +248,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
+        elif args.command == "app" and args.action == "set":
+            return await promote_cli.app_set(client, args)
         elif args.command == "logs":
             return await follow.show_logs(
                 client,
@@ -295,7 +299,7 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
-            print(rollout_cli.plan_text(r), flush=True)
+            print(rollout_cli.plan_text(r) + rollout_cli.verdict_suffix(r), flush=True)
     if not args.wait:
         print(r["rollout_id"])
         return 0

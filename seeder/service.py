@@ -23,11 +23,14 @@ from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_ha
 from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.build import build_release, v1_torrent
+from seeder.caller import current_caller
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
 from seeder.events import EventHub
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
+from seeder.promotion import ENV_LABEL
+from seeder.promotion_gate import PromotionGate, promotion_methods
 from seeder.retention import KEEP_RELEASES
 from seeder.seeding import Seeding
 from seeder.selector import select_hosts
@@ -151,6 +154,7 @@ async def run_seeder(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
+            methods.update(promotion_methods(PromotionGate(store)))
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
                 store,
@@ -205,6 +209,7 @@ def _methods(
 ) -> dict[str, Handler]:
     full_seed = seeding.full_seed
     releases_dir = config.data_dir / "releases"
+    promotions = PromotionGate(store)
 
     def known_release(params: dict[str, Any]) -> tuple[Manifest, bytes]:
         release_id = str(params["release_id"])
@@ -271,25 +276,38 @@ def _methods(
         return {"releases": [views.release(mf, at) for mf, _, at in store.releases()]}
 
     def options(params: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to")}
+        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to", "force")}
+
+    def admit(params: dict[str, Any]) -> Any:
+        return promotions.admit(force=bool(params.get("force", False)), caller=current_caller())
 
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
         rollout = engine.start_rollout(
-            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+            str(params["release_id"]),
+            str(params.get("hosts") or "all"),
+            options(params),
+            admit=admit(params),
         )
         seeding.reconcile()  # an old release rolled out again is seeded again
         return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
 
     async def rollout_plan(params: dict[str, Any]) -> dict[str, Any]:
-        plan, opts, _ = engine.plan(
-            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        release_id = str(params["release_id"])
+        plan, opts, targets = engine.plan(
+            release_id, str(params.get("hosts") or "all"), options(params)
         )
-        return {"plan": {**plan.to_dict(), "options": opts.to_dict()}}
+        promotion = promotions.preview(
+            release_id, targets, force=bool(params.get("force", False)), caller=current_caller()
+        )
+        return {"plan": {**plan.to_dict(), "options": opts.to_dict(), "promotion": promotion}}
 
     async def rollback(params: dict[str, Any]) -> dict[str, Any]:
         to = params.get("to")
         rollout = engine.start_rollback(
-            str(params.get("hosts") or "all"), None if to is None else str(to), options(params)
+            str(params.get("hosts") or "all"),
+            None if to is None else str(to),
+            options(params),
+            admit=admit(params),
         )
         seeding.reconcile()  # the releases it goes back to are seeded again
         return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
@@ -313,10 +331,10 @@ def _methods(
         return {"rollouts": store.summaries(int(params.get("limit", 50)))}
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
+        env = params.get("env")
+        records = [h for h in store.hosts() if env is None or h.labels.get(ENV_LABEL) == env]
         return {
-            "hosts": views.hosts(
-                store.hosts(), engine.connected(), engine.last_seen, engine.host_target
-            )
+            "hosts": views.hosts(records, engine.connected(), engine.last_seen, engine.host_target)
         }
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:

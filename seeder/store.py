@@ -21,6 +21,8 @@ from common.errors import ShoalError
 from common.release import Manifest
 from seeder.model import RolloutModel, StepRecord, TargetModel
 from seeder.states import TERMINAL, RolloutState, TargetState
+from seeder.store_promotions import SCHEMA as PROMOTION_SCHEMA
+from seeder.store_promotions import PromotionTables, RolloutPromotion
 from seeder.waves import Plan, RolloutOptions
 
 SCHEMA_VERSION = 2
@@ -82,9 +84,10 @@ class Commit:
     timeline: list[tuple[int, float, str, dict[str, Any]]] = field(default_factory=list)
     currents: list[tuple[str, str]] = field(default_factory=list)  # (host, release now live)
     create: bool = False
+    promotion: RolloutPromotion | None = None  # with create: the targets' envs and verdict
 
 
-class Store:
+class Store(PromotionTables):
     """SQLite-backed state. Calls are short and synchronous; the seeder is the only writer."""
 
     def __init__(self, path: Path) -> None:
@@ -101,7 +104,7 @@ class Store:
                 f"{path} was written by another version of shoal (schema {version}, "
                 f"this one needs {SCHEMA_VERSION}); use a new --data-dir"
             )
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + PROMOTION_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -219,6 +222,8 @@ class Store:
                             r.updated_at,
                         ),
                     )
+                    if c.promotion is not None:
+                        self._write_promotion(db, r.rollout_id, c.promotion)
                 elif c.rollout_changed:  # options and plan never change after the start
                     db.execute(
                         """UPDATE rollouts SET state=?, error=?, wave=?, paused_from=?,

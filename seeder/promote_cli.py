@@ -1,0 +1,99 @@
+"""The CLI of environments and promotion: ``shoal app set NAME --promote FROM:TO``, ``--force``
+on ``rollout start``/``plan`` and ``rollback``, the promotion verdict in their output, and
+``shoal hosts --env E``.
+
+``--promote`` *replaces* the app's rules with exactly the ones given (all ``--promote`` options
+together, each a comma-separated list), so what an operator types is what holds; ``--promote ''``
+clears them. ``--no-promote FROM:TO`` removes single rules and keeps the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        default=None,
+        help="go ahead even where a promotion rule is not met (recorded with who you are)",
+    )
+
+
+def add_app_set(app: argparse._SubParsersAction, with_seeder: WithSeeder) -> None:  # type: ignore[type-arg]
+    p = with_seeder(app.add_parser("set", help="change an application's promotion rules"))
+    p.add_argument("name")
+    p.add_argument(
+        "--promote",
+        action="append",
+        metavar="FROM:TO[,FROM:TO]",
+        help="the app's promotion rules, replacing the old ones: a release must succeed on FROM"
+        " before it rolls out to TO (repeatable; '' clears them)",
+    )
+    p.add_argument(
+        "--no-promote",
+        action="append",
+        metavar="FROM:TO",
+        help="remove this rule, keep the others (repeatable)",
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def add_env_filter(hosts: argparse.ArgumentParser) -> None:
+    hosts.add_argument("--env", help="only the hosts whose env label is ENV")
+
+
+def env_filter(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.env is None else {"env": args.env}
+
+
+async def app_set(client: Any, args: argparse.Namespace) -> int:
+    from common.errors import ConfigError
+
+    if args.promote is None and args.no_promote is None:
+        raise ConfigError("app set: give --promote FROM:TO or --no-promote FROM:TO")
+    if args.promote is not None and args.no_promote is not None:
+        raise ConfigError("app set: --promote replaces every rule; do not combine --no-promote")
+    if args.promote is not None:
+        params: dict[str, Any] = {"promote": list(args.promote)}
+    else:
+        params = {"remove": list(args.no_promote)}
+    view = await client.call("app.promotion.set", app=args.name, **params)
+    _emit(view, args.json, lambda v: f"app {v['app']}: {rules_text(v['promote'])}")
+    return 0
+
+
+def rules_text(rules: list[str]) -> str:
+    if not rules:
+        return "no promotion rules"
+    return "promotion rules " + ", ".join(rules)
+
+
+def verdict_text(promotion: dict[str, Any] | None) -> str:
+    """The promotion lines of ``rollout plan``/``start``/``show`` ("" where no rule applied)."""
+    if not promotion or not promotion.get("checks"):
+        return ""
+    if promotion["ok"]:
+        head = "promotion: allowed"
+    elif promotion.get("forced"):
+        head = (
+            f"promotion: FORCED by {promotion['by']} ({promotion['role']}) over rule(s) "
+            + ", ".join(promotion["overridden"])
+        )
+    else:
+        head = "promotion: REFUSED (--force overrides it)"
+    lines = [head]
+    for c in promotion["checks"]:
+        mark = "ok" if c["ok"] else "NOT MET"
+        lines.append(f"  rule {c['rule']} (app {promotion['app']}): {mark}: {c['reason']}")
+    return "\n".join(lines)
+
+
+def _emit(data: Any, as_json: bool, fmt: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if as_json else fmt(data))
