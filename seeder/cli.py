@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, promote_cli, render, rollout_cli
+from seeder import app_cli, follow, promote_cli, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--json", action="store_true")
 
+    app_cli.add_commands(sub, with_seeder)
     rollout = sub.add_parser("rollout", help="start and watch rollouts").add_subparsers(
         dest="action", required=True
     )
@@ -139,8 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
     hosts.add_argument("--json", action="store_true")
     promote_cli.add_env_filter(hosts)
-    app = sub.add_parser("app", help="applications").add_subparsers(dest="action", required=True)
-    promote_cli.add_app_set(app, with_seeder)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
@@ -217,6 +216,8 @@ async def dispatch(args: argparse.Namespace) -> int:
 
         return await run_demo(peers=args.peers)
     async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
+        if args.command == "app":
+            return await app_cli.run(client, args)
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
@@ -248,8 +249,6 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
-        elif args.command == "app" and args.action == "set":
-            return await promote_cli.app_set(client, args)
         elif args.command == "logs":
             return await follow.show_logs(
                 client,

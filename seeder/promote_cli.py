@@ -14,8 +14,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
-
 
 def add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -26,23 +24,26 @@ def add_force(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_app_set(app: argparse._SubParsersAction, with_seeder: WithSeeder) -> None:  # type: ignore[type-arg]
-    p = with_seeder(app.add_parser("set", help="change an application's promotion rules"))
-    p.add_argument("name")
-    p.add_argument(
+def add_promote_options(p: argparse.ArgumentParser) -> None:
+    """The promotion options of ``shoal app set`` (:mod:`seeder.app_cli`)."""
+    g = p.add_argument_group("promotion rules (see README: Environments and promotion)")
+    g.add_argument(
         "--promote",
         action="append",
         metavar="FROM:TO[,FROM:TO]",
         help="the app's promotion rules, replacing the old ones: a release must succeed on FROM"
         " before it rolls out to TO (repeatable; '' clears them)",
     )
-    p.add_argument(
+    g.add_argument(
         "--no-promote",
         action="append",
         metavar="FROM:TO",
         help="remove this rule, keep the others (repeatable)",
     )
-    p.add_argument("--json", action="store_true")
+
+
+def wants_rules(args: argparse.Namespace) -> bool:
+    return args.promote is not None or args.no_promote is not None
 
 
 def add_env_filter(hosts: argparse.ArgumentParser) -> None:
@@ -53,11 +54,16 @@ def env_filter(args: argparse.Namespace) -> dict[str, Any]:
     return {} if args.env is None else {"env": args.env}
 
 
-async def app_set(client: Any, args: argparse.Namespace) -> int:
+async def app_set(client: Any, args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """``app set NAME --promote ...`` / ``--no-promote ...``: one request, nothing else changed
+    (``settings``: the app's other options given, refused alongside rules)."""
     from common.errors import ConfigError
 
-    if args.promote is None and args.no_promote is None:
-        raise ConfigError("app set: give --promote FROM:TO or --no-promote FROM:TO")
+    if any(k != "name" for k in settings) or args.clear_build:
+        raise ConfigError(
+            "app set: change promotion rules in a command of their own, not together with the"
+            " app's other settings"
+        )
     if args.promote is not None and args.no_promote is not None:
         raise ConfigError("app set: --promote replaces every rule; do not combine --no-promote")
     if args.promote is not None:

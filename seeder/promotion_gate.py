@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from common.release import check_app_name
+from seeder.applications import unknown_app
 from seeder.caller import Caller, current_caller
 from seeder.engine import Admit
 from seeder.promotion import (
@@ -110,11 +111,17 @@ def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
             "updated_by": rec.updated_by or None,
         }
 
+    def registered(params: dict[str, Any]) -> str:
+        app = check_app_name(str(params["app"]))
+        if gate.store.app(app) is None:
+            raise unknown_app(app)
+        return app
+
     async def get(params: dict[str, Any]) -> dict[str, Any]:
-        return view(check_app_name(str(params["app"])))
+        return view(registered(params))
 
     async def set_rules(params: dict[str, Any]) -> dict[str, Any]:
-        app = check_app_name(str(params["app"]))
+        app = registered(params)
         promote, remove = params.get("promote"), params.get("remove")
         if (promote is None) == (remove is None):
             raise RuleError("give the rules to set (promote) or the rules to remove, not both")

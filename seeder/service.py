@@ -22,6 +22,7 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.app_service import Apps
 from seeder.build import build_release, v1_torrent
 from seeder.caller import current_caller
 from seeder.control import ControlServer, Handler
@@ -155,6 +156,7 @@ async def run_seeder(
             )
             methods.update(watching.methods())
             methods.update(promotion_methods(PromotionGate(store)))
+            methods.update(Apps(store, data).methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
                 store,

@@ -19,6 +19,7 @@ from typing import Any
 
 from common.errors import ShoalError
 from common.release import Manifest
+from seeder.appstore import APPS_SCHEMA, AppTables
 from seeder.model import RolloutModel, StepRecord, TargetModel
 from seeder.states import TERMINAL, RolloutState, TargetState
 from seeder.store_promotions import SCHEMA as PROMOTION_SCHEMA
@@ -87,7 +88,7 @@ class Commit:
     promotion: RolloutPromotion | None = None  # with create: the targets' envs and verdict
 
 
-class Store(PromotionTables):
+class Store(AppTables, PromotionTables):
     """SQLite-backed state. Calls are short and synchronous; the seeder is the only writer."""
 
     def __init__(self, path: Path) -> None:
@@ -104,7 +105,7 @@ class Store(PromotionTables):
                 f"{path} was written by another version of shoal (schema {version}, "
                 f"this one needs {SCHEMA_VERSION}); use a new --data-dir"
             )
-        self._db.executescript(SCHEMA + PROMOTION_SCHEMA)
+        self._db.executescript(SCHEMA + APPS_SCHEMA + PROMOTION_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:

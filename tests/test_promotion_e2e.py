@@ -64,7 +64,13 @@ def _promotion_story(fleet: LocalFleet, repo: Path, r1: str) -> None:
     assert table[0].split()[:2] == ["HOST", "ENV"] and table[1].split()[:2] == ["prod-1", "prod"]
     assert len(table) == 2
 
-    # rules: a cycle is refused, a chain is kept, a single rule removed
+    # rules belong to registered apps (builds of lane apps register theirs; else register it)
+    assert "no application named 'nope'" in refused(
+        fleet, "app", "set", "nope", "--promote", "staging:prod"
+    )
+    if run(fleet, "app", "show", "web").returncode != 0:
+        ok_json(fleet, "app", "add", "web", "--repo", str(repo))
+    # a cycle is refused, a chain is kept, a single rule removed, other settings kept apart
     assert "cycle" in refused(fleet, "app", "set", "web", "--promote", "staging:prod,prod:staging")
     rules = ok_json(
         fleet, "app", "set", "web", "--promote", "qa:staging", "--promote", "staging:prod"
@@ -73,6 +79,11 @@ def _promotion_story(fleet: LocalFleet, repo: Path, r1: str) -> None:
     assert ok_json(fleet, "app", "set", "web", "--no-promote", "qa:staging")["promote"] == [
         "staging:prod"
     ]
+    assert "in a command of their own" in refused(
+        fleet, "app", "set", "web", "--promote", "staging:prod", "--branch", "dev"
+    )
+    assert ok_json(fleet, "app", "show", "web")["promote"] == ["staging:prod"]
+    assert "promotion rules staging:prod" in run(fleet, "app", "show", "web").stdout
     who = rules["updated_by"]
     assert who  # the caller's name, as the seeder knows it
 
