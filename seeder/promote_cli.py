@@ -47,7 +47,7 @@ def wants_rules(args: argparse.Namespace) -> bool:
 
 
 def add_env_filter(hosts: argparse.ArgumentParser) -> None:
-    hosts.add_argument("--env", help="only the hosts whose env label is ENV")
+    hosts.add_argument("--env", help="only the hosts whose env label is ENV ('': no env label)")
 
 
 def env_filter(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,12 +81,14 @@ def rules_text(rules: list[str]) -> str:
     return "promotion rules " + ", ".join(rules)
 
 
-def verdict_text(promotion: dict[str, Any] | None) -> str:
+def verdict_text(promotion: dict[str, Any] | None, *, planned: bool = False) -> str:
     """The promotion lines of ``rollout plan``/``start``/``show`` ("" where no rule applied)."""
     if not promotion or not promotion.get("checks"):
         return ""
     if promotion["ok"]:
         head = "promotion: allowed"
+    elif promotion.get("forced") and planned:
+        head = "promotion: --force would override rule(s) " + ", ".join(promotion["overridden"])
     elif promotion.get("forced"):
         head = (
             f"promotion: FORCED by {promotion['by']} ({promotion['role']}) over rule(s) "

@@ -100,7 +100,8 @@ def record(verdict: Verdict, *, forced: bool, caller: Caller) -> dict[str, Any]:
 
 
 def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
-    """``app.promotion.get`` {app} and ``app.promotion.set`` {app, promote | remove}."""
+    """``app.promotion.set`` {app, promote | remove}: replace the rules of a registered app, or
+    remove some; answers with the rules now in force. (``app.show`` lists them too.)"""
 
     def view(app: str) -> dict[str, Any]:
         rec = gate.store.promotion_rules(app)
@@ -117,9 +118,6 @@ def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
             raise unknown_app(app)
         return app
 
-    async def get(params: dict[str, Any]) -> dict[str, Any]:
-        return view(registered(params))
-
     async def set_rules(params: dict[str, Any]) -> dict[str, Any]:
         app = registered(params)
         promote, remove = params.get("promote"), params.get("remove")
@@ -134,7 +132,7 @@ def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
         log.info("app %s: promotion rules %s (by %s)", app, [str(r) for r in rules], caller.name)
         return view(app)
 
-    return {"app.promotion.get": get, "app.promotion.set": set_rules}
+    return {"app.promotion.set": set_rules}
 
 
 def _texts(value: Any, what: str) -> list[str]:

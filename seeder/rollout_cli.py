@@ -139,7 +139,7 @@ async def run(client: Any, args: argparse.Namespace) -> int | None:
         result = await client.call(
             "rollout.plan", release_id=args.release_id, hosts=args.hosts, **wave_params(args)
         )
-        _emit(result["plan"], args.json, lambda p: plan_text(p) + verdict_suffix(p))
+        _emit(result["plan"], args.json, lambda p: plan_text(p) + verdict_suffix(p, planned=True))
     elif action in ("pause", "resume", "abort"):
         params: dict[str, Any] = {"rollout_id": args.rollout_id}
         if action == "abort":
@@ -208,8 +208,8 @@ def show_text(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def verdict_suffix(r: dict[str, Any]) -> str:
-    text = promote_cli.verdict_text(r.get("promotion"))
+def verdict_suffix(r: dict[str, Any], *, planned: bool = False) -> str:
+    text = promote_cli.verdict_text(r.get("promotion"), planned=planned)
     return "\n" + text if text else ""
 
 

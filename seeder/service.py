@@ -334,7 +334,7 @@ def _methods(
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
         env = params.get("env")
-        records = [h for h in store.hosts() if env is None or h.labels.get(ENV_LABEL) == env]
+        records = [h for h in store.hosts() if env is None or h.labels.get(ENV_LABEL, "") == env]
         return {
             "hosts": views.hosts(records, engine.connected(), engine.last_seen, engine.host_target)
         }

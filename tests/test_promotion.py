@@ -311,3 +311,30 @@ def test_remove_rules() -> None:
     assert remove_rules(rules, parse_rules(["qa:staging"])) == (Rule("staging", "prod"),)
     with pytest.raises(RuleError, match=r"no promotion rule qa:prod to remove \(rules: qa:st"):
         remove_rules(rules, parse_rules(["qa:prod"]))
+
+
+def test_verdict_texts() -> None:
+    from seeder.caller import Caller
+    from seeder.promote_cli import verdict_text
+    from seeder.promotion_gate import record
+
+    alice = Caller("alice", "deployer")
+    refused = promotion_check(RULES, Rel(), PROD, [])
+    assert verdict_text(record(refused, forced=False, caller=alice)) == (
+        "promotion: REFUSED (--force overrides it)\n"
+        "  rule staging:prod (app web): NOT MET: it was never rolled out on staging"
+    )
+    forced = record(refused, forced=True, caller=alice)
+    assert verdict_text(forced).startswith(
+        "promotion: FORCED by alice (deployer) over rule(s) staging:prod\n"
+    )
+    assert verdict_text(forced, planned=True).startswith(
+        "promotion: --force would override rule(s) staging:prod\n"
+    )
+    allowed = promotion_check(RULES, Rel(), PROD, [STAGING_OK])
+    assert verdict_text(record(allowed, forced=False, caller=alice)).startswith(
+        "promotion: allowed\n  rule staging:prod (app web): ok: rollout r1 succeeded"
+    )
+    unruled = promotion_check((), Rel(), PROD, [])
+    assert verdict_text(record(unruled, forced=False, caller=alice)) == ""
+    assert verdict_text(None) == ""
