@@ -275,7 +275,8 @@ async def _measure(
     args: argparse.Namespace, seeder: Seeder, hosts: int, poll: float, row: dict[str, Any]
 ) -> None:
     repo, spec = make_repo(seeder.workdir)
-    built = await seeder.cli("release", "build", str(repo), "--ref", "main", "--app", "bench")
+    await seeder.cli("app", "add", "bench", "--repo", str(repo))
+    built = await seeder.cli("release", "build", "bench", "--ref", "main")
     release_id = built.strip().splitlines()[-1]
     per_peer = len(stage_steps(release_id)) + len(activate_steps(spec, release_id, None))
     row["reports_per_peer"] = per_peer

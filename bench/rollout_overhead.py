@@ -264,10 +264,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         procs = start_daemons(bed, args.src, logs)
         shoal = Shoal(bed.seeder, args.src)
         wait_connected(shoal, args.hosts, procs)
+        shoal("app", "add", "overhead", "--repo", str(repo))
         for i in range(args.runs):
             if i:
                 new_version(repo, i, size)
-            built = shoal("release", "build", str(repo), "--ref", "main", "--app", "overhead")
+            built = shoal("release", "build", "overhead", "--ref", "main")
             cpu0 = _seeder_cpu(procs[0].pid)
             result = one_rollout(bed, shoal, built.strip().splitlines()[-1], args)
             result["seeder_cpu_s"] = _seeder_cpu(procs[0].pid) - cpu0  # includes the polls

@@ -173,18 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
         wait_connected(seeder, control, len(bed.peers), procs)
+        shoal(seeder, "app", "add", "bench", "--repo", str(repo), "--seeder", control)
         built = shoal(
-            seeder,
-            "release",
-            "build",
-            str(repo),
-            "--ref",
-            "main",
-            "--app",
-            "bench",
-            "--seeder",
-            control,
-            timeout=300,
+            seeder, "release", "build", "bench", "--ref", "main", "--seeder", control, timeout=300
         )
         release_id = built.strip().splitlines()[-1]
         manifest = next(

@@ -34,6 +34,7 @@ class Manifest:
     digest: str
     infohash: str
     archive: str
+    ref: str = ""  # the ref the release was first built from (a branch, tag or sha)
 
     @property
     def release_id(self) -> str:
@@ -56,6 +57,7 @@ class Manifest:
                 digest=str(data["digest"]),
                 infohash=str(data["infohash"]),
                 archive=str(data["archive"]),
+                ref=str(data.get("ref", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReleaseError(f"release manifest is incomplete or malformed: {exc}") from None

@@ -1,8 +1,12 @@
-"""Turning a git ref into a release: archive, appspec check, torrent, manifest.
+"""Turning an application's ref into a release: fetch, resolve, checkout, build steps, archive,
+appspec check, torrent, manifest.
 
-Runs in a worker thread (git, compression and hashing block). Either the whole release lands in
-``<data-dir>/releases/<release-id>/`` or nothing does: the work happens in a temporary directory
-that is renamed into place only after every check passed.
+The ref is resolved once, in the freshly fetched mirror, to a commit id; everything after works
+on that id, so the ref and the archive always agree. The commit is exported into a temporary
+directory (a clean checkout), the build steps run there, the application's directory is packed
+deterministically (:mod:`seeder.packing`), and either the whole release lands in
+``<data-dir>/releases/<release-id>/`` or nothing does (the work directory is renamed into place
+only after every check passed). A failing step, a bad appspec or a git error publishes nothing.
 """
 
 from __future__ import annotations
@@ -12,16 +16,37 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from common.appspec import AppSpec, check_file_sources, check_hook_locations, parse_appspec
-from common.archive import git_archive, read_file_at, tree_modes
 from common.errors import AppSpecError, BuildError
-from common.release import Manifest, check_app_name
+from common.release import Manifest
 from common.torrent import make_torrent
+from seeder.app_service import Apps
+from seeder.applications import App, BuildSettings
+from seeder.buildsteps import SHOAL_YML, OnLine, StepContext, choose_settings, run_steps
+from seeder.git import Mirror
+from seeder.packing import GIT_FILE, pack, select
+from seeder.refs import Commit, Resolved
 
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
-GIT_PLAIN_FILE = 0o100644  # git's mode of a file without the executable bit
 V1_TORRENT = "release-v1.torrent"  # the v1-only copy, made on first export (release torrent --v1)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What one build is made of: the app, the one commit its ref resolved to, the settings."""
+
+    app: App
+    resolved: Resolved
+    commit: Commit
+    settings: BuildSettings
+    settings_from: str  # "seeder", "shoal.yml" or "none"
+
+    def build_record(self) -> dict[str, Any]:
+        return {"from": self.settings_from, **self.settings.to_dict(), "subdir": self.app.subdir}
 
 
 @dataclass(frozen=True)
@@ -29,65 +54,115 @@ class BuiltRelease:
     manifest: Manifest
     torrent: bytes
     directory: Path
+    source: Source
     warnings: tuple[str, ...] = ()  # what the appspec asks for that never takes effect
 
 
-def build_release(
-    repo: Path,
+async def build_app_release(
+    apps: Apps,
+    name: str,
     ref: str,
     *,
-    app: str | None,
     releases_dir: Path,
     tracker_url: str,
     piece_size: int = 0,
+    on_line: OnLine = lambda step, line: None,
 ) -> BuiltRelease:
-    """Build (or find, if identical) the release of ``ref`` in ``repo``."""
-    repo = repo.resolve()
-    if not repo.is_dir():
-        raise BuildError(f"{repo} is not a directory")
-    app = check_app_name(app or repo.name)
-    releases_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))
+    """Build (or find, if identical) the release of application ``name`` at ``ref``."""
+    app = apps.get(name)
+
+    def make_work() -> Path:
+        releases_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))
+
+    work = await trio.to_thread.run_sync(make_work)
     try:
-        info = git_archive(repo, ref, work / "archive.tmp")
-        warnings = _check_appspec(repo, info.commit)
-        archive_name = f"{app}-{info.commit[:12]}.tar.zst"
-        payload = work / archive_name
-        info.path.rename(payload)
-        torrent, infohash = make_torrent(payload, tracker_url=tracker_url, piece_size=piece_size)
-        manifest = Manifest(
-            app=app,
-            version=info.version,
-            commit=info.commit,
-            size=info.size,
-            digest=info.digest,
-            infohash=infohash,
-            archive=archive_name,
+        source = await apps.with_mirror(app, lambda mirror: checkout(mirror, app, ref, work))
+        context = StepContext(
+            app=app.name,
+            ref=source.resolved.ref,
+            commit=source.resolved.commit,
+            version=source.resolved.version,
+            home=work / "home",
         )
-        final = releases_dir / manifest.release_id
-        if not final.exists():
-            (work / "release.torrent").write_bytes(torrent)
-            work.rename(final)
-        return BuiltRelease(manifest, torrent, final, warnings)
+        await trio.to_thread.run_sync(context.home.mkdir)
+        await run_steps(source.settings, work / "src" / app.subdir, context, on_line)
+        return await trio.to_thread.run_sync(
+            lambda: package(source, work, releases_dir, tracker_url, piece_size)
+        )
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))
 
 
-def _check_appspec(repo: Path, commit: str) -> tuple[str, ...]:
-    """Validate the commit's appspec against its tree: AppSpecError names what is wrong; the
-    warnings name what the spec asks for that will not take effect as written."""
+def checkout(mirror: Mirror, app: App, ref: str, work: Path) -> Source:
+    """Resolve ``ref`` in the fetched mirror and export that commit into ``work/src``."""
+    resolved = mirror.resolve(ref)
+    commit = mirror.commit(resolved.commit)
+    mirror.export(resolved.commit, work / "src")
+    root = work / "src" / app.subdir
+    if not root.is_dir() or root.is_symlink():
+        raise BuildError(
+            f"app {app.name!r}: commit {resolved.commit[:12]} has no directory {app.subdir!r}"
+        )
+    repo_file, source = None, SHOAL_YML[0]
+    for candidate in SHOAL_YML:
+        path = root / candidate
+        if path.is_file() and not path.is_symlink():
+            repo_file, source = path.read_bytes(), candidate
+            break
+    settings, settings_from = choose_settings(app.build, repo_file, source=source)
+    return Source(app, resolved, commit, settings, settings_from)
+
+
+def package(
+    source: Source, work: Path, releases_dir: Path, tracker_url: str, piece_size: int
+) -> BuiltRelease:
+    """Pack the built tree, check its appspec, make the torrent, publish the release dir."""
+    app, commit = source.app, source.resolved.commit
+    root = work / "src" / app.subdir
+    paths = select(root, source.settings.include, source.settings.exclude)
+    if not paths:
+        raise BuildError(f"app {app.name!r}: nothing to archive (check include/exclude)")
+    out = work / "out"
+    out.mkdir()
+    archive_name = f"{app.name}-{commit[:12]}.tar.zst"
+    packed = pack(root, out / archive_name, mtime=int(source.commit.committed_at), paths=paths)
+    warnings = _check_appspec(root, packed.members, commit)
+    torrent, infohash = make_torrent(
+        out / archive_name, tracker_url=tracker_url, piece_size=piece_size
+    )
+    manifest = Manifest(
+        app=app.name,
+        version=source.resolved.version,
+        commit=commit,
+        size=packed.size,
+        digest=packed.digest,
+        infohash=infohash,
+        archive=archive_name,
+        ref=source.resolved.ref,
+    )
+    final = releases_dir / manifest.release_id
+    if not final.exists():
+        (out / "release.torrent").write_bytes(torrent)
+        out.rename(final)
+    return BuiltRelease(manifest, torrent, final, source, warnings)
+
+
+def _check_appspec(root: Path, tree: dict[str, int], commit: str) -> tuple[str, ...]:
+    """Validate the appspec against what the archive holds: AppSpecError names what is wrong;
+    the warnings name what the spec asks for that will not take effect as written."""
     for name in APPSPEC_NAMES:
-        text = read_file_at(repo, commit, name)
-        if text is not None:
+        if name in tree:
+            text = (root / name).read_bytes()
             break
     else:
-        raise AppSpecError(f"commit {commit[:12]} has no appspec.yml at the repository root")
+        raise AppSpecError(f"commit {commit[:12]} has no appspec.yml at the release's root")
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
         raise AppSpecError(f"{name} is not valid UTF-8") from None
     spec = parse_appspec(decoded, source=name)
-    tree = tree_modes(repo, commit)
     check_hook_locations(spec, lambda path: path in tree, source=name)
     dirs = {parent for path in tree for parent in _parents(path)}
     check_file_sources(spec, lambda path: path in tree, lambda path: path in dirs, source=name)
@@ -95,14 +170,14 @@ def _check_appspec(repo: Path, commit: str) -> tuple[str, ...]:
 
 
 def _not_executable(spec: AppSpec, tree: dict[str, int], source: str) -> tuple[str, ...]:
-    """Hooks committed without the x bit: the CodeDeploy agent chmods them, shoal does not
+    """Hooks archived without the x bit: the CodeDeploy agent chmods them, shoal does not
     change a release, so each would fail as ``not_executable`` when its event runs."""
     return tuple(
         f"{source}: hooks.{event}[{i}]: {hook.location!r} is not executable in the commit "
         "(mode 644): the hook will fail as not_executable; chmod +x it and commit"
         for event, hooks in spec.hooks.items()
         for i, hook in enumerate(hooks)
-        if tree.get(posixpath.normpath(hook.location)) == GIT_PLAIN_FILE
+        if tree.get(posixpath.normpath(hook.location)) == GIT_FILE
     )
 
 

@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import app_cli, follow, promote_cli, render, rollout_cli
+from seeder import app_cli, follow, promote_cli, release_cli, render, rollout_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -86,14 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     release = sub.add_parser("release", help="build and list releases").add_subparsers(
         dest="action", required=True
     )
-    build = with_seeder(release.add_parser("build", help="build a release from a git ref"))
-    build.add_argument("repo", type=Path)
-    build.add_argument("--ref", required=True)
-    build.add_argument("--app", help="application name (default: the repository's dir name)")
-    build.add_argument("--json", action="store_true")
-    with_seeder(release.add_parser("list", help="list releases")).add_argument(
-        "--json", action="store_true"
-    )
+    release_cli.add_commands(release, with_seeder)
     export = with_seeder(release.add_parser("torrent", help="export a release's .torrent"))
     export.add_argument("release_id")
     export.add_argument("--out", type=Path, help="write it to FILE (default: binary to stdout)")
@@ -224,31 +217,14 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "hosts":
             items = (await client.call("hosts.list", **promote_cli.env_filter(args)))["hosts"]
             _emit(items, args.json, render.hosts)
-        elif args.command == "release" and args.action == "build":
-            result = await client.call(
-                "release.build", repo=str(args.repo.resolve()), ref=args.ref, app=args.app
-            )
-            mf = result["release"]
-            if args.json:
-                _emit(result, True, str)
-                return 0
-            for warning in result.get("warnings", []):
-                print(f"shoal: warning: {warning}", file=sys.stderr)
-            print(
-                f"{'built' if result['created'] else 'already built'}: {mf['app']} "
-                f"{mf['version']} commit {mf['commit'][:12]} {mf['size']} bytes "
-                f"infohash {mf['infohash'][:16]}"
-            )
-            print(mf["release_id"])
+        elif args.command == "release" and args.action in ("build", "list", "show"):
+            return await release_cli.run(client, args)
         elif args.command == "release" and args.action == "torrent":
             kind = "v1" if args.v1 else "hybrid"
             result = await client.call("release.torrent", release_id=args.release_id, kind=kind)
             _export_torrent(result, args)
         elif args.command == "release" and args.action == "fetch":
             await _fetch(client, args)
-        elif args.command == "release":
-            items = (await client.call("release.list"))["releases"]
-            _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
         elif args.command == "logs":
             return await follow.show_logs(
                 client,

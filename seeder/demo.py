@@ -71,10 +71,11 @@ async def _rollout(
     client: SeederClient, fleet: LocalFleet, repo: Path, names: list[str], started: float
 ) -> int:
     """Roll out v1.0.0, then v1.1.0 over it (so the old release's ApplicationStop runs)."""
+    await client.call("app.add", name="example", repo=str(repo))
     for tag in ("v1.0.0", "v1.1.0"):
         if tag != "v1.0.0":
             await trio.to_thread.run_sync(_commit_version, repo, tag)
-        built = await client.call("release.build", repo=str(repo), ref=tag, app="example")
+        built = await client.call("release.build", app="example", ref=tag)
         release_id = built["release"]["release_id"]
         print(f"\ndemo: built release {release_id} ({built['release']['size']} bytes)")
         r = (await client.call("rollout.start", release_id=release_id, hosts="all"))["rollout"]

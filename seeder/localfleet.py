@@ -107,11 +107,21 @@ class LocalFleet:
             timeout=timeout,
         )
 
+    def add_app(self, repo: Path | str, app: str = "web", *extra: str) -> None:
+        """Register ``repo`` (a path on this machine or any git URL) as application ``app``
+        through the real CLI; a no-op if it is registered with the same settings."""
+        url = str(repo.resolve()) if isinstance(repo, Path) else repo
+        out = self.cli("app", "add", app, "--repo", url, *extra)
+        if out.returncode != 0:
+            raise ShoalError(f"app add failed: {out.stderr.strip()}")
+
     def build_release(
-        self, repo: Path, ref: str = "main", app: str = "web", extra: tuple[str, ...] = ()
+        self, repo: Path | str, ref: str = "main", app: str = "web", extra: tuple[str, ...] = ()
     ) -> str:
-        """Build a release of ``repo`` at ``ref`` through the real CLI; its release id."""
-        out = self.cli("release", "build", str(repo), "--ref", ref, "--app", app, *extra)
+        """Build a release of ``repo`` at ``ref`` through the real CLI (registering ``repo`` as
+        application ``app`` first); its release id."""
+        self.add_app(repo, app)
+        out = self.cli("release", "build", app, "--ref", ref, *extra)
         if out.returncode != 0:
             raise ShoalError(f"release build failed: {out.stderr.strip()}")
         return out.stdout.strip().splitlines()[-1]

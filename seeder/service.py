@@ -23,7 +23,7 @@ from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_ha
 from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.app_service import Apps
-from seeder.build import build_release, v1_torrent
+from seeder.build import BuiltRelease, v1_torrent
 from seeder.caller import current_caller
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
@@ -32,6 +32,7 @@ from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
 from seeder.promotion import ENV_LABEL
 from seeder.promotion_gate import PromotionGate, promotion_methods
+from seeder.release_service import Releases
 from seeder.retention import KEEP_RELEASES
 from seeder.seeding import Seeding
 from seeder.selector import select_hosts
@@ -156,13 +157,30 @@ async def run_seeder(
             )
             methods.update(watching.methods())
             methods.update(promotion_methods(PromotionGate(store)))
-            methods.update(Apps(store, data).methods())
+            apps = Apps(store, data)
+
+            async def publish(built: BuiltRelease) -> bool:
+                created = store.add_release(built.manifest, built.torrent, time.time())
+                seeding.reconcile()
+                await _until_listed(tracker, built.torrent, bt)
+                return created
+
+            releases = Releases(
+                store,
+                apps,
+                releases_dir=data / "releases",
+                tracker_url=tracker_url,
+                piece_size=config.piece_size,
+                publish=publish,
+            )
+            methods.update(apps.methods())
+            methods.update(releases.methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
                 store,
                 engine,
                 methods=methods,
-                streams=watching.streams(),
+                streams={**watching.streams(), **releases.streams()},
                 observe=watching.observe,
                 preflights=preflights,
             )
@@ -250,33 +268,6 @@ def _methods(
             "seeds": [[full_seed_at.host, full_seed_at.port]],
         }
 
-    async def release_build(params: dict[str, Any]) -> dict[str, Any]:
-        repo, ref, app = Path(params["repo"]), str(params["ref"]), params.get("app")
-        built = await trio.to_thread.run_sync(
-            lambda: build_release(
-                repo,
-                ref,
-                app=app,
-                releases_dir=releases_dir,
-                tracker_url=tracker_url,
-                piece_size=config.piece_size,
-            )
-        )
-        created = store.add_release(built.manifest, built.torrent, time.time())
-        seeding.reconcile()
-        await _until_listed(tracker, built.torrent, full_seed_at)
-        log.info("release %s %s", built.manifest.release_id, "built" if created else "exists")
-        for warning in built.warnings:
-            log.warning("release %s: %s", built.manifest.release_id, warning)
-        return {
-            "release": built.manifest.to_dict(),
-            "created": created,
-            "warnings": list(built.warnings),
-        }
-
-    async def release_list(params: dict[str, Any]) -> dict[str, Any]:
-        return {"releases": [views.release(mf, at) for mf, _, at in store.releases()]}
-
     def options(params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to", "force")}
 
@@ -349,8 +340,6 @@ def _methods(
 
     return {
         "seeder.stats": seeder_stats,
-        "release.build": release_build,
-        "release.list": release_list,
         "release.torrent": release_torrent,
         "release.fetch": release_fetch,
         "rollout.start": rollout_start,

@@ -64,12 +64,10 @@ def _promotion_story(fleet: LocalFleet, repo: Path, r1: str) -> None:
     assert table[0].split()[:2] == ["HOST", "ENV"] and table[1].split()[:2] == ["prod-1", "prod"]
     assert len(table) == 2
 
-    # rules belong to registered apps (builds of lane apps register theirs; else register it)
+    # rules belong to registered apps (fleet.build_release registered "web")
     assert "no application named 'nope'" in refused(
         fleet, "app", "set", "nope", "--promote", "staging:prod"
     )
-    if run(fleet, "app", "show", "web").returncode != 0:
-        ok_json(fleet, "app", "add", "web", "--repo", str(repo))
     # a cycle is refused, a chain is kept, a single rule removed, other settings kept apart
     assert "cycle" in refused(fleet, "app", "set", "web", "--promote", "staging:prod,prod:staging")
     rules = ok_json(
