@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
     hosts.add_argument("--json", action="store_true")
     promote_cli.add_env_filter(hosts)
+    promote_cli.add_env_commands(sub, with_seeder)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
@@ -214,6 +215,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
+        elif args.command == "env":
+            return await promote_cli.env_list(client, args)
         elif args.command == "hosts":
             items = (await client.call("hosts.list", **promote_cli.env_filter(args)))["hosts"]
             _emit(items, args.json, render.hosts)

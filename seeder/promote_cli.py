@@ -14,6 +14,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
 
 def add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -44,6 +46,38 @@ def add_promote_options(p: argparse.ArgumentParser) -> None:
 
 def wants_rules(args: argparse.Namespace) -> bool:
     return args.promote is not None or args.no_promote is not None
+
+
+def add_env_commands(top: argparse._SubParsersAction, with_seeder: WithSeeder) -> None:  # type: ignore[type-arg]
+    env = top.add_parser("env", help="environments: hosts by env label, and promotion rules")
+    sub = env.add_subparsers(dest="action", required=True)
+    listing = with_seeder(sub.add_parser("list", help="every env: hosts, live releases, rules"))
+    listing.add_argument("--json", action="store_true")
+
+
+async def env_list(client: Any, args: argparse.Namespace) -> int:
+    envs = (await client.call("env.list"))["envs"]
+    _emit(envs, args.json, envs_text)
+    return 0
+
+
+def envs_text(envs: list[dict[str, Any]]) -> str:
+    from seeder.render import table
+
+    rows = []
+    for e in envs:
+        live = ", ".join(f"{rel} ({n})" for rel, n in e["releases"].items())
+        rules = ", ".join(f"{r['app']}:{r['rule']}" for r in e["rules_in"])
+        rows.append(
+            [
+                e["env"] or "(none)",
+                str(len(e["hosts"])),
+                str(e["connected"]),
+                live or "-",
+                rules or "-",
+            ]
+        )
+    return table(["ENV", "HOSTS", "UP", "LIVE (HOSTS)", "RULES INTO IT (APP:FROM:TO)"], rows)
 
 
 def add_env_filter(hosts: argparse.ArgumentParser) -> None:

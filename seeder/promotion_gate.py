@@ -18,6 +18,7 @@ from common.release import check_app_name
 from seeder.applications import unknown_app
 from seeder.caller import Caller, current_caller
 from seeder.engine import Admit
+from seeder.environments import environments
 from seeder.promotion import (
     ENV_LABEL,
     PromotionRefused,
@@ -99,9 +100,10 @@ def record(verdict: Verdict, *, forced: bool, caller: Caller) -> dict[str, Any]:
     }
 
 
-def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
+def promotion_methods(gate: PromotionGate, connected: Callable[[], set[str]]) -> dict[str, Handler]:
     """``app.promotion.set`` {app, promote | remove}: replace the rules of a registered app, or
-    remove some; answers with the rules now in force. (``app.show`` lists them too.)"""
+    remove some; answers with the rules now in force (``app.show`` lists them too).
+    ``env.list``: every environment with its hosts, live releases and rules."""
 
     def view(app: str) -> dict[str, Any]:
         rec = gate.store.promotion_rules(app)
@@ -132,7 +134,11 @@ def promotion_methods(gate: PromotionGate) -> dict[str, Handler]:
         log.info("app %s: promotion rules %s (by %s)", app, [str(r) for r in rules], caller.name)
         return view(app)
 
-    return {"app.promotion.set": set_rules}
+    async def env_list(params: dict[str, Any]) -> dict[str, Any]:
+        hosts = gate.store.hosts()
+        return {"envs": environments(hosts, connected(), gate.store.all_promotion_rules())}
+
+    return {"app.promotion.set": set_rules, "env.list": env_list}
 
 
 def _texts(value: Any, what: str) -> list[str]:

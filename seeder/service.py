@@ -156,7 +156,7 @@ async def run_seeder(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
-            methods.update(promotion_methods(PromotionGate(store)))
+            methods.update(promotion_methods(PromotionGate(store), engine.connected))
             apps = Apps(store, data)
 
             async def publish(built: BuiltRelease) -> bool:

@@ -57,6 +57,10 @@ class PromotionTables:
             return RulesRecord(app, [])
         return RulesRecord(app, json.loads(row["rules"]), row["updated_at"], row["updated_by"])
 
+    def all_promotion_rules(self) -> dict[str, list[str]]:
+        rows = self._db.execute("SELECT app, rules FROM promotion_rules ORDER BY app")
+        return {row["app"]: json.loads(row["rules"]) for row in rows}
+
     def set_promotion_rules(self, app: str, rules: list[str], now: float, by: str) -> None:
         """Replace ``app``'s rules (none: forget them)."""
         with self._tx() as db:

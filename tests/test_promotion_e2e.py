@@ -123,6 +123,11 @@ def _promotion_story(fleet: LocalFleet, repo: Path, r1: str) -> None:
     assert shown["promotion"]["ok"] is True and shown["promotion"]["forced"] is False
     entry = next(e for e in shown["timeline"] if e["kind"] == "promotion")
     assert entry["ok"] is True and entry["overridden"] == []
+    envs = {e["env"]: e for e in ok_json(fleet, "env", "list")}
+    assert envs["prod"]["hosts"] == ["prod-1"] and envs["prod"]["releases"] == {r1: 1}
+    assert envs["prod"]["rules_in"] == [{"app": "web", "rule": "staging:prod"}]
+    assert envs["staging"]["connected"] == 2
+    assert "web:staging:prod" in run(fleet, "env", "list").stdout
 
     # a new release: rollback --to is checked as well, --force overrides and is recorded
     commit_version(repo, "2")
