@@ -119,3 +119,11 @@ def test_the_verdict_is_stored_with_the_rollout(store: Store) -> None:
     store.commit([Commit(run.r, create=True, promotion=RolloutPromotion({"a": "prod"}, verdict))])
     assert store.rollout_promotion("r1") == verdict
     assert store.rollout_promotion("r-unknown") is None
+
+
+def test_start_records_the_verdict_first_in_the_timeline() -> None:
+    run = Run(["a"], start=False, waves="100%")
+    fx = run.apply(mc.Start({"ok": False, "forced": True, "by": "alice"}))
+    assert fx.timeline[0] == ("promotion", {"ok": False, "forced": True, "by": "alice"})
+    assert [kind for kind, _ in fx.timeline[1:]] == ["target", "rollout"]
+    assert [kind for kind, _ in Run(["a"]).log[0].timeline] == ["target", "rollout"]
