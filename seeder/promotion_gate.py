@@ -95,7 +95,7 @@ def record(verdict: Verdict, *, forced: bool, caller: Caller) -> dict[str, Any]:
         "overridden": [str(c.rule) for c in verdict.unmet] if forced else [],
         "by": caller.name,
         "role": caller.role,
-        "detail": verdict.refusal() if forced else verdict.summary(),
+        "detail": verdict.summary(),
         "at": time.time(),
     }
 
