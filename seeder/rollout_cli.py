@@ -188,6 +188,7 @@ def list_text(items: list[dict[str, Any]]) -> str:
             r["kind"],
             r["release_id"],
             r["state"],
+            r.get("forced_by") or "-",
             str(r["targets"]),
             str(r["waves"]),
             _when(r["created_at"]),
@@ -195,7 +196,10 @@ def list_text(items: list[dict[str, Any]]) -> str:
         ]
         for r in items
     ]
-    heads = ["ROLLOUT", "KIND", "RELEASE", "STATE", "HOSTS", "WAVES", "STARTED", "ERROR"]
+    heads = [
+        *("ROLLOUT", "KIND", "RELEASE", "STATE", "FORCED BY"),
+        *("HOSTS", "WAVES", "STARTED", "ERROR"),
+    ]
     return render.table(heads, rows)
 
 

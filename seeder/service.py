@@ -321,7 +321,9 @@ def _methods(
         return handle
 
     async def rollout_list(params: dict[str, Any]) -> dict[str, Any]:
-        return {"rollouts": store.summaries(int(params.get("limit", 50)))}
+        items = store.summaries(int(params.get("limit", 50)))
+        forced = store.forced_by([i["rollout_id"] for i in items])
+        return {"rollouts": [{**i, "forced_by": forced.get(i["rollout_id"], "")} for i in items]}
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
         env = params.get("env")

@@ -88,6 +88,16 @@ class PromotionTables:
         ).fetchone()
         return None if row is None else json.loads(row["record"])
 
+    def forced_by(self, rollout_ids: list[str]) -> dict[str, str]:
+        """Of these rollouts, those forced past a promotion rule, with who forced them."""
+        marks = ",".join("?" * len(rollout_ids))
+        rows = self._db.execute(
+            f"SELECT rollout_id, record FROM rollout_promotions WHERE rollout_id IN ({marks})",
+            rollout_ids,
+        )
+        records = {row["rollout_id"]: json.loads(row["record"]) for row in rows}
+        return {rid: str(r["by"]) for rid, r in records.items() if r and r.get("forced")}
+
     def promotion_history(self, release_id: str) -> list[RolloutOutcome]:
         """Every rollout that put ``release_id`` on some host, with each target's env then."""
         rows = self._db.execute(

@@ -144,6 +144,8 @@ def _promotion_story(fleet: LocalFleet, repo: Path, r1: str) -> None:
     entry = next(e for e in shown["timeline"] if e["kind"] == "promotion")
     assert entry["forced"] is True and entry["by"] == who
     assert entry["overridden"] == ["staging:prod"]
+    listed = {r["rollout_id"]: r["forced_by"] for r in ok_json(fleet, "rollout", "list")}
+    assert listed[forced] == who and listed[prod] == listed[good] == ""
     text = run(fleet, "rollout", "show", forced).stdout
     assert f"promotion: FORCED by {who}" in text and "over rule(s) staging:prod" in text
 

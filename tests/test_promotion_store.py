@@ -119,6 +119,8 @@ def test_the_verdict_is_stored_with_the_rollout(store: Store) -> None:
     store.commit([Commit(run.r, create=True, promotion=RolloutPromotion({"a": "prod"}, verdict))])
     assert store.rollout_promotion("r1") == verdict
     assert store.rollout_promotion("r-unknown") is None
+    assert store.forced_by(["r1", "r-unknown"]) == {"r1": "alice"}
+    assert store.forced_by([]) == {}
 
 
 def test_start_records_the_verdict_first_in_the_timeline() -> None:
