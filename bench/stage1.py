@@ -22,10 +22,10 @@ from typing import Any
 
 import trio
 
-from common.archive import file_digest, git_archive, unpack
+from common.archive import file_digest, unpack
 from common.torrent import TorrentSession, make_torrent
 from peer.verify import download_streamed
-from seeder.samplerepo import commit_all
+from seeder.packing import pack_tree
 
 
 def cpu() -> float:
@@ -80,9 +80,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
         repo = root / "app"
         repo.mkdir()
         (repo / "payload.bin").write_bytes(os.urandom(int(args.size_mb * 1e6)))
-        commit_all(repo, "payload")
-        info = git_archive(repo, "main", root / "seed" / "app.tar.zst")
-        torrent, _ = make_torrent(info.path, tracker_url="http://127.0.0.1:1/announce")
+        archive = root / "seed" / "app.tar.zst"
+        digest = pack_tree(repo, archive).digest
+        torrent, _ = make_torrent(archive, tracker_url="http://127.0.0.1:1/announce")
         results: dict[str, list[dict[str, float]]] = {"file": [], "streamed": []}
         overrides: dict[str, Any] = {}
         if args.rate_mb:  # pieces then arrive one by one, as in a swarm, not in a burst
@@ -91,7 +91,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
         async with trio.open_nursery() as nursery:
             seeder = TorrentSession("127.0.0.2")
             await nursery.start(seeder.run)
-            seeder.seed(torrent, info.path.parent)
+            seeder.seed(torrent, archive.parent)
             n = 0
             for _ in range(args.runs):
                 for mode in results:
@@ -100,8 +100,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
                         await one(
                             mode,
                             torrent,
-                            info.digest,
-                            info.path.name,
+                            digest,
+                            archive.name,
                             ("127.0.0.2", seeder.listen_port),
                             root,
                             n,

@@ -36,7 +36,9 @@ def add_setting_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
         required=adding,
         help="git URL (https://, ssh://, git@host:path, file://) or absolute path on the seeder",
     )
-    p.add_argument("--branch", help="the branch `app refs --commits` lists (default: main)")
+    p.add_argument(
+        "--branch", help="the branch `app refs` lists commits of (default: the remote's default)"
+    )
     p.add_argument("--subdir", help="the repository directory that is the release (default: root)")
     g = p.add_argument_group("build steps (override the repository's shoal.yml; see README)")
     g.add_argument("--before-build", metavar="CMD", help="shell command run first")
@@ -135,7 +137,8 @@ async def run(client: Any, args: argparse.Namespace) -> int:
         result = await client.call("app.refs", **params)
         shown = wanted or ["branches", "tags", "commits"]
         if args.json:
-            _emit({k: v for k, v in result.items() if k in (*shown, "app", "branch")}, True, str)
+            keep = {*shown, *(f"{k}_total" for k in shown), "app", "branch"}
+            _emit({k: v for k, v in result.items() if k in keep}, True, str)
         else:
             print(refs_text(result, shown))
     return 0
@@ -148,20 +151,15 @@ def list_text(apps: list[dict[str, Any]]) -> str:
 
 def show_text(result: dict[str, Any]) -> str:
     a = result["app"]
-    lines = [
-        f"{a['name']}: {a['repo']} branch {a['branch']} subdir {a['subdir'] or '.'}",
-    ]
     build = a["build"]
-    for step in ("before_build", "build", "after_build"):
-        if build[step]:
-            lines.append(f"  {step}: {build[step]}")
-    if any(build[s] for s in ("before_build", "build", "after_build")):
+    lines = [f"{a['name']}: {a['repo']} branch {a['branch']} subdir {a['subdir'] or '.'}"]
+    steps = [s for s in ("before_build", "build", "after_build") if build[s]]
+    lines += [f"  {step}: {build[step]}" for step in steps]
+    if steps:
         lines.append(f"  step timeout: {build['timeout']:g}s")
-    for key in ("include", "exclude"):
-        if build[key]:
-            lines.append(f"  {key}: {', '.join(build[key])}")
-    if not a["build"] or not any(build[s] for s in ("before_build", "build", "after_build")):
-        lines.append("  build steps: from the repository's shoal.yml, if it has one")
+    lines += [f"  {key}: {', '.join(build[key])}" for key in ("include", "exclude") if build[key]]
+    if len(lines) == 1:
+        lines.append("  build settings: from the repository's shoal.yml, if it has one")
     if "releases" in result:
         lines.append(f"  releases: {len(result['releases'])}")
     if "promote" in result:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from seeder.store import Store
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 MAX_COMMITS = 1000
+MAX_LISTED = 500  # branches and tags listed at most (the newest tags), so an answer stays small
 
 
 class AppExists(ConfigError):
@@ -75,17 +77,26 @@ class Apps:
 
     async def add(self, params: dict[str, Any]) -> dict[str, Any]:
         """Register an app and clone its mirror (a remote that can't be fetched is refused and
-        nothing is registered). Adding it again with the same settings changes nothing."""
+        nothing is registered). Without a branch, the remote's default branch is the app's.
+        Adding it again with the same settings changes nothing."""
         app = new_app(params, now=time.time(), by=current_caller().name)
         existing = self.store.app(app.name)
         if existing is not None:
+            if not params.get("branch"):
+                app = replace(app, branch=existing.branch)
             if existing.settings() != app.settings():
                 raise AppExists(
                     f"application {app.name!r} exists with other settings; change them with "
                     f"`shoal app set {app.name} ...` or remove it first"
                 )
             return {"app": existing.to_dict(), "created": False}
-        await self.with_mirror(app, lambda m: None)
+        try:
+            branch = await self.with_mirror(app, lambda m: _branch(m, params.get("branch")))
+        except BaseException:
+            with trio.CancelScope(shield=True):  # an app refused leaves no mirror behind
+                await trio.to_thread.run_sync(self.mirror(app).remove)
+            raise
+        app = replace(app, branch=branch)
         if not self.store.add_app(app):  # a concurrent add of the same name won
             return await self.add(params)
         return {"app": app.to_dict(), "created": True}
@@ -93,8 +104,9 @@ class Apps:
     async def set(self, params: dict[str, Any]) -> dict[str, Any]:
         app = self.get(params.get("name", ""))
         updated = changed_app(app, params, now=time.time())
-        if updated.repo != app.repo:
-            await self.with_mirror(updated, lambda m: None)  # the new remote must work first
+        if updated.repo != app.repo or updated.branch != app.branch:
+            # the new remote must work, and have the branch, before anything changes
+            await self.with_mirror(updated, lambda m: _branch(m, updated.branch))
         self.store.update_app(updated)
         return {"app": updated.to_dict(), "changed": updated.settings() != app.settings()}
 
@@ -134,12 +146,15 @@ class Apps:
             def info(ref: Ref) -> dict[str, Any]:
                 return ref.info.to_dict() if ref.info else {"sha": ref.commit}
 
+            branches, tags = table.branches(), table.tags()
             out: dict[str, Any] = {
                 "app": app.name,
-                "branches": [{"name": r.short, **info(r)} for r in table.branches()],
+                "branches": [{"name": r.short, **info(r)} for r in branches[:MAX_LISTED]],
                 "tags": [
-                    {"name": r.short, "tagged_at": r.created, **info(r)} for r in table.tags()
+                    {"name": r.short, "tagged_at": r.created, **info(r)} for r in tags[:MAX_LISTED]
                 ],
+                "branches_total": len(branches),
+                "tags_total": len(tags),
                 "branch": branch,
                 "commits": [],
             }
@@ -152,3 +167,15 @@ class Apps:
             return out
 
         return await self.with_mirror(app, read)
+
+
+def _branch(mirror: Mirror, wanted: object) -> str:
+    """The branch an app follows: ``wanted`` if the remote has it, else (not given) the
+    remote's default branch."""
+    branches = [r.short for r in mirror.refs().branches()]
+    if wanted:
+        if wanted not in branches:
+            have = ", ".join(sorted(branches)[:20]) or "no branches"
+            raise ConfigError(f"app {mirror.app!r}: the remote has no branch {wanted!r} ({have})")
+        return str(wanted)
+    return mirror.head_branch() or "main"

@@ -25,7 +25,8 @@ STEPS = ("before_build", "build", "after_build")
 DEFAULT_STEP_TIMEOUT = 600.0  # seconds one build step may run before its process group is killed
 MAX_STEP_TIMEOUT = 6 * 3600.0
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SCP_LIKE = re.compile(r"^(?:[^@/\s]+@)?[^/:\s]+:(?!//)")
+_SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._~+-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:(?![:/]{2})[^:]")
+SCHEMES = ("https", "http", "ssh", "git", "file")
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)[A-Za-z0-9._/-]{1,200}(?<!\.lock)$")
 
 
@@ -201,6 +202,11 @@ def check_repo_url(url: str) -> str:
             raise ConfigError(
                 f"--repo {redact_url(url)} carries a password: credentials are the seeder's own"
                 " (its SSH key or git credential helper), never part of an application"
+            )
+        if parts.scheme.lower() not in SCHEMES:
+            raise ConfigError(
+                f"--repo {redact_url(url)}: scheme {parts.scheme!r} is not one of "
+                f"{', '.join(SCHEMES)}"
             )
         if parts.scheme not in ("file",) and not parts.hostname:
             raise ConfigError(f"--repo {url} has no host")

@@ -24,13 +24,34 @@ from pathlib import Path
 
 from common.errors import ShoalError
 from seeder.applications import redact_url
-from seeder.refs import Commit, Ref, RefTable, Resolved, resolve_ref
+from seeder.refs import (
+    SHORT,
+    Commit,
+    Ref,
+    RefError,
+    RefTable,
+    Resolved,
+    resolve_ref,
+    split_ancestry,
+)
 
 FETCH_TIMEOUT = 600.0  # seconds for a clone or fetch
 LOCAL_TIMEOUT = 120.0  # seconds for a local read (archive, log, refs)
 PINNED = ("-c", "core.autocrlf=false", "-c", "core.eol=lf", "-c", "tar.umask=0022")
 # Environment variables of the seeder's own that fetching may use (credentials, ssh, proxies).
-_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSH")
+_KEEP = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "XDG_CONFIG_HOME",
+    "SSH_AUTH_SOCK",
+    "GIT_SSH_COMMAND",
+    "GIT_SSH",
+    "GIT_CONFIG_GLOBAL",  # where the seeder's credential helper may be configured
+    "GIT_CONFIG_SYSTEM",
+    "GIT_CONFIG_NOSYSTEM",
+)
 _KEEP_PREFIX = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
@@ -123,6 +144,14 @@ class Mirror:
             refs.append(Ref(name=name, commit=sha, created=_num(created), info=info))
         return RefTable(tuple(refs))
 
+    def head_branch(self) -> str | None:
+        """The remote's default branch (the mirror's HEAD), if it names one."""
+        result = _run(
+            ["symbolic-ref", "--quiet", "HEAD"], cwd=self.path, app=self.app, what="", check=False
+        )
+        name = result.stdout.decode().strip()
+        return name.removeprefix("refs/heads/") if name.startswith("refs/heads/") else None
+
     def commits(self, rev: str, count: int) -> list[Commit]:
         """The latest ``count`` commits reachable from ``rev``, newest first."""
         out = self._git(
@@ -164,10 +193,34 @@ class Mirror:
         return sorted(line.split()[0] for line in kinds.splitlines() if line.endswith(" commit"))
 
     def resolve(self, ref: str) -> Resolved:
-        """The one commit ``ref`` names (branch, tag, full or short sha); RefError otherwise."""
+        """The one commit ``ref`` names (branch, tag, full or short sha, then an optional
+        ``~N``/``^N`` path); RefError otherwise."""
         table = self.refs()
-        shas = self.objects_with_prefix(ref.lower()) if _maybe_sha(ref) else []
-        return resolve_ref(self.app, ref, table, shas)
+        base, path = split_ancestry(ref.strip())
+        shas = self.objects_with_prefix(base.lower()) if _maybe_sha(base) else []
+        found = resolve_ref(self.app, base, table, shas)
+        if not path:
+            return found
+        result = _run(
+            [
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{found.commit}{path}^{{commit}}",
+            ],
+            cwd=self.path,
+            app=self.app,
+            what="",
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RefError(f"app {self.app!r} has no commit {ref!r} ({base} is not that deep)")
+        commit = result.stdout.decode().strip()
+        at = table.tags_at(commit)
+        return Resolved(
+            ref=ref.strip(), commit=commit, kind="commit", version=at[0] if at else commit[:SHORT]
+        )
 
     def read_file(self, commit: str, path: str) -> bytes | None:
         """The blob at ``path`` in ``commit``, or None if there is no file there."""
@@ -234,7 +287,9 @@ def _parse_commits(out: bytes) -> list[Commit]:
 
 def _env(network: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in _KEEP or k in _KEEP_PREFIX}
+    # Only these transports, whatever a URL or a config asks (no ext::, fd:: or remote helpers).
     env.update(GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never", LC_ALL="C")
+    env["GIT_ALLOW_PROTOCOL"] = "file:git:http:https:ssh"
     if network:
         env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     else:  # local reads: nothing but the mirror's own config decides what they give

@@ -40,8 +40,11 @@ class LocalFleet:
     control: Address | None = None
     seeder: Daemon | None = None
 
-    async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
-        """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
+    async def start_seeder(
+        self, *, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> Address:
+        """Start (or restart) the seeder, keeping its control address, and wait until it answers.
+        ``env`` adds to the seeder's environment (e.g. its git credential helper's config)."""
         if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
             self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
         self.seeder = await self._spawn(
@@ -57,6 +60,7 @@ class LocalFleet:
                 str(self.control),
                 *extra,
             ],
+            env=env,
         )
         with trio.fail_after(30):
             while True:
@@ -141,7 +145,7 @@ class LocalFleet:
                 self._check_alive()
                 await trio.sleep(0.1)
 
-    async def _spawn(self, name: str, args: list[str]) -> Daemon:
+    async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Daemon:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -150,6 +154,7 @@ class LocalFleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         daemon = Daemon(name, process, log)
         self.daemons.append(daemon)

@@ -130,3 +130,9 @@ def _inside(rel: str, target: str) -> str:
 def _parents(path: str) -> list[str]:
     parts = path.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def pack_tree(root: Path, dest: Path, *, mtime: int = 0) -> Packed:
+    """The archive of everything under ``root`` but a ``.git`` directory (tests, benchmarks)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return pack(root, dest, mtime=mtime, paths=select(root, (), (".git/",)))

@@ -2,13 +2,15 @@
 name to exactly one commit. Pure logic over what :mod:`seeder.git` read.
 
 A ref resolves to one commit or is refused: ``main`` (a branch), ``v1.2`` (a tag), a full or
-short (at least 4 hex digits) commit id, or a full ref name (``refs/tags/v1.2``). When a name
+short (at least 4 hex digits) commit id, or a full ref name (``refs/tags/v1.2``), each optionally
+followed by git's ancestry suffixes (``main~3``, ``v1.2^``). When a name
 fits several things that name different commits (a branch and a tag of the same name, a short
 sha shared by several commits, a branch named like a sha prefix), the refusal lists them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,7 +68,8 @@ class RefTable:
         return next((r for r in self.refs if r.name == name), None)
 
     def tags_at(self, commit: str) -> list[str]:
-        return sorted(r.short for r in self.tags() if r.commit == commit)
+        """The tags of ``commit``, newest first (the first names a release built from it)."""
+        return [r.short for r in self.tags() if r.commit == commit]
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,20 @@ class Resolved:
         return asdict(self)
 
 
+_ANCESTRY = re.compile(r"^(?P<base>[^~^]+)(?P<path>(?:[~^][0-9]{0,4})+)$")
+
+
+def split_ancestry(ref: str) -> tuple[str, str]:
+    """``main~3`` -> (``main``, ``~3``); a ref without ``~``/``^`` -> (ref, "")."""
+    found = _ANCESTRY.match(ref)
+    if found is None:
+        return ref, ""
+    return found["base"], found["path"]
+
+
 def resolve_ref(app: str, ref: str, table: RefTable, shas: list[str]) -> Resolved:
-    """Resolve ``ref`` against the mirror's refs and the commits whose id starts with it."""
+    """Resolve ``ref`` (without an ancestry suffix: see :func:`split_ancestry`) against the
+    mirror's refs and the commits whose id starts with it."""
     ref = ref.strip()
     if not ref or ref.startswith("-") or any(c in ref for c in "\0\n :~^?*[\\"):
         raise RefError(f"{ref!r} is not a ref of app {app!r} (a branch, tag or commit id)")

@@ -23,10 +23,13 @@ WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 def add_commands(release: argparse._SubParsersAction, with_seeder: WithSeeder) -> None:  # type: ignore[type-arg]
     build = with_seeder(release.add_parser("build", help="build a release of an application"))
     build.add_argument("app", help="a registered application (`shoal app list`)")
-    build.add_argument("--ref", required=True, help="branch, tag, or full or short commit id")
+    build.add_argument(
+        "--ref", help="branch, tag, or full or short commit id (default: the app's branch)"
+    )
     build.add_argument("--json", action="store_true")
     listing = with_seeder(release.add_parser("list", help="releases, newest first"))
     listing.add_argument("--app", help="only this application's releases")
+    listing.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
     listing.add_argument("--json", action="store_true")
     show = with_seeder(release.add_parser("show", help="a release's manifest, build log, rollouts"))
     show.add_argument("release_id")
@@ -37,7 +40,7 @@ async def run(client: Any, args: argparse.Namespace) -> int:
     if args.action == "build":
         return await _build(client, args)
     if args.action == "list":
-        params = {"app": args.app} if args.app else {}
+        params: dict[str, Any] = {"limit": args.limit} | ({"app": args.app} if args.app else {})
         rows = (await client.call("release.list", **params))["releases"]
         _emit(rows, args.json, list_text)
     else:
@@ -46,7 +49,8 @@ async def run(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _build(client: Any, args: argparse.Namespace) -> int:
-    _, events = await client.subscribe("release.build.follow", app=args.app, ref=args.ref)
+    params = {"app": args.app} | ({"ref": args.ref} if args.ref is not None else {})
+    _, events = await client.subscribe("release.build.follow", **params)
     result: dict[str, Any] = {}
     async for event in events:
         if event.kind == "output" and not args.json:

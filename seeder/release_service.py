@@ -11,6 +11,7 @@ A release's build log is kept with it in the store.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import trio
 
 from common import messages as m
-from common.errors import ShoalError
+from common.errors import ConfigError, ShoalError
 from seeder.app_service import Apps
 from seeder.applications import unknown_app
 from seeder.appstore import ReleaseSource
@@ -32,7 +33,10 @@ from seeder.store import Store
 
 log = logging.getLogger("shoal.seeder.release")
 
-LOG_LINES = 5000  # lines of build output kept with a release (the newest)
+LOG_LINES = 5000  # lines of build output kept with a release (the newest) ...
+LOG_BYTES = 512 * 1024  # ... and at most this much text, so a log always fits in one message
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000  # releases listed (newest first)
+RESULT_LINES = 200  # the log lines a build's answer carries (release show has the kept log)
 FOLLOW_BUFFER = 1000  # lines queued for a streaming client before new ones are dropped
 Publish = Callable[[BuiltRelease], Awaitable[bool]]  # register + seed; whether it was new
 
@@ -72,7 +76,8 @@ class Releases:
 
     async def build_follow(self, params: dict[str, Any], reply: Reply) -> None:
         app = self.apps.get(str(params.get("app", "")))
-        await reply.respond({"app": app.name, "ref": str(params.get("ref", ""))})
+        given = params.get("ref")
+        await reply.respond({"app": app.name, "ref": app.branch if given is None else str(given)})
         send, receive = trio.open_memory_channel[m.RolloutEvent](FOLLOW_BUFFER)
 
         def on_line(step: str, line: str, at: float) -> None:
@@ -102,16 +107,19 @@ class Releases:
     ) -> dict[str, Any]:
         if "repo" in params or "path" in params:
             raise ShoalError("release.build takes an application name and a ref, not a path")
-        name, ref = str(params.get("app", "")), str(params.get("ref", ""))
-        if not ref:
-            raise ShoalError("release.build needs a ref (a branch, tag or commit id)")
-        lines: list[dict[str, Any]] = []
+        name = str(params.get("app", ""))
+        given = params.get("ref")
+        ref = self.apps.get(name).branch if given is None else str(given)  # default: its branch
+        lines: collections.deque[dict[str, Any]] = collections.deque()
+        size = [0]
 
         def collect(step: str, line: str) -> None:
             at = time.time()
             lines.append({"step": step, "line": line, "at": at})
-            if len(lines) > LOG_LINES * 2:
-                del lines[:-LOG_LINES]
+            size[0] += len(line) + len(step)
+            while len(lines) > LOG_LINES or size[0] > LOG_BYTES:
+                old = lines.popleft()
+                size[0] -= len(old["line"]) + len(old["step"])
             on_line(step, line, at)
 
         built = await build_app_release(
@@ -123,6 +131,11 @@ class Releases:
             piece_size=self.piece_size,
             on_line=collect,
         )
+        with trio.CancelScope(shield=True):  # built and in place: register it, come what may
+            result = await self._register(built, list(lines))
+        return result
+
+    async def _register(self, built: BuiltRelease, lines: list[dict[str, Any]]) -> dict[str, Any]:
         mf, src = built.manifest, built.source
         self.store.add_release_source(
             ReleaseSource(
@@ -136,7 +149,7 @@ class Releases:
                 built_by=current_caller().name,
                 built_at=time.time(),
                 build=src.build_record(),
-                log=lines[-LOG_LINES:],
+                log=lines,
             )
         )
         created = await self.publish(built)
@@ -149,7 +162,7 @@ class Releases:
             "warnings": list(built.warnings),
             "resolved": src.resolved.to_dict(),
             "build": src.build_record(),
-            "log": lines[-LOG_LINES:],
+            "log": lines[-RESULT_LINES:],
         }
 
     # --- history -------------------------------------------------------------------------------
@@ -167,6 +180,9 @@ class Releases:
     async def list(self, params: dict[str, Any]) -> dict[str, Any]:
         """Newest first, each with where it came from and where it is live."""
         app = params.get("app")
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ConfigError(f"--limit {limit} is not in 1..{MAX_LIMIT}")
         sources = self.store.release_sources()
         live = self._live()
         rows = []
@@ -183,7 +199,7 @@ class Releases:
             )
         if app and not rows and self.store.app(str(app)) is None:
             raise unknown_app(str(app))
-        return {"releases": rows}
+        return {"releases": rows[:limit], "total": len(rows)}
 
     async def show(self, params: dict[str, Any]) -> dict[str, Any]:
         """A release's manifest, where it came from, its build log, its rollouts."""
@@ -210,11 +226,9 @@ def _row(
     manifest: dict[str, Any], created_at: float, source: ReleaseSource | None, live: dict[str, int]
 ) -> dict[str, Any]:
     return {
-        "release_id": manifest["release_id"],
-        "app": manifest["app"],
-        "version": manifest["version"],
+        **manifest,  # every manifest field (release_id, app, version, commit, size, digest, ...)
+        "created_at": created_at,
         "ref": source.ref if source else manifest.get("ref", ""),
-        "commit": manifest["commit"],
         "subject": source.subject if source else "",
         "author": source.author if source else "",
         "committed_at": source.committed_at if source else 0.0,

@@ -41,9 +41,10 @@ async def test_warnings_reach_the_cli_and_refusals_build_nothing(
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     with trio.fail_after(120):
         await fleet.start_seeder()
+        await trio.to_thread.run_sync(fleet.add_app, repo)
 
         def build(*extra: str) -> tuple[int, str, str]:
-            out = shoal(fleet.control, "release", "build", str(repo), "--ref", "main", *extra)
+            out = shoal(fleet.control, "release", "build", "web", "--ref", "main", *extra)
             return out.returncode, out.stdout, out.stderr
 
         (repo / "appspec.yml").write_text(NOISY)

@@ -164,30 +164,34 @@ async def test_bad_input_changes_nothing(fleet: LocalFleet, tmp_path: Path) -> N
             lines = out.stderr.strip().splitlines()
             assert len(lines) == 1 and match in lines[0], out.stderr
 
+        await trio.to_thread.run_sync(fleet.add_app, repo)
         await trio.to_thread.run_sync(
-            lambda: refused("release", "build", str(repo), "--ref", "nope", match="nope")
+            lambda: refused("release", "build", "web", "--ref", "nope", match="nope")
         )
         await trio.to_thread.run_sync(
             lambda: refused(
-                "release", "build", str(tmp_path), "--ref", "main", match="not a git repository"
+                "app", "add", "other", "--repo", str(tmp_path), match="no git repository"
             )
+        )
+        await trio.to_thread.run_sync(
+            lambda: refused("release", "build", "other", "--ref", "main", match="no application")
         )
         (repo / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks: [1, 2\n")
         await trio.to_thread.run_sync(lambda: commit_version(repo, "broken-yaml"))
         await trio.to_thread.run_sync(
-            lambda: refused("release", "build", str(repo), "--ref", "main", match="appspec")
+            lambda: refused("release", "build", "web", "--ref", "main", match="appspec")
         )
         (repo / "appspec.yml").write_text(
             "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: hooks/gone.sh\n"
         )
         await trio.to_thread.run_sync(lambda: commit_version(repo, "missing-hook"))
         await trio.to_thread.run_sync(
-            lambda: refused("release", "build", str(repo), "--ref", "main", match="hooks/gone.sh")
+            lambda: refused("release", "build", "web", "--ref", "main", match="hooks/gone.sh")
         )
         (repo / "appspec.yml").unlink()
         await trio.to_thread.run_sync(lambda: commit_version(repo, "no-appspec"))
         await trio.to_thread.run_sync(
-            lambda: refused("release", "build", str(repo), "--ref", "main", match="appspec.yml")
+            lambda: refused("release", "build", "web", "--ref", "main", match="appspec.yml")
         )
         listing = shoal(fleet.control, "release", "list", "--json")
         assert json.loads(listing.stdout) == []

@@ -11,15 +11,17 @@ import trio.testing
 
 from common import messages as m
 from common.preflight import HookFacts, ReleaseFacts
-from seeder.build import build_release
+from seeder.app_service import Apps
+from seeder.build import build_app_release
 from seeder.preflight import PreflightError, Preflights, release_facts
 from seeder.samplerepo import commit_all
+from seeder.store import Store
 from tests.conftest import make_app_repo
 
 FACTS = ReleaseFacts({"release_id": "web-v1-00000000", "size": 10}, 20)
 
 
-def test_release_facts_come_from_the_archive(tmp_path: Path) -> None:
+async def test_release_facts_come_from_the_archive(tmp_path: Path, store: Store) -> None:
     repo = make_app_repo(tmp_path / "app")
     (repo / "hooks" / "ValidateService.sh").chmod(0o644)  # git keeps the x bit or not
     (repo / "appspec.yml").write_text(
@@ -28,8 +30,10 @@ def test_release_facts_come_from_the_archive(tmp_path: Path) -> None:
         + "  - source: hooks\n    destination: /srv/web\n"
     )
     commit_all(repo, "one hook not executable")
-    built = build_release(
-        repo, "main", app="web", releases_dir=tmp_path / "releases", tracker_url="http://x/a"
+    apps = Apps(store, tmp_path / "data")
+    await apps.add({"name": "web", "repo": str(repo)})
+    built = await build_app_release(
+        apps, "web", "main", releases_dir=tmp_path / "releases", tracker_url="http://x/a"
     )
     facts = release_facts(built.manifest, built.directory)
     assert facts.release_id == built.manifest.release_id

@@ -8,16 +8,17 @@ that); the streamed digest and tree must equal what the file-based path gives.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
-from common.archive import ArchiveInfo, git_archive, unpack
+from common.archive import unpack
 from common.errors import TorrentError
 from common.torrent import TorrentSession, make_torrent
 from peer.verify import download_streamed
-from seeder.samplerepo import commit_all
+from seeder.packing import pack_tree
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +27,21 @@ TIMEOUT = 60
 PIECE = 16 * 1024
 
 
-def release(tmp_path: Path, size: int = 1_500_000) -> tuple[ArchiveInfo, bytes]:
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    size: int
+    digest: str
+
+
+def release(tmp_path: Path, size: int = 1_500_000) -> tuple[Archive, bytes]:
     repo = tmp_path / "app"
     (repo / "bin").mkdir(parents=True)
     (repo / "payload.bin").write_bytes(os.urandom(size))
     (repo / "bin" / "run").write_text("#!/bin/sh\necho run\n")
     (repo / "bin" / "run").chmod(0o755)
-    commit_all(repo, "payload")
-    info = git_archive(repo, "main", tmp_path / "seed" / "app.tar.zst")
+    packed = pack_tree(repo, tmp_path / "seed" / "app.tar.zst")
+    info = Archive(tmp_path / "seed" / "app.tar.zst", packed.size, packed.digest)
     torrent, _ = make_torrent(info.path, tracker_url=DEAD_TRACKER, piece_size=PIECE)
     return info, torrent
 
