@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ShoalError
 from seeder import machine as mc
 from seeder.caller import Caller
 from seeder.promotion import PromotionRefused
@@ -129,3 +130,26 @@ def test_start_records_the_verdict_first_in_the_timeline() -> None:
     assert fx.timeline[0] == ("promotion", {"ok": False, "forced": True, "by": "alice"})
     assert [kind for kind, _ in fx.timeline[1:]] == ["target", "rollout"]
     assert [kind for kind, _ in Run(["a"]).log[0].timeline] == ["target", "rollout"]
+
+
+async def test_the_rules_method_checks_what_it_is_given(store: Store) -> None:
+    from seeder.applications import new_app
+    from seeder.promotion_gate import promotion_methods
+
+    store.add_app(new_app({"name": "demo", "repo": "/srv/git/demo"}, now=1.0, by="alice"))
+    handle = promotion_methods(PromotionGate(store), set)["app.promotion.set"]
+    answer = await handle({"app": "demo", "promote": ["qa:staging,staging:prod"]})
+    assert answer["promote"] == ["qa:staging", "staging:prod"]
+    assert answer["updated_by"] == "operator"  # the caller outside a request: the local one
+    assert (await handle({"app": "demo", "remove": ["qa:staging"]}))["promote"] == ["staging:prod"]
+    for params, error in [
+        ({"app": "demo"}, "give the rules to set"),
+        ({"app": "demo", "promote": [], "remove": []}, "give the rules to set"),
+        ({"app": "demo", "remove": ["qa:prod"]}, "no promotion rule qa:prod to remove"),
+        ({"app": "demo", "promote": [3]}, "must be a list of FROM:TO rules"),
+        ({"app": "demo", "promote": ["prod:staging", "staging:prod"]}, "cycle"),
+        ({"app": "nope", "promote": ["staging:prod"]}, "no application named 'nope'"),
+    ]:
+        with pytest.raises(ShoalError, match=error):
+            await handle(params)
+    assert store.promotion_rules("demo").rules == ["staging:prod"]  # refusals changed nothing
