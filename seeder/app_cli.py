@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import ShoalError
-from seeder import render
+from seeder import promote_cli, render
 from seeder.applications import check_repo_url
 
 WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
@@ -62,7 +62,7 @@ def add_commands(top: argparse._SubParsersAction, with_seeder: WithSeeder) -> No
     change.add_argument("name")
     add_setting_options(change, adding=False)
     change.add_argument("--clear-build", action="store_true", help="drop every build setting")
-    # Further app settings (promotion rules) register their options on `change` here.
+    promote_cli.add_promote_options(change)
     change.add_argument("--json", action="store_true")
 
     with_seeder(sub.add_parser("list", help="registered applications")).add_argument(
@@ -110,6 +110,8 @@ async def run(client: Any, args: argparse.Namespace) -> int:
                 f"{'added' if r['created'] else 'unchanged'}: " + show_text({"app": r["app"]})
             ),
         )
+    elif action == "set" and promote_cli.wants_rules(args):
+        return await promote_cli.app_set(client, args, setting_params(args))
     elif action == "set":
         params = setting_params(args)
         if args.clear_build:
@@ -160,6 +162,8 @@ def show_text(result: dict[str, Any]) -> str:
         lines.append("  build settings: from the repository's shoal.yml, if it has one")
     if "releases" in result:
         lines.append(f"  releases: {len(result['releases'])}")
+    if "promote" in result:
+        lines.append(f"  {promote_cli.rules_text(result['promote'])}")
     return "\n".join(lines)
 
 

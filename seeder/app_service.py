@@ -118,7 +118,8 @@ class Apps:
         releases = [
             s.release_id for s in self.store.release_sources().values() if s.app == app.name
         ]
-        return {"app": app.to_dict(), "releases": sorted(releases)}
+        rules = self.store.promotion_rules(app.name).rules  # seeder.promotion_gate sets them
+        return {"app": app.to_dict(), "releases": sorted(releases), "promote": rules}
 
     async def remove(self, params: dict[str, Any]) -> dict[str, Any]:
         """Forget an app and delete its mirror; its releases stay (rollouts and rollbacks may

@@ -33,6 +33,7 @@ from seeder import (
     follow,
     identity_cli,
     limits_cli,
+    promote_cli,
     release_cli,
     render,
     rollout_cli,
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
     hosts.add_argument("--json", action="store_true")
     identity_cli.add_commands(sub, with_seeder, hosts)
+    promote_cli.add_env_filter(hosts)
+    promote_cli.add_env_commands(sub, with_seeder)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
@@ -244,8 +247,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
+        elif args.command == "env":
+            return await promote_cli.env_list(client, args)
         elif args.command == "hosts":
-            items = (await client.call("hosts.list"))["hosts"]
+            items = (await client.call("hosts.list", **promote_cli.env_filter(args)))["hosts"]
             _emit(items, args.json, render.hosts)
         elif args.command == "release" and args.action in ("build", "list", "show"):
             return await release_cli.run(client, args)
@@ -306,7 +311,7 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"rollout {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
-            print(rollout_cli.plan_text(r), flush=True)
+            print(rollout_cli.plan_text(r) + rollout_cli.verdict_suffix(r), flush=True)
     if not args.wait:
         print(r["rollout_id"])
         return 0

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +25,21 @@ from common.errors import ShoalError
 from seeder import machine as mc
 from seeder.gate import gate_environment, run_gate
 from seeder.model import RolloutModel, TargetModel
+from seeder.promotion import ENV_LABEL
 from seeder.selector import select_hosts
 from seeder.stageplan import SliceProvider, UnknownRelease, stage_message
 from seeder.states import TERMINAL, TargetState
 from seeder.store import Commit, HostRecord, Store
+from seeder.store_promotions import RolloutPromotion
 from seeder.waves import Plan, PlanError, RolloutOptions, plan_waves
 from seeder.writers import PeerWriter
 
 log = logging.getLogger("shoal.seeder.engine")
 
 OnEvent = Callable[[m.RolloutEvent], None]
+# Asked before a rollout is created, with its release and its targets' envs (host -> env, "" for
+# none): raises to refuse it, else returns the promotion verdict to record with it (None: none).
+Admit = Callable[[str, Mapping[str, str]], dict[str, Any] | None]
 
 TICK = 0.5
 CACHE = 8  # finished rollouts kept in memory for status and show
@@ -188,17 +193,31 @@ class Engine:
         return RolloutOptions.from_params({**defaults, **params})
 
     def start_rollout(
-        self, release_id: str, selector: str = "all", params: dict[str, Any] | None = None
+        self,
+        release_id: str,
+        selector: str = "all",
+        params: dict[str, Any] | None = None,
+        admit: Admit | None = None,
     ) -> RolloutModel:
         plan, opts, targets = self.plan(release_id, selector, params or {})
-        current = {h.name: h.current for h in self.store.hosts()}
+        hosts = self.store.hosts()
+        current = {h.name: h.current for h in hosts}
         releases = {h: release_id for h in targets}
-        return self._create("rollout", release_id, selector, plan, opts, releases, current)
+        envs = _envs(hosts, releases)
+        promotion = RolloutPromotion(envs, admit(release_id, envs) if admit else None)
+        return self._create(
+            "rollout", release_id, selector, plan, opts, releases, current, promotion
+        )
 
     def start_rollback(
-        self, selector: str = "all", to: str | None = None, params: dict[str, Any] | None = None
+        self,
+        selector: str = "all",
+        to: str | None = None,
+        params: dict[str, Any] | None = None,
+        admit: Admit | None = None,
     ) -> RolloutModel:
-        """Back to each host's previous release (or ``to``), through waves, from disk if it can."""
+        """Back to each host's previous release (or ``to``), through waves, from disk if it can.
+        ``admit`` is asked only about a rollback ``to`` a named release."""
         hosts = self.store.hosts()
         records = {h.name: h for h in hosts}
         chosen = select_hosts(selector, hosts)
@@ -224,7 +243,18 @@ class Engine:
         opts = self._options(params or {})
         plan = plan_waves(sorted(releases), {h.name: h.labels for h in hosts}, opts)
         current = {h.name: h.current for h in hosts}
-        return self._create("rollback", to or "previous", selector, plan, opts, releases, current)
+        envs = _envs(hosts, releases)
+        verdict = admit(to, envs) if admit is not None and to is not None else None
+        return self._create(
+            "rollback",
+            to or "previous",
+            selector,
+            plan,
+            opts,
+            releases,
+            current,
+            RolloutPromotion(envs, verdict),
+        )
 
     def _create(
         self,
@@ -235,6 +265,7 @@ class Engine:
         opts: RolloutOptions,
         releases: dict[str, str],
         current: dict[str, str | None],
+        promotion: RolloutPromotion,
     ) -> RolloutModel:
         busy: dict[str, list[str]] = {}
         for host in releases:
@@ -273,7 +304,13 @@ class Engine:
         for host in model.targets:
             self._by_host[host] = rollout_id
         log.info("%s %s of %s on %d host(s)", kind, rollout_id, release_id, len(releases))
-        self._event(model, mc.Start(), create=True, flush=True)
+        self._event(
+            model,
+            mc.Start(_timeline_note(promotion.record)),
+            create=True,
+            flush=True,
+            promotion=promotion,
+        )
         return model
 
     def operator(self, rollout_id: str, action: str, *, kill: bool = False) -> RolloutModel:
@@ -325,6 +362,7 @@ class Engine:
         acks: list[tuple[PeerWriter, int]] | None = None,
         create: bool = False,
         flush: bool = False,
+        promotion: RolloutPromotion | None = None,
     ) -> None:
         now = self.clock()
         model, fx = mc.apply(model, event, now)
@@ -343,6 +381,7 @@ class Engine:
             timeline=timeline,
             currents=[(c.host, c.release_id) for c in fx.commands if isinstance(c, mc.SetCurrent)],
             create=create,
+            promotion=promotion,
         )
         if fx.rollout_changed or create:
             model.updated_at = now
@@ -466,3 +505,16 @@ class Engine:
             now,
         )
         self.store.upsert_host(record, now)
+
+
+def _envs(hosts: list[HostRecord], targets: Mapping[str, str]) -> dict[str, str]:
+    """Each target's env label now ("" for none): what promotion rules and history go by."""
+    return {h.name: h.labels.get(ENV_LABEL, "") for h in hosts if h.name in targets}
+
+
+def _timeline_note(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The timeline entry of a promotion verdict: only where some rule applied."""
+    if record is None or not record.get("checks"):
+        return None
+    keys = ("app", "release_id", "ok", "forced", "overridden", "by", "role", "detail")
+    return {k: record[k] for k in keys if k in record}

@@ -80,6 +80,8 @@ FINAL_STEP_STATES = ("succeeded", "failed")
 def apply(r: RolloutModel, event: Event, now: float) -> tuple[RolloutModel, Effects]:
     fx = Effects()
     if isinstance(event, Start):
+        if event.promotion is not None:
+            fx.timeline.append(("promotion", event.promotion))
         for t in r.targets.values():
             move_target(r, t, TT.STAGE_SENT, now, fx)
             fx.commands.append(SendStage(t.host, t.release_id, r.token))

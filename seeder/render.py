@@ -19,6 +19,7 @@ def hosts(items: list[dict[str, Any]]) -> str:
     rows = [
         [
             h["name"],
+            h.get("env") or "-",
             h["address"],
             "up" if h["connected"] else "down",
             h["current"] or "-",
@@ -30,7 +31,18 @@ def hosts(items: list[dict[str, Any]]) -> str:
         ]
         for h in items
     ]
-    heads = ["HOST", "ADDRESS", "LINK", "CURRENT", "STATE", "STEP", "LABELS", "SEEN", "ERROR"]
+    heads = [
+        "HOST",
+        "ENV",
+        "ADDRESS",
+        "LINK",
+        "CURRENT",
+        "STATE",
+        "STEP",
+        "LABELS",
+        "SEEN",
+        "ERROR",
+    ]
     return table(heads, rows)
 
 

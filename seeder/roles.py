@@ -58,6 +58,7 @@ METHOD_ROLES: dict[str, str] = {
     "app.set": ADMIN,
     "app.remove": ADMIN,
     "env.set": ADMIN,
+    "app.promotion.set": ADMIN,
     "hosts.enroll": ADMIN,
     "hosts.revoke": ADMIN,
     "admin.cert": ADMIN,

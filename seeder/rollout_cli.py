@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from seeder import render
+from seeder import promote_cli, render
 
 WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -57,9 +57,8 @@ def add_wave_options(p: argparse.ArgumentParser) -> None:
 
 def wave_params(args: argparse.Namespace) -> dict[str, Any]:
     """The wave options the operator gave (the seeder fills in the defaults)."""
-    return {
-        name: getattr(args, name) for name in WAVE_OPTIONS if getattr(args, name, None) is not None
-    }
+    given = (*WAVE_OPTIONS, "force")  # --force: past promotion rules (seeder.promote_cli)
+    return {name: getattr(args, name) for name in given if getattr(args, name, None) is not None}
 
 
 def add_commands(
@@ -71,11 +70,13 @@ def add_commands(
     start = with_seeder(rollout.add_parser("start", help="roll a release out, in waves"))
     start.add_argument("release_id")
     add_wave_options(start)
+    promote_cli.add_force(start)
     start.add_argument("--json", action="store_true", help="print the new rollout as JSON")
 
     plan = with_seeder(rollout.add_parser("plan", help="show the waves a start would run"))
     plan.add_argument("release_id")
     add_wave_options(plan)
+    promote_cli.add_force(plan)
     plan.add_argument("--json", action="store_true")
 
     for action, text in [
@@ -108,6 +109,7 @@ def add_commands(
     )
     back.add_argument("--to", metavar="RELEASE_ID", help="this release instead of the previous")
     add_wave_options(back)
+    promote_cli.add_force(back)
     back.add_argument("--wait", action="store_true", help="follow it until it ends")
     back.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
     back.add_argument("--json", action="store_true")
@@ -124,7 +126,7 @@ async def run(client: Any, args: argparse.Namespace) -> int | None:
             _emit(r, True, str)
             return 0
         print(f"rollback {r['rollout_id']} started on {len(r['targets'])} host(s)", flush=True)
-        print(plan_text(r))
+        print(plan_text(r) + verdict_suffix(r))
         if not args.wait:
             print(r["rollout_id"])
             return 0
@@ -137,7 +139,7 @@ async def run(client: Any, args: argparse.Namespace) -> int | None:
         result = await client.call(
             "rollout.plan", release_id=args.release_id, hosts=args.hosts, **wave_params(args)
         )
-        _emit(result["plan"], args.json, plan_text)
+        _emit(result["plan"], args.json, lambda p: plan_text(p) + verdict_suffix(p, planned=True))
     elif action in ("pause", "resume", "abort"):
         params: dict[str, Any] = {"rollout_id": args.rollout_id}
         if action == "abort":
@@ -186,6 +188,7 @@ def list_text(items: list[dict[str, Any]]) -> str:
             r["kind"],
             r["release_id"],
             r["state"],
+            r.get("forced_by") or "-",
             str(r["targets"]),
             str(r["waves"]),
             _when(r["created_at"]),
@@ -193,17 +196,25 @@ def list_text(items: list[dict[str, Any]]) -> str:
         ]
         for r in items
     ]
-    heads = ["ROLLOUT", "KIND", "RELEASE", "STATE", "HOSTS", "WAVES", "STARTED", "ERROR"]
+    heads = [
+        *("ROLLOUT", "KIND", "RELEASE", "STATE", "FORCED BY"),
+        *("HOSTS", "WAVES", "STARTED", "ERROR"),
+    ]
     return render.table(heads, rows)
 
 
 def show_text(r: dict[str, Any]) -> str:
-    out = [render.rollout(r), "", plan_text(r), "", "timeline:"]
+    out = [render.rollout(r), "", plan_text(r) + verdict_suffix(r), "", "timeline:"]
     for e in r["timeline"]:
         data = {k: v for k, v in e.items() if k not in ("seq", "at", "kind", "output")}
         text = " ".join(f"{k}={v}" for k, v in data.items() if v not in ("", None, []))
         out.append(f"  {_when(e['at'])}  {e['kind']:<8} {text}")
     return "\n".join(out)
+
+
+def verdict_suffix(r: dict[str, Any], *, planned: bool = False) -> str:
+    text = promote_cli.verdict_text(r.get("promotion"), planned=planned)
+    return "\n" + text if text else ""
 
 
 def _when(ts: float) -> str:

@@ -17,7 +17,10 @@ from seeder.model import StepRecord
 
 @dataclass(frozen=True)
 class Start:
-    """The rollout was created: tell every target to stage."""
+    """The rollout was created: tell every target to stage. ``promotion``: the verdict of the
+    promotion rules it was started under (recorded first in its timeline), if any applied."""
+
+    promotion: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from seeder.admission import Limits
 from seeder.app_service import Apps
 from seeder.authority import Authority
 from seeder.build import BuiltRelease, v1_torrent
+from seeder.caller import current_caller
 from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
 from seeder.enrollment import enrollment_methods
@@ -36,6 +37,8 @@ from seeder.events import EventHub
 from seeder.join import start_join_listener
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
+from seeder.promotion import ENV_LABEL
+from seeder.promotion_gate import PromotionGate, promotion_methods
 from seeder.release_service import Releases
 from seeder.retention import KEEP_RELEASES
 from seeder.seeding import Seeding
@@ -175,6 +178,7 @@ async def run_seeder(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
+            methods.update(promotion_methods(PromotionGate(store), engine.connected))
             apps = Apps(store, data)
 
             async def publish(built: BuiltRelease) -> bool:
@@ -260,6 +264,7 @@ def _methods(
 ) -> dict[str, Handler]:
     full_seed = seeding.full_seed
     releases_dir = config.data_dir / "releases"
+    promotions = PromotionGate(store)
 
     def known_release(params: dict[str, Any]) -> tuple[Manifest, bytes]:
         release_id = str(params["release_id"])
@@ -299,25 +304,38 @@ def _methods(
         }
 
     def options(params: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to")}
+        return {k: v for k, v in params.items() if k not in ("release_id", "hosts", "to", "force")}
+
+    def admit(params: dict[str, Any]) -> Any:
+        return promotions.admit(force=bool(params.get("force", False)), caller=current_caller())
 
     async def rollout_start(params: dict[str, Any]) -> dict[str, Any]:
         rollout = engine.start_rollout(
-            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+            str(params["release_id"]),
+            str(params.get("hosts") or "all"),
+            options(params),
+            admit=admit(params),
         )
         seeding.reconcile()  # an old release rolled out again is seeded again
         return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
 
     async def rollout_plan(params: dict[str, Any]) -> dict[str, Any]:
-        plan, opts, _ = engine.plan(
-            str(params["release_id"]), str(params.get("hosts") or "all"), options(params)
+        release_id = str(params["release_id"])
+        plan, opts, targets = engine.plan(
+            release_id, str(params.get("hosts") or "all"), options(params)
         )
-        return {"plan": {**plan.to_dict(), "options": opts.to_dict()}}
+        promotion = promotions.preview(
+            release_id, targets, force=bool(params.get("force", False)), caller=current_caller()
+        )
+        return {"plan": {**plan.to_dict(), "options": opts.to_dict(), "promotion": promotion}}
 
     async def rollback(params: dict[str, Any]) -> dict[str, Any]:
         to = params.get("to")
         rollout = engine.start_rollback(
-            str(params.get("hosts") or "all"), None if to is None else str(to), options(params)
+            str(params.get("hosts") or "all"),
+            None if to is None else str(to),
+            options(params),
+            admit=admit(params),
         )
         seeding.reconcile()  # the releases it goes back to are seeded again
         return {"rollout": await views.rollout(store, rollout, 0, steps=False)}
@@ -338,13 +356,15 @@ def _methods(
         return handle
 
     async def rollout_list(params: dict[str, Any]) -> dict[str, Any]:
-        return {"rollouts": store.summaries(int(params.get("limit", 50)))}
+        items = store.summaries(int(params.get("limit", 50)))
+        forced = store.forced_by([i["rollout_id"] for i in items])
+        return {"rollouts": [{**i, "forced_by": forced.get(i["rollout_id"], "")} for i in items]}
 
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
+        env = params.get("env")
+        records = [h for h in store.hosts() if env is None or h.labels.get(ENV_LABEL, "") == env]
         return {
-            "hosts": views.hosts(
-                store.hosts(), engine.connected(), engine.last_seen, engine.host_target
-            )
+            "hosts": views.hosts(records, engine.connected(), engine.last_seen, engine.host_target)
         }
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:

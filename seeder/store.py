@@ -23,6 +23,8 @@ from seeder.appstore import APPS_SCHEMA, AppTables
 from seeder.join_policy import TokenRecord
 from seeder.model import RolloutModel, StepRecord, TargetModel
 from seeder.states import TERMINAL, RolloutState, TargetState
+from seeder.store_promotions import SCHEMA as PROMOTION_SCHEMA
+from seeder.store_promotions import PromotionTables, RolloutPromotion
 from seeder.waves import Plan, RolloutOptions
 
 SCHEMA_VERSION = 3
@@ -88,9 +90,10 @@ class Commit:
     timeline: list[tuple[int, float, str, dict[str, Any]]] = field(default_factory=list)
     currents: list[tuple[str, str]] = field(default_factory=list)  # (host, release now live)
     create: bool = False
+    promotion: RolloutPromotion | None = None  # with create: the targets' envs and verdict
 
 
-class Store(AppTables):
+class Store(AppTables, PromotionTables):
     """SQLite-backed state. Calls are short and synchronous; the seeder is the only writer."""
 
     def __init__(self, path: Path) -> None:
@@ -107,7 +110,7 @@ class Store(AppTables):
                 f"{path} was written by another version of shoal (schema {version}, "
                 f"this one needs {SCHEMA_VERSION}); use a new --data-dir"
             )
-        self._db.executescript(SCHEMA + APPS_SCHEMA)
+        self._db.executescript(SCHEMA + APPS_SCHEMA + PROMOTION_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -225,6 +228,8 @@ class Store(AppTables):
                             r.updated_at,
                         ),
                     )
+                    if c.promotion is not None:
+                        self._write_promotion(db, r.rollout_id, c.promotion)
                 elif c.rollout_changed:  # options and plan never change after the start
                     db.execute(
                         """UPDATE rollouts SET state=?, error=?, wave=?, paused_from=?,

@@ -12,6 +12,7 @@ import trio
 
 from common.release import Manifest
 from seeder.model import RolloutModel, TargetModel
+from seeder.promotion import ENV_LABEL
 from seeder.states import TERMINAL, RolloutState
 from seeder.store import Store
 
@@ -51,6 +52,7 @@ def hosts(
                 "address": h.address,
                 "bt_port": h.bt_port,
                 "labels": h.labels,
+                "env": h.labels.get(ENV_LABEL, ""),
                 "connected": h.name in connected,
                 "last_seen": last_seen.get(h.name, h.last_seen),
                 "current": h.current,
@@ -137,5 +139,6 @@ async def rollout(
             for i, w in enumerate(r.plan.waves)
         ],
         "targets": targets,
+        "promotion": store.rollout_promotion(r.rollout_id),
         "timeline": store.timeline(r.rollout_id, timeline_limit) if timeline_limit else [],
     }
