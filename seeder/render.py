@@ -22,6 +22,7 @@ def hosts(items: list[dict[str, Any]]) -> str:
             h["address"],
             "up" if h["connected"] else "down",
             h["current"] or "-",
+            h.get("version") or "-",
             h["state"] or "-",
             h["step"] or "-",
             ",".join(f"{k}={v}" for k, v in sorted(h["labels"].items())) or "-",
@@ -30,7 +31,8 @@ def hosts(items: list[dict[str, Any]]) -> str:
         ]
         for h in items
     ]
-    heads = ["HOST", "ADDRESS", "LINK", "CURRENT", "STATE", "STEP", "LABELS", "SEEN", "ERROR"]
+    heads = ["HOST", "ADDRESS", "LINK", "CURRENT", "SHOAL", "STATE", "STEP", "LABELS", "SEEN"]
+    heads.append("ERROR")
     return table(heads, rows)
 
 

@@ -22,7 +22,7 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
-from seeder.build import build_release, v1_torrent
+from seeder.build import BuiltRelease, build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
 from seeder.events import EventHub
@@ -36,6 +36,7 @@ from seeder.store import Store
 from seeder.streams import Watching, publisher
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tracker import Tracker
+from seeder.upgrades import Uploads, upgrade_methods
 
 log = logging.getLogger("shoal.seeder")
 
@@ -151,6 +152,7 @@ async def run_seeder(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
             methods.update(watching.methods())
+            methods.update(_upgrade_methods(config, store, seeding, tracker, tracker_url, bt))
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
                 store,
@@ -315,7 +317,11 @@ def _methods(
     async def hosts_list(params: dict[str, Any]) -> dict[str, Any]:
         return {
             "hosts": views.hosts(
-                store.hosts(), engine.connected(), engine.last_seen, engine.host_target
+                store.hosts(),
+                engine.connected(),
+                engine.last_seen,
+                engine.host_target,
+                engine.versions,
             )
         }
 
@@ -344,6 +350,28 @@ def _methods(
         "rollback.start": rollback,
         "hosts.list": hosts_list,
     }
+
+
+def _upgrade_methods(
+    config: SeederConfig,
+    store: Store,
+    seeding: Seeding,
+    tracker: Tracker,
+    tracker_url: str,
+    full_seed_at: Address,
+) -> dict[str, Handler]:
+    """``upgrade.*``: a wheelhouse of shoal becomes a release (seeder/upgrades.py)."""
+
+    async def register(build: Callable[[], BuiltRelease]) -> dict[str, Any]:
+        built = await trio.to_thread.run_sync(build)
+        created = store.add_release(built.manifest, built.torrent, time.time())
+        seeding.reconcile()
+        await _until_listed(tracker, built.torrent, full_seed_at)
+        return {"release": built.manifest.to_dict(), "created": created, "warnings": []}
+
+    uploads = Uploads(config.data_dir / "uploads")
+    releases = config.data_dir / "releases"
+    return upgrade_methods(uploads, register, releases, tracker_url, config.piece_size)
 
 
 def _preflight_method(
