@@ -17,7 +17,8 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
-from peer.config import apply_config, read_config
+from peer import service_cli
+from peer.config import FileConfig, load_config
 from peer.daemon import PeerConfig, run_peer
 from peer.prefix import detect_prefix, running_version
 from peer.reload import Reloads, request_reload
@@ -52,26 +53,27 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal-peer", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", help="DEBUG, INFO (the default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the peer daemon in the foreground")
-    run.add_argument("--seeder", required=True, help="the seeder's control HOST:PORT")
-    run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
-    run.add_argument("--bind", default="127.0.0.1", help="this host's IP for BitTorrent")
-    run.add_argument("--torrent-port", type=int, default=6881)
-    run.add_argument("--labels", default="", help="k=v,k=v")
-    run.add_argument("--keep", type=int, default=5, help="releases to keep on disk")
+    run.add_argument(
+        "--config", type=Path, help="YAML file of these options (README); options given win"
+    )
+    run.add_argument("--seeder", help="the seeder's control HOST:PORT (required)")
+    run.add_argument("--data-dir", type=Path, help="(required)")
+    run.add_argument("--name", help="host name (default: hostname)")
+    run.add_argument("--bind", help="this host's IP for BitTorrent (default: 127.0.0.1)")
+    run.add_argument("--torrent-port", type=int, help="default: 6881")
+    run.add_argument("--labels", help="k=v,k=v")
+    run.add_argument("--keep", type=int, help="releases to keep on disk (default: 5)")
     run.add_argument(
         "--min-free",
         type=_size,
-        default=RESERVE,
         help="bytes staging always leaves free on the data disk (default 64M; K/M/G suffixes)",
     )
     run.add_argument(
         "--unpack-ratio",
         type=float,
-        default=UNPACK_RATIO,
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
     run.add_argument(
@@ -83,97 +85,91 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--upgrade-timeout",
         type=float,
-        default=HEALTH_TIMEOUT,
-        help="seconds a new shoal version has to connect to the seeder before it is rolled back"
-        " (default: %(default)s)",
+        help=f"seconds a new shoal version has to connect to the seeder before it is rolled"
+        f" back (default: {HEALTH_TIMEOUT:.0f})",
     )
     add_override_option(run)
-    run.add_argument(
-        "--config",
-        type=Path,
-        help="YAML file of these options (keys as the long options); flags given here win",
-    )
+    service_cli.add_commands(sub)
     sub.add_parser("version", help="print the shoal version this shoal-peer runs")
     reload = sub.add_parser(
         "reload", help="make the running daemon re-read its config (labels, log level live)"
     )
     reload.add_argument("--data-dir", type=Path, help="the daemon's data directory")
-    reload.add_argument("--config", type=Path, help="or its config file (which names data-dir)")
+    reload.add_argument("--config", type=Path, help="or its config file (it names data_dir)")
     reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
     reload.add_argument("--json", action="store_true")
     return parser
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line, with ``run --config FILE``'s values as defaults the flags override."""
-    parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
-    if argv[:1] == ["run"] or "run" in argv:
-        known, _ = pre.parse_known_args(argv[argv.index("run") + 1 :])
-        if known.config is not None:
-            apply_config(parser, _subparser(parser, "run"), known.config)
-    return parser.parse_args(argv)
+def _peer_config(args: argparse.Namespace) -> PeerConfig:
+    """The run options: the command line's, then the config file's, then the defaults."""
+    file = load_config(args.config) if args.config else None
 
+    def pick(option: str, key: str, default: Any) -> Any:
+        given = getattr(args, option)
+        if given is not None:
+            return given
+        return file.get(key) if file is not None and file.get(key) is not None else default
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found: argparse.ArgumentParser = action.choices[name]
-            return found
-    raise AssertionError(name)
-
-
-def peer_config(args: argparse.Namespace) -> PeerConfig:
-    prefix = args.prefix.resolve() if args.prefix is not None else detect_prefix()
+    seeder, data_dir = pick("seeder", "seeder", None), pick("data_dir", "data_dir", None)
+    if seeder is None or data_dir is None:
+        raise ConfigError("shoal-peer run needs --seeder and --data-dir (or --config FILE)")
+    labels = parse_labels(args.labels) if args.labels is not None else None
+    min_free = pick("min_free", "min_free", RESERVE)
+    prefix = pick("prefix", "prefix", None)
     return PeerConfig(
-        seeder=Address.parse(args.seeder, default_port=7700),
-        data_dir=args.data_dir.resolve(),
-        name=args.name,
-        bind=parse_ip(args.bind),
-        torrent_port=args.torrent_port,
-        labels=parse_labels(args.labels),
-        keep_releases=args.keep,
-        min_free=args.min_free,
-        unpack_ratio=args.unpack_ratio,
+        seeder=Address.parse(str(seeder), default_port=7700),
+        data_dir=Path(data_dir).resolve(),
+        name=pick("name", "name", socket.gethostname()),
+        bind=parse_ip(pick("bind", "bind", "127.0.0.1")),
+        torrent_port=pick("torrent_port", "torrent_port", 6881),
+        labels=labels if labels is not None else dict(file.get("labels") or {}) if file else {},
+        keep_releases=pick("keep", "keep", 5),
+        min_free=_size(min_free) if isinstance(min_free, str) else min_free,
+        unpack_ratio=float(pick("unpack_ratio", "unpack_ratio", UNPACK_RATIO)),
         torrent_settings=parse_overrides(args.torrent_setting),
-        prefix=prefix,
-        upgrade_timeout=args.upgrade_timeout,
+        prefix=Path(prefix).resolve() if prefix is not None else detect_prefix(),
+        upgrade_timeout=float(pick("upgrade_timeout", "upgrade_timeout", HEALTH_TIMEOUT)),
     )
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The run options as plain values, to tell what a reload changed."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+def _log_level(args: argparse.Namespace, file: FileConfig | None) -> str:
+    level = args.log_level or (file.get("log_level") if file is not None else None) or "INFO"
+    return str(level).upper()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     try:
-        args = parse_args(argv)
         if args.command == "version":
             print(running_version())
             return 0
         if args.command == "reload":
             return _reload(args)
-        setup_logging(args.log_level)
-        config = peer_config(args)
-    except ShoalError as exc:
+        if args.command != "run":
+            setup_logging(args.log_level or "INFO")
+            return service_cli.run(args)
+        config = _peer_config(args)
+        setup_logging(_log_level(args, load_config(args.config) if args.config else None))
+    except (ShoalError, argparse.ArgumentTypeError) as exc:
         print(f"shoal-peer: error: {exc}", file=sys.stderr)
         return 1
 
-    def reparse() -> tuple[dict[str, Any], dict[str, str], str]:
-        new = parse_args(argv)
-        return _options(new), peer_config(new).labels, str(new.log_level)
+    def reparse() -> tuple[PeerConfig, str]:
+        """The config as a restart would see it now (the file read again, the same flags)."""
+        try:
+            new = _peer_config(args)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(str(exc)) from None
+        return new, _log_level(args, load_config(args.config) if args.config else None)
 
     restart = RestartRequest()
     try:
         trio.run(
             run_until_signalled,
             lambda: run_peer(
-                config,
-                restart=restart,
-                reloads=lambda ctx: Reloads(ctx, reparse, _options(args)),
+                config, restart=restart, reloads=lambda ctx: Reloads(ctx, reparse, config)
             ),
         )
     except ShoalError as exc:
@@ -189,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 def _reload(args: argparse.Namespace) -> int:
     data_dir = args.data_dir
     if data_dir is None and args.config is not None:
-        values = read_config(args.config, {"data_dir"} | set(()))
-        data_dir = Path(values["data_dir"]) if "data_dir" in values else None
+        data_dir = Path(str(load_config(args.config).get("data_dir")))
     if data_dir is None:
-        raise ConfigError("say which daemon: --data-dir DIR, or --config FILE naming data-dir")
+        raise ConfigError("say which daemon: --data-dir DIR, or --config FILE (its data_dir)")
     result = request_reload(data_dir.resolve(), timeout=args.timeout)
     print(json.dumps(result, sort_keys=True) if args.json else render_reload(result))
     return 0 if result.get("ok") else 1

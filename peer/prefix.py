@@ -1,8 +1,9 @@
 """Where an installed peer lives: one virtualenv per shoal version under a prefix.
 
 ```
-PREFIX/versions/<version>/        a virtualenv with shoal <version> installed
-PREFIX/current -> versions/<v>    the version that runs, switched atomically
+PREFIX/versions/<id>/             a virtualenv of one wheel set; <id> = <version>-<digest>,
+PREFIX/versions/<id>/INSTALLED    written last (common/install_layout.py, as shoal fleet does)
+PREFIX/current -> versions/<id>   the version that runs, switched atomically
 PREFIX/bin/shoal-peer             the launcher (peer/launcher.py): runs current, rolls back
 PREFIX/upgrade*.json              an upgrade in flight (see peer/launcher.py)
 ```
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import trio
 
-from common.errors import ShoalError
+from common.errors import ConfigError, ShoalError
+from common.install_layout import INSTALLED, check_version
 from peer import launcher
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")
-INSTALLED_MARK = ".shoal-installed"  # written last: a version dir without it is half-installed
 INSTALL_TIMEOUT = 900.0
 CHECK_TIMEOUT = 60.0
 
@@ -45,21 +45,28 @@ def running_version() -> str:
 
 
 def detect_prefix() -> Path | None:
-    """The prefix this interpreter was installed in (``PREFIX/versions/<v>``), if it was."""
+    """The prefix this interpreter was installed in (``PREFIX/versions/<id>``), if it was."""
     here = Path(sys.prefix)
     if here.parent.name == "versions" and (here.parent.parent / "current").is_symlink():
         return here.parent.parent
     return None
 
 
+def running_install_id() -> str | None:
+    """The name of the version directory this interpreter runs from, if it is one."""
+    here = Path(sys.prefix)
+    return here.name if here.parent.name == "versions" else None
+
+
 @dataclass(frozen=True)
 class Prefix:
     root: Path
 
-    def version_dir(self, version: str) -> Path:
-        if not VERSION_RE.match(version):
-            raise UpgradeError(f"version {version!r} is not a valid version name")
-        return self.root / "versions" / version
+    def version_dir(self, install_id: str) -> Path:
+        try:
+            return self.root / "versions" / check_version(install_id)
+        except ConfigError as exc:
+            raise UpgradeError(str(exc)) from None
 
     @property
     def launcher(self) -> Path:
@@ -68,15 +75,13 @@ class Prefix:
     def current(self) -> str | None:
         return launcher.current_version(self.root)
 
-    def switch(self, version: str) -> None:
-        launcher.switch_current(self.root, version)
+    def switch(self, install_id: str) -> None:
+        if not self.installed(install_id):
+            raise UpgradeError(f"{self.version_dir(install_id)} is not (completely) installed")
+        launcher.switch_current(self.root, install_id)
 
-    def installed(self, version: str) -> bool:
-        mark = self.version_dir(version) / INSTALLED_MARK
-        try:
-            return mark.read_text().strip() == version
-        except OSError:
-            return False
+    def installed(self, install_id: str) -> bool:
+        return (self.version_dir(install_id) / INSTALLED).is_file()
 
     def check_layout(self) -> None:
         if not (self.root / "versions").is_dir():
@@ -103,10 +108,11 @@ class Prefix:
         os.replace(tmp, target)
         return True
 
-    async def install(self, version: str, wheels: Path) -> str:
-        """Install shoal ``version`` from the ``wheels`` directory into its own virtualenv."""
-        target = self.version_dir(version)
-        if self.installed(version):
+    async def install(self, install_id: str, version: str, wheels: Path, marker: str) -> str:
+        """Install shoal ``version`` from the ``wheels`` directory into its own virtualenv,
+        ``versions/<install_id>``; ``marker`` is the INSTALLED file's text, written last."""
+        target = self.version_dir(install_id)
+        if self.installed(install_id):
             return f"shoal {version} is already installed in {target}"
         await trio.to_thread.run_sync(_prepare, wheels, target)
         base = getattr(sys, "_base_executable", sys.executable)
@@ -122,12 +128,12 @@ class Prefix:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(target, ignore_errors=True))
             raise
-        (target / INSTALLED_MARK).write_text(version + "\n")
+        (target / INSTALLED).write_text(marker)
         return f"shoal {version} installed in {target}"
 
-    async def check(self, version: str) -> str:
+    async def check(self, install_id: str, version: str) -> str:
         """Run the new version's own ``shoal-peer version``: it must import and say ``version``."""
-        program = self.version_dir(version) / "bin" / "shoal-peer"
+        program = self.version_dir(install_id) / "bin" / "shoal-peer"
         out = await _run([str(program), "version"], f"{program} version", limit=CHECK_TIMEOUT)
         said = out.strip().splitlines()[-1] if out.strip() else ""
         if said != version:

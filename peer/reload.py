@@ -16,24 +16,27 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from common.errors import ConfigError, ShoalError
 from peer.config import restart_needed
 from peer.context import PeerContext
+
+if TYPE_CHECKING:
+    from peer.daemon import PeerConfig
 from peer.launcher import read_json, write_json
 
 log = logging.getLogger("shoal.peer.reload")
 
-PIDFILE = "shoal-peer.pid"
+PIDFILE = "daemon.pid"  # the daemon's own pid (shoal-peer.pid is the --service none supervisor's)
 RESULT = "reload.json"
 
-# Re-reads the config file and the original flags: (options by name, labels, log level).
-Reparse = Callable[[], tuple[dict[str, Any], dict[str, str], str]]
+# Re-reads the config file with the original flags: (the config a restart would run, log level).
+Reparse = Callable[[], "tuple[PeerConfig, str]"]
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Reloads:
 
     ctx: PeerContext
     reparse: Reparse
-    options: dict[str, Any]
+    running: PeerConfig  # what the daemon runs with (labels updated by each reload)
     seq: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,19 +69,20 @@ class Reloads:
         self.seq += 1
         result: dict[str, Any] = {"seq": self.seq, "at": time.time(), "pid": os.getpid()}
         try:
-            options, labels, level = self.reparse()
-        except (ShoalError, OSError, SystemExit) as exc:
+            new, level = self.reparse()
+        except (ShoalError, OSError) as exc:
             result.update(ok=False, error=f"config not reloaded: {exc}", applied={}, restart=[])
             log.error("reload: %s", result["error"])
         else:
             applied: dict[str, Any] = {}
-            if labels != self.ctx.labels:
-                applied["labels"] = labels
-                self.ctx.set_labels(labels)
+            if new.labels != self.ctx.labels:
+                applied["labels"] = new.labels
+                self.ctx.set_labels(new.labels)
+                self.running = replace(self.running, labels=new.labels)
             if level.upper() != logging.getLevelName(logging.getLogger().level):
                 applied["log_level"] = level.upper()
                 logging.getLogger().setLevel(level.upper())
-            restart = restart_needed(self.options, options)
+            restart = restart_needed(self.running, new)
             result.update(ok=True, error="", applied=applied, restart=restart)
             log.info("reload: applied %s; need a restart: %s", applied or "nothing", restart)
         write_json(self.ctx.layout.root / RESULT, result)

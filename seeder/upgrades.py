@@ -77,12 +77,16 @@ class Uploads:
         if set(stored) != set(digests):
             missing = sorted(set(digests) - set(stored))
             extra = sorted(set(stored) - set(digests))
-            raise BuildError(f"the upload does not match its list (missing {missing}, extra {extra})")
+            raise BuildError(
+                f"the upload does not match its list (missing {missing}, extra {extra})"
+            )
         for name, path in stored.items():
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
             if sha != digests[name]:
-                raise BuildError(f"{name} arrived damaged (sha256 {sha[:12]}..., expected "
-                                 f"{digests[name][:12]}...)")
+                raise BuildError(
+                    f"{name} arrived damaged (sha256 {sha[:12]}..., expected "
+                    f"{digests[name][:12]}...)"
+                )
         return stored
 
     def discard(self, upload_id: str) -> None:
@@ -98,8 +102,11 @@ class Uploads:
 
 
 def upgrade_methods(
-    uploads: Uploads, build: Callable[[Callable[[], BuiltRelease]], Awaitable[dict[str, Any]]],
-    releases_dir: Path, tracker_url: str, piece_size: int,
+    uploads: Uploads,
+    build: Callable[[Callable[[], BuiltRelease]], Awaitable[dict[str, Any]]],
+    releases_dir: Path,
+    tracker_url: str,
+    piece_size: int,
 ) -> dict[str, Handler]:
     """``upgrade.begin``, ``upgrade.put`` and ``upgrade.build``; ``build`` registers a built
     release the way ``release.build`` does (store, seeding) and answers like it."""
@@ -131,7 +138,9 @@ def upgrade_methods(
             uploads.discard(upload_id)
         log.info(
             "shoal upgrade release %s (%d wheels) by %s",
-            result["release"]["release_id"], len(digests), current_caller().name,
+            result["release"]["release_id"],
+            len(digests),
+            current_caller().name,
         )
         return result
 
