@@ -26,7 +26,7 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
+from seeder import follow, render, rollout_cli, upgrade_cli
 from seeder.client import connect_client, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
     logs.add_argument("--follow", action="store_true", help="then print new lines as they come")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    fleet = sub.add_parser("fleet", help="install and upgrade shoal on hosts").add_subparsers(
+        dest="action", required=True
+    )
+    upgrade = upgrade_cli.add_upgrade(fleet, with_seeder)
+    upgrade.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
+    upgrade.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
 
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
@@ -263,6 +270,9 @@ async def dispatch(args: argparse.Namespace) -> int:
                 wait_for=args.timeout,
                 reconnect=_redialer(args),
             )
+        elif args.command == "fleet" and args.action == "upgrade":
+            args.release_id = await upgrade_cli.build_upgrade_release(client, args)
+            return await _start(client, args)
         elif args.command == "rollout" and args.action == "preflight":
             checked = await client.call(
                 "rollout.preflight",
