@@ -69,28 +69,25 @@ class LocalFleet:
                     await trio.sleep(0.1)
 
     async def start_peer(
-        self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
+        self,
+        name: str,
+        ip: str,
+        *,
+        labels: str | None = "",
+        extra: tuple[str, ...] = (),
+        program: Path | None = None,
     ) -> Daemon:
+        """Start a peer daemon: this interpreter's ``peer.cli``, or ``program`` (an installed
+        ``shoal-peer``, e.g. ``PREFIX/current/bin/shoal-peer``). ``labels=None`` passes no
+        ``--labels`` (a ``--config`` file in ``extra`` then gives them)."""
         assert self.control is not None, "start the seeder first"
-        return await self._spawn(
-            name,
-            [
-                "-m",
-                "peer.cli",
-                "run",
-                "--seeder",
-                str(self.control),
-                "--name",
-                name,
-                "--bind",
-                ip,
-                "--data-dir",
-                str(self.peer_dir(name)),
-                "--labels",
-                labels,
-                *extra,
-            ],
-        )
+        args = ["run", "--seeder", str(self.control), "--name", name, "--bind", ip]
+        args += ["--data-dir", str(self.peer_dir(name))]
+        if labels is not None:
+            args += ["--labels", labels]
+        if program is not None:
+            return await self._spawn(name, [*args, *extra], program=str(program))
+        return await self._spawn(name, ["-m", "peer.cli", *args, *extra])
 
     def client(self) -> contextlib.AbstractAsyncContextManager[SeederClient]:
         """A CLI-side connection to this fleet's seeder (with whatever credentials it needs)."""
@@ -131,12 +128,12 @@ class LocalFleet:
                 self._check_alive()
                 await trio.sleep(0.1)
 
-    async def _spawn(self, name: str, args: list[str]) -> Daemon:
+    async def _spawn(self, name: str, args: list[str], program: str = sys.executable) -> Daemon:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             process = await trio.lowlevel.open_process(
-                [sys.executable, *args],
+                [program, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
