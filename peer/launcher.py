@@ -159,7 +159,7 @@ class Launcher:
             except subprocess.TimeoutExpired:
                 pass
             if deadline is not None and time.monotonic() > deadline and not self.stopping:
-                if (self.prefix / HEALTHY).exists():
+                if pending_plan(self.prefix) is None:  # healthy (and reported) in time
                     deadline = None
                     continue
                 self._stop_child()

@@ -153,10 +153,13 @@ def connected(ctx: PeerContext) -> None:
         return
     root = ctx.prefix
     plan = launcher.read_json(root / launcher.PLAN)
-    if plan is None or running_version() != plan.get("to_version"):
+    if plan is None or not _is_new(plan):
         return
     launcher.write_json(root / launcher.HEALTHY, {"version": running_version(), "pid": os.getpid()})
-    detail = f"now running shoal {plan['to_version']} (was {plan.get('from_version')})"
+    detail = (
+        f"now running shoal {running_version()} from versions/{plan['to_version']}"
+        f" (was {plan.get('from_version')})"
+    )
     _finish(ctx, plan, "succeeded", detail, result="succeeded")
     log.info("upgrade done: %s", detail)
 

@@ -105,7 +105,10 @@ def test_a_new_version_that_never_gets_healthy_is_killed_and_rolled_back(prefix:
 
 
 def test_a_healthy_new_version_is_not_rolled_back(prefix: Path) -> None:
-    healthy = f"echo '{{}}' > \"{prefix / HEALTHY}\"\nsleep 1\nexit 0"
+    # It marks itself healthy, reports and clears the upgrade files (as peer/upgrade.py does),
+    # then runs on past the health deadline: nobody stops it.
+    clear = f'rm -f "{prefix / HEALTHY}" "{prefix / PLAN}"'
+    healthy = f"echo '{{}}' > \"{prefix / HEALTHY}\"\n{clear}\nsleep 1.5\nexit 0"
     _version(prefix, "new", healthy)
     launcher.switch_current(prefix, "new")
     _plan(prefix, health_timeout=0.5, max_starts=1)
