@@ -132,7 +132,8 @@ class Launcher:
             reason = f"{why} {time.monotonic() - started:.1f}s after it started"
             _say(f"new version {plan.get('to_version')} did not come back ({reason})")
             if failures >= int(plan.get("max_starts", 3)):
-                self._roll_back(plan, failures, reason)
+                if not self._roll_back(plan, failures, reason):
+                    return status  # nothing to go back to: the service manager takes over
                 failures = 0
             else:
                 time.sleep(min(0.5 * 2**failures, 5.0))
@@ -179,18 +180,21 @@ class Launcher:
             self.child.kill()
             self.child.wait()
 
-    def _roll_back(self, plan: dict[str, Any], starts: int, reason: str) -> None:
+    def _roll_back(self, plan: dict[str, Any], starts: int, reason: str) -> bool:
+        """Switch back to the plan's previous version; False if it is not installed (then the
+        failure is recorded and nothing is switched)."""
         back = str(plan.get("from_version", ""))
+        failed = f"shoal {plan.get('to_version')} did not come back after {starts} start(s)"
         if not back or not (self.prefix / "versions" / back).is_dir():
-            _say(f"cannot roll back: previous version {back!r} is not installed")
-            return
+            detail = f"{failed} (last: {reason}); cannot roll back: {back!r} is not installed"
+            write_json(self.prefix / RESULT, {"state": "failed", "reason": detail, "at": _now()})
+            _say(detail)
+            return False
         switch_current(self.prefix, back)
-        detail = (
-            f"shoal {plan.get('to_version')} did not come back after {starts} start(s) "
-            f"(last: {reason}); rolled back to {back}"
-        )
+        detail = f"{failed} (last: {reason}); rolled back to {back}"
         write_json(self.prefix / RESULT, {"state": "rolled_back", "reason": detail, "at": _now()})
         _say(detail)
+        return True
 
 
 def _now() -> float:

@@ -124,9 +124,13 @@ def test_no_rollback_without_an_installed_previous_version(prefix: Path) -> None
     launcher.write_json(
         prefix / PLAN, {"from_version": "gone", "to_version": "new", "max_starts": 1}
     )
-    # It keeps the new version (nothing to go back to) and exits with its status.
+    # It keeps the new version (nothing to go back to), says why and exits with its status.
     assert Launcher(prefix, ["run"]).run() == 1
+    assert _starts(prefix) == ["new run"]
     assert launcher.current_version(prefix) == "new"
+    result = launcher.read_json(prefix / RESULT)
+    assert result is not None and result["state"] == "failed"
+    assert "cannot roll back: 'gone' is not installed" in result["reason"]
 
 
 def test_write_json_is_atomic_and_read_json_tolerates_garbage(tmp_path: Path) -> None:

@@ -45,9 +45,9 @@ def _config(path: Path, fleet: LocalFleet, labels: dict[str, str], port: int) ->
     path.write_text("\n".join(lines) + "\n")
 
 
-def _reload(config: Path) -> tuple[int, dict[str, Any]]:
+def _reload(*which: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "reload", "--config", str(config), "--json"],
+        [sys.executable, "-m", "peer.cli", "reload", *which, "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -58,15 +58,14 @@ def _reload(config: Path) -> tuple[int, dict[str, Any]]:
 async def _host(fleet: LocalFleet, name: str) -> dict[str, Any]:
     async with fleet.client() as client:
         hosts = (await client.call("hosts.list"))["hosts"]
-    found: dict[str, Any] = next(h for h in hosts if h["name"] == name)
-    return found
+    return next((h for h in hosts if h["name"] == name), {})
 
 
 async def _until(fleet: LocalFleet, name: str, check: Any, wait: float = 60) -> dict[str, Any]:
     with trio.fail_after(wait):
         while True:
             host = await _host(fleet, name)
-            if check(host):
+            if host and check(host):
                 return host
             await trio.sleep(0.2)
 
@@ -90,7 +89,7 @@ async def test_reload_changes_labels_live_during_a_running_hook(
     # New labels and a new BitTorrent port: the labels apply now, the port needs a restart.
     _config(config, fleet, {"env": "b", "zone": "z"}, 6900)
     config.write_text(config.read_text() + f'data_dir: "{data}"\n')
-    code, result = _reload(config)
+    code, result = _reload("--config", str(config))
     assert code == 0, result
     assert result["ok"] is True
     assert result["applied"] == {"labels": {"env": "b", "zone": "z"}}
@@ -101,7 +100,7 @@ async def test_reload_changes_labels_live_during_a_running_hook(
     # A config that no longer parses: refused, nothing changes, the daemon goes on.
     good = config.read_text()
     config.write_text(good + "no_such_option: 1\n")
-    code, result = _reload(config)
+    code, result = _reload("--data-dir", str(data))
     assert code == 1 and result["ok"] is False
     assert "unknown key 'no_such_option'" in result["error"]
     config.write_text(good)
