@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,30 +11,21 @@ from typing import Any
 import trio
 
 from common.addr import Address, parse_ip
+from common.bundle import Bundle
 from common.cli import add_override_option
 from common.errors import ConfigError, ShoalError
+from common.labels import parse_labels
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
-from peer import service_cli
+from peer import identity, join_cli, service_cli, settings
 from peer.config import FileConfig, load_config
-from peer.daemon import PeerConfig, run_peer
 from peer.prefix import detect_prefix, running_version
-from peer.reload import Reloads, request_reload
 from peer.reload import render as render_reload
+from peer.reload import request_reload
 from peer.restart import RestartRequest, reexec
 from peer.space import RESERVE, UNPACK_RATIO
 from peer.upgrade import HEALTH_TIMEOUT
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"label {part!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
 
 
 def _size(text: str) -> int:
@@ -59,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", type=Path, help="YAML file of these options (README); options given win"
     )
-    run.add_argument("--seeder", help="the seeder's control HOST:PORT (required)")
-    run.add_argument("--data-dir", type=Path, help="(required)")
-    run.add_argument("--name", help="host name (default: hostname)")
-    run.add_argument("--bind", help="this host's IP for BitTorrent (default: 127.0.0.1)")
+    run.add_argument(
+        "--seeder", help="the seeder's control HOST:PORT (default: the one `join` recorded)"
+    )
+    run.add_argument("--data-dir", type=Path, help="(required, here or in --config)")
+    run.add_argument(
+        "--name", help="host name; must be the one its certificate names (default: that one)"
+    )
+    run.add_argument(
+        "--bundle", type=Path, help="install this enrollment bundle into DATA_DIR/identity first"
+    )
+    run.add_argument(
+        "--bind", help="this host's IP for BitTorrent (default: as joined, else 127.0.0.1)"
+    )
     run.add_argument("--torrent-port", type=int, help="default: 6881")
     run.add_argument("--labels", help="k=v,k=v")
     run.add_argument("--keep", type=int, help="releases to keep on disk (default: 5)")
@@ -89,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
         f" back (default: {HEALTH_TIMEOUT:.0f})",
     )
     add_override_option(run)
-    service_cli.add_commands(sub)
     sub.add_parser("version", help="print the shoal version this shoal-peer runs")
     reload = sub.add_parser(
         "reload", help="make the running daemon re-read its config (labels, log level live)"
@@ -98,10 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--config", type=Path, help="or its config file (it names data_dir)")
     reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
     reload.add_argument("--json", action="store_true")
+    enroll = sub.add_parser("enroll", help="install an enrollment bundle (from `shoal enroll`)")
+    enroll.add_argument("--bundle", type=Path, required=True)
+    enroll.add_argument("--data-dir", type=Path, required=True)
+    join_cli.add_command(sub)
+    service_cli.add_commands(sub)
     return parser
 
 
-def _peer_config(args: argparse.Namespace) -> PeerConfig:
+def _enroll(args: argparse.Namespace) -> int:
+    bundle = Bundle.read(args.bundle)
+    directory = identity.install(bundle, args.data_dir.resolve())
+    print(f"host {bundle.name} enrolled: identity in {directory}")
+    return 0
+
+
+def _peer_config(args: argparse.Namespace) -> Any:
     """The run options: the command line's, then the config file's, then the defaults."""
     file = load_config(args.config) if args.config else None
 
@@ -111,17 +121,31 @@ def _peer_config(args: argparse.Namespace) -> PeerConfig:
             return given
         return file.get(key) if file is not None and file.get(key) is not None else default
 
-    seeder, data_dir = pick("seeder", "seeder", None), pick("data_dir", "data_dir", None)
-    if seeder is None or data_dir is None:
-        raise ConfigError("shoal-peer run needs --seeder and --data-dir (or --config FILE)")
+    data_dir_given = pick("data_dir", "data_dir", None)
+    if data_dir_given is None:
+        raise ConfigError("shoal-peer run needs --data-dir (or --config FILE)")
+    data_dir = Path(data_dir_given).resolve()
+    if args.bundle is not None:
+        identity.install(Bundle.read(args.bundle), data_dir)
+    name = identity.load(data_dir).name
+    wanted = pick("name", "name", None)
+    if wanted is not None and wanted != name:
+        raise ConfigError(f"name {wanted} differs from the host its certificate names ({name})")
+    joined = settings.load(data_dir)
+    seeder = pick("seeder", "seeder", None) or (joined.seeder if joined else None)
+    if seeder is None:
+        raise ConfigError("pass --seeder HOST:PORT (or enroll with `shoal-peer join` first)")
+    bind = pick("bind", "bind", None) or (joined.bind if joined else "") or "127.0.0.1"
     labels = parse_labels(args.labels) if args.labels is not None else None
     min_free = pick("min_free", "min_free", RESERVE)
     prefix = pick("prefix", "prefix", None)
+    from peer.daemon import PeerConfig  # not loaded for `join`: it starts faster
+
     return PeerConfig(
         seeder=Address.parse(str(seeder), default_port=7700),
-        data_dir=Path(data_dir).resolve(),
-        name=pick("name", "name", socket.gethostname()),
-        bind=parse_ip(pick("bind", "bind", "127.0.0.1")),
+        data_dir=data_dir,
+        name=name,
+        bind=parse_ip(bind),
         torrent_port=pick("torrent_port", "torrent_port", 6881),
         labels=labels if labels is not None else dict(file.get("labels") or {}) if file else {},
         keep_releases=pick("keep", "keep", 5),
@@ -138,47 +162,65 @@ def _log_level(args: argparse.Namespace, file: FileConfig | None) -> str:
     return str(level).upper()
 
 
+def _without_bundle(argv: list[str]) -> list[str]:
+    """The arguments a restart runs with: the bundle is installed already (and may be gone)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--bundle":
+            skip = True
+        elif not arg.startswith("--bundle="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(running_version())
+        return 0
+    if args.command != "run":
+        setup_logging(args.log_level or "INFO")
+    if args.command == "join":
+        return join_cli.run(args)
     try:
-        if args.command == "version":
-            print(running_version())
-            return 0
+        if args.command == "enroll":
+            return _enroll(args)
         if args.command == "reload":
             return _reload(args)
         if args.command != "run":
-            setup_logging(args.log_level or "INFO")
             return service_cli.run(args)
         config = _peer_config(args)
         setup_logging(_log_level(args, load_config(args.config) if args.config else None))
-    except (ShoalError, argparse.ArgumentTypeError) as exc:
-        print(f"shoal-peer: error: {exc}", file=sys.stderr)
-        return 1
+        from peer.daemon import run_peer
+        from peer.reload import Reloads
 
-    def reparse() -> tuple[PeerConfig, str]:
-        """The config as a restart would see it now (the file read again, the same flags)."""
-        try:
-            new = _peer_config(args)
-        except argparse.ArgumentTypeError as exc:
-            raise ConfigError(str(exc)) from None
-        return new, _log_level(args, load_config(args.config) if args.config else None)
+        def reparse() -> tuple[Any, str]:
+            """The config as a restart would see it now (the file read again, the same flags,
+            no bundle to install)."""
+            again = argparse.Namespace(**{**vars(args), "bundle": None})
+            try:
+                new = _peer_config(again)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(str(exc)) from None
+            return new, _log_level(args, load_config(args.config) if args.config else None)
 
-    restart = RestartRequest()
-    try:
+        restart = RestartRequest()
         trio.run(
             run_until_signalled,
             lambda: run_peer(
                 config, restart=restart, reloads=lambda ctx: Reloads(ctx, reparse, config)
             ),
         )
-    except ShoalError as exc:
+    except (ShoalError, argparse.ArgumentTypeError) as exc:
         print(f"shoal-peer: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     if restart.version is not None and config.prefix is not None:
-        return reexec(config.prefix, argv)
+        return reexec(config.prefix, _without_bundle(argv))
     return 0
 
 

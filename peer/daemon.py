@@ -19,9 +19,16 @@ import trio
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel, connect
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
+from common.errors import (
+    ConfigError,
+    ConnectionClosed,
+    ProtocolError,
+    RemoteProtocolError,
+    ShoalError,
+)
+from common.tls import ClientTLS
 from common.torrent import TorrentSession
-from peer import upgrade
+from peer import identity, upgrade
 from peer.backoff import Backoff
 from peer.context import PeerContext
 from peer.journal import Journal, JournalError
@@ -101,6 +108,9 @@ async def run_peer(
 ) -> None:
     """Run the daemon until cancelled, or until an upgrade asks for a restart (``restart``
     then names the version; the caller re-executes, see peer.restart)."""
+    me = identity.load(config.data_dir)  # refuses to start without one, saying how to enroll
+    if me.name != config.name:
+        raise ConfigError(f"this host's certificate names {me.name!r}, not {config.name!r}")
     layout = Layout(config.data_dir)
     layout.create()
     journal = Journal.open(layout.state_db)
@@ -133,7 +143,7 @@ async def run_peer(
             nursery.start_soon(_recover_journal, journal)
             jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
-            nursery.start_soon(_connection_loop, config, ctx, jobs)
+            nursery.start_soon(_connection_loop, config, ctx, jobs, me.tls)
             await ctx.restart.wait()
             log.warning("restarting into shoal %s: closing every session", ctx.restart.version)
             nursery.cancel_scope.cancel()
@@ -204,11 +214,13 @@ def _close_interrupted(
             )
 
 
-async def _connection_loop(config: PeerConfig, ctx: PeerContext, jobs: Jobs) -> None:
+async def _connection_loop(
+    config: PeerConfig, ctx: PeerContext, jobs: Jobs, tls: ClientTLS
+) -> None:
     backoff = Backoff()
     while True:
         try:
-            channel = await connect(config.seeder, local_ip=config.bind)
+            channel = await connect(config.seeder, tls, local_ip=config.bind)
             async with channel:
                 await _session(config, ctx, jobs, channel, backoff)
         except (ConnectionClosed, ProtocolError) as exc:

@@ -1,7 +1,8 @@
 """``shoal``: the seeder service and the coordinator CLI.
 
 Every command that talks to a running seeder takes ``--seeder HOST:PORT``, defaulting to the
-``SHOAL_SEEDER`` environment variable, then ``127.0.0.1:7700``. Errors print one line naming the
+``SHOAL_SEEDER`` environment variable, then ``127.0.0.1:7700``, and ``--identity FILE`` (the
+operator's credential), defaulting to ``SHOAL_IDENTITY``. Errors print one line naming the
 problem and exit non-zero.
 """
 
@@ -26,8 +27,8 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli, upgrade_cli
-from seeder.client import connect_client, open_client
+from seeder import fleet_cli, follow, identity_cli, render, rollout_cli, token_cli, upgrade_cli
+from seeder.client import connect_client, credential_path, load_credential, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
@@ -44,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("SHOAL_SEEDER", DEFAULT_SEEDER),
             help="control address of the seeder (default: $SHOAL_SEEDER or %(default)s)",
         )
+        p.add_argument(
+            "--identity",
+            metavar="FILE",
+            help="your credential (certificate, key, CA) (default: $SHOAL_IDENTITY)",
+        )
         return p
 
     seeder = sub.add_parser("seeder", help="run or query the seeder service").add_subparsers(
         dest="action", required=True
     )
+    identity_cli.add_init(seeder)
     stats = with_seeder(seeder.add_parser("stats", help="bytes the seeder has sent"))
     stats.add_argument("--json", action="store_true")
     run = seeder.add_parser("run", help="run the seeder in the foreground")
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--torrent-listen", help="BitTorrent IP:PORT (default: listen IP, control port + 2)"
     )
+    run.add_argument("--join-listen", help="join IP:PORT (default: listen IP, control port + 3)")
     run.add_argument(
         "--tracker-interval",
         type=_whole(1),
@@ -136,22 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--json", action="store_true")
 
-    with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
-        "--json", action="store_true"
-    )
+    hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
+    hosts.add_argument("--json", action="store_true")
+    identity_cli.add_commands(sub, with_seeder, hosts)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
     logs.add_argument("--follow", action="store_true", help="then print new lines as they come")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    fleet = sub.add_parser("fleet", help="install and upgrade shoal on hosts").add_subparsers(
-        dest="action", required=True
-    )
-    upgrade = upgrade_cli.add_upgrade(fleet, with_seeder)
+    token_cli.add_commands(sub, with_seeder)
+    fleet_cli.add_commands(sub, with_seeder)
+    upgrade = upgrade_cli.add_upgrade(sub.choices["fleet"], with_seeder)
     upgrade.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
     upgrade.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
-
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
     return parser
@@ -209,6 +215,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             listen=Address.parse(args.listen),
             torrent_listen=_opt_addr(args.torrent_listen, 0),
             tracker_listen=_opt_addr(args.tracker_listen, 0),
+            join_listen=_opt_addr(args.join_listen, 0),
             tracker_interval=args.tracker_interval,
             piece_size=args.piece_size,
             slices=not args.no_slices,
@@ -217,11 +224,18 @@ async def dispatch(args: argparse.Namespace) -> int:
         )
         await run_until_signalled(lambda: run_seeder(config))
         return 0
+    if args.command == "seeder" and args.action == "init":
+        return identity_cli.run_init(args)
     if args.command == "demo":
         from seeder.demo import run_demo
 
         return await run_demo(peers=args.peers)
-    async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
+    if args.command == "fleet" and args.action != "upgrade":
+        return await fleet_cli.run(args)
+    tls, _ = load_credential(credential_path(args.identity))
+    async with open_client(Address.parse(args.seeder, default_port=7700), tls) as client:
+        if (code := await identity_cli.run(client, args)) is not None:
+            return code
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
@@ -253,6 +267,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         elif args.command == "release":
             items = (await client.call("release.list"))["releases"]
             _emit(items, args.json, lambda rs: "\n".join(r["release_id"] for r in rs))
+        elif args.command == "token":
+            return await token_cli.run(client, args)
         elif args.command == "logs":
             return await follow.show_logs(
                 client,
@@ -332,7 +348,8 @@ def _seconds(text: str) -> float:
 def _redialer(args: argparse.Namespace) -> follow.Connect:
     """How a follower dials the seeder again after losing it."""
     address = Address.parse(args.seeder, default_port=7700)
-    return lambda: connect_client(address)
+    tls, _ = load_credential(credential_path(args.identity))
+    return lambda: connect_client(address, tls)
 
 
 def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:

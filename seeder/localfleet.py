@@ -2,12 +2,15 @@
 
 Used by ``shoal demo`` and by the integration tests: every host gets its own 127.0.0.x address
 and data directory, every daemon its own process group, and everything started here is stopped
-here (by process group, never by name).
+here (by process group, never by name). Security is on as in production: the seeder's identity
+is made in its data directory on first start, every peer is enrolled (a bundle, installed with
+``shoal-peer run --bundle``) before it starts, and every client presents the admin credential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -19,10 +22,23 @@ from pathlib import Path
 import trio
 
 from common.addr import Address
+from common.bundle import Bundle
+from common.crypto import certs
 from common.errors import ConnectionClosed, ShoalError
-from seeder.client import SeederClient, open_client
+from common.tls import ClientTLS
+from seeder.authority import HOST_LIFETIME, Authority, identity_dir, init_identity
+from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
+from seeder.identity_cli import enroll_host
 
 STOP_GRACE = 5.0
+# control address -> admin credential of every seeder started here, for helpers that know only
+# the address (tests' ``shoal(control, ...)``)
+_CREDENTIALS: dict[str, Path] = {}
+
+
+def credential_for(control: str) -> Path | None:
+    """The admin credential of the LocalFleet seeder at ``control``, if one was started here."""
+    return _CREDENTIALS.get(control)
 
 
 @dataclass
@@ -36,14 +52,43 @@ class Daemon:
 class LocalFleet:
     root: Path
     seeder_ip: str = "127.0.0.1"
+    # Run every daemon and CLI inside this network namespace (the bench/netns.py testbed's
+    # seeder namespace), so namespaced hosts reach the seeder. ``client()`` then cannot reach
+    # it from the test's own namespace: go through ``cli()``.
+    netns: str | None = None
     daemons: list[Daemon] = field(default_factory=list)
     control: Address | None = None
     seeder: Daemon | None = None
+    bundles: dict[str, Path] = field(default_factory=dict)
+    torrent_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def seeder_dir(self) -> Path:
+        return self.root / "seeder"
+
+    @property
+    def credential(self) -> Path:
+        """The admin credential ``shoal seeder init`` made (what the CLI presents here)."""
+        return identity_dir(self.seeder_dir) / "admin.pem"
+
+    def init_identity(self) -> Path:
+        """The seeder's identity (``shoal seeder init``), made once, for its loopback IP."""
+        if not (identity_dir(self.seeder_dir) / "ca.crt").exists():
+            self.seeder_dir.mkdir(parents=True, exist_ok=True)
+            hosts = [self.seeder_ip, "localhost"]
+            init_identity(self.seeder_dir, hosts, dt.datetime.now(dt.UTC))
+        return self.credential
+
+    def tls(self, credential: Path | None = None) -> ClientTLS:
+        return load_credential(credential or self.init_identity())[0]
 
     async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
         """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
-        if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
-            self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
+        self.init_identity()
+        if self.control is None:  # the tracker, BitTorrent and join ports follow it (+1..+3)
+            port = 7700 if self.netns else free_port(self.seeder_ip, block=4)  # a fresh namespace
+            self.control = Address(self.seeder_ip, port)
+        _CREDENTIALS[str(self.control)] = self.credential
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -59,14 +104,34 @@ class LocalFleet:
             ],
         )
         with trio.fail_after(30):
+            while self.netns is not None:
+                if (await trio.to_thread.run_sync(lambda: self.cli("hosts"))).returncode == 0:
+                    return self.control
+                self._check_alive()
+                await trio.sleep(0.2)
             while True:
                 try:
-                    async with open_client(self.control) as client:
+                    async with open_client(self.control, self.tls()) as client:
                         await client.call("hosts.list")
                         return self.control
                 except ConnectionClosed:
                     self._check_alive()
                     await trio.sleep(0.1)
+
+    async def enroll(self, name: str, labels: dict[str, str] | None = None) -> Path:
+        """Enroll host ``name`` (as ``shoal enroll`` does); its bundle file. Through the running
+        seeder, or straight from its CA while none runs (a test may start a peer first)."""
+        if self.seeder is not None and self.seeder.process.returncode is None:
+            async with self.client() as client:
+                bundle, _ = await enroll_host(client, name, labels or {})
+        else:
+            self.init_identity()
+            bundle = offline_bundle(self.seeder_dir, name, labels or {})
+        path = self.root / "bundles" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        certs.write_private(path, bundle.to_json(), overwrite=True)
+        self.bundles[name] = path
+        return path
 
     async def start_peer(
         self,
@@ -77,31 +142,86 @@ class LocalFleet:
         extra: tuple[str, ...] = (),
         program: Path | None = None,
     ) -> Daemon:
-        """Start a peer daemon: this interpreter's ``peer.cli``, or ``program`` (an installed
-        ``shoal-peer``, e.g. ``PREFIX/current/bin/shoal-peer``). ``labels=None`` passes no
-        ``--labels`` (a ``--config`` file in ``extra`` then gives them)."""
-        assert self.control is not None, "start the seeder first"
+        """Start a peer daemon, enrolled first if it never was (its labels go in its Hello):
+        this interpreter's ``peer.cli``, or ``program`` (an installed ``shoal-peer``, e.g.
+        ``PREFIX/current/bin/shoal-peer``). ``labels=None`` passes no ``--labels`` (a
+        ``--config`` file in ``extra`` then gives them)."""
+        assert self.control is not None, "start the seeder first (or choose its address)"
+        joined = name not in self.bundles and (self.peer_dir(name) / "peer.json").exists()
+        bundle = None if joined else self.bundles.get(name) or await self.enroll(name)
+        # A free BitTorrent port, the same one across restarts: on a shared machine another
+        # fleet's peer may hold the default 6881 of the same 127.0.0.x (extra may override it).
+        port = self.torrent_ports.setdefault(name, free_port(ip))
         args = ["run", "--seeder", str(self.control), "--name", name, "--bind", ip]
         args += ["--data-dir", str(self.peer_dir(name))]
-        if labels is not None:
-            args += ["--labels", labels]
+        args += ["--labels", labels] if labels is not None else []
+        args += ["--bundle", str(bundle)] if bundle else []
+        args += ["--torrent-port", str(port), *extra]
         if program is not None:
-            return await self._spawn(name, [*args, *extra], program=str(program))
-        return await self._spawn(name, ["-m", "peer.cli", *args, *extra])
+            return await self._spawn(name, args, program=str(program))
+        return await self._spawn(name, ["-m", "peer.cli", *args])
 
-    def client(self) -> contextlib.AbstractAsyncContextManager[SeederClient]:
-        """A CLI-side connection to this fleet's seeder (with whatever credentials it needs)."""
-        assert self.control is not None, "start the seeder first"
-        return open_client(self.control)
+    async def start_joined_peer(self, name: str, *, extra: tuple[str, ...] = ()) -> Daemon:
+        """Start a host that ran :meth:`join` as an operator would: ``shoal-peer run
+        --data-dir D`` and nothing else (but a free BitTorrent port, on a shared machine)."""
+        port = self.torrent_ports.setdefault(name, free_port(self.seeder_ip))
+        args = ["--data-dir", str(self.peer_dir(name)), "--torrent-port", str(port), *extra]
+        return await self._spawn(name, ["-m", "peer.cli", "run", *args])
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real ``shoal`` CLI against this fleet's seeder."""
+    def join(
+        self, name: str, token: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal-peer join`` for host ``name`` into its data directory (after
+        it, :meth:`start_peer` starts that host without a bundle)."""
         assert self.control is not None, "start the seeder first"
+        where = ["--seeder", str(self.control), "--data-dir", str(self.peer_dir(name))]
         return subprocess.run(
-            [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(self.control)],
+            [
+                sys.executable,
+                "-m",
+                "peer.cli",
+                "join",
+                *where,
+                "--token",
+                token,
+                "--name",
+                name,
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
+        )
+
+    def client(
+        self, credential: Path | None = None
+    ) -> contextlib.AbstractAsyncContextManager[SeederClient]:
+        """A CLI-side connection to this fleet's seeder, presenting ``credential`` (default:
+        the admin credential)."""
+        assert self.control is not None, "start the seeder first"
+        return open_client(self.control, self.tls(credential))
+
+    def cli(
+        self, *args: str, timeout: float = 120, credential: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal`` CLI against this fleet's seeder (as ``credential``, default the
+        admin credential, passed in ``SHOAL_IDENTITY``)."""
+        assert self.control is not None, "start the seeder first"
+        env = {**os.environ, IDENTITY_ENV: str(credential or self.init_identity())}
+        return subprocess.run(
+            [
+                *self._prefix(),
+                sys.executable,
+                "-m",
+                "seeder.cli",
+                *args,
+                "--seeder",
+                str(self.control),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
 
     def build_release(
@@ -133,7 +253,7 @@ class LocalFleet:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             process = await trio.lowlevel.open_process(
-                [program, *args],
+                [*self._prefix(), program, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -141,6 +261,9 @@ class LocalFleet:
         daemon = Daemon(name, process, log)
         self.daemons.append(daemon)
         return daemon
+
+    def _prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def _check_alive(self) -> None:
         for d in self.daemons:
@@ -163,6 +286,24 @@ class LocalFleet:
         with trio.CancelScope(shield=True):
             for daemon in reversed(list(self.daemons)):
                 await self.stop(daemon)
+
+
+def offline_bundle(seeder_dir: Path, name: str, labels: dict[str, str]) -> Bundle:
+    """A host bundle issued straight from the CA in ``seeder_dir`` (no seeder may be running:
+    it is the one writer of the CA's index)."""
+    authority = Authority(seeder_dir)
+    key = certs.generate_key()
+    cert = authority.issue(
+        certs.public_pem(key.public_key()),
+        name,
+        certs.HOST_ROLE,
+        now=dt.datetime.now(dt.UTC),
+        lifetime=HOST_LIFETIME,
+        labels=labels,
+    )
+    return Bundle(
+        name, labels, authority.ca_pem, cert, certs.key_pem(key), authority.signing_public()
+    )
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -7,6 +7,7 @@ when it is ready.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -17,15 +18,20 @@ from typing import Any
 import trio
 
 from common.addr import Address
+from common.crypto.tokens import ca_pin
 from common.errors import ConfigError, TorrentError
+from common.join import JOIN_PORT_OFFSET
 from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.authority import Authority
 from seeder.build import BuiltRelease, build_release, v1_torrent
-from seeder.control import ControlServer, Handler
+from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
+from seeder.enrollment import enrollment_methods
 from seeder.events import EventHub
+from seeder.join import start_join_listener
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
 from seeder.retention import KEEP_RELEASES
@@ -35,6 +41,7 @@ from seeder.stageplan import UnknownRelease
 from seeder.store import Store
 from seeder.streams import Watching, publisher
 from seeder.swarms import DEFAULT_INTERVAL
+from seeder.tokens import token_methods
 from seeder.tracker import Tracker
 from seeder.upgrades import Uploads, upgrade_methods
 
@@ -51,6 +58,7 @@ class SeederConfig:
     listen: Address
     torrent_listen: Address | None = None
     tracker_listen: Address | None = None
+    join_listen: Address | None = None
     tracker_interval: int = DEFAULT_INTERVAL
     piece_size: int = 0
     slices: bool = True
@@ -63,21 +71,30 @@ def default_addresses(config: SeederConfig) -> tuple[Address, Address]:
     port + 1 and + 2. Fixed ports matter: every torrent carries the tracker's URL for good, so a
     tracker on another port after a restart would orphan every release built before it. Only a
     control port of 0 (tests) gives ephemeral ports for all three."""
-    listen = config.listen
-
-    def derived(offset: int, option: str) -> Address:
-        if listen.port == 0:
-            return listen
-        if listen.port + offset > 65535:
-            raise ConfigError(
-                f"--listen port {listen.port} leaves no port {listen.port + offset} for {option};"
-                f" pass {option} explicitly"
-            )
-        return listen.with_port(listen.port + offset)
-
-    tracker = config.tracker_listen or derived(TRACKER_PORT_OFFSET, "--tracker-listen")
-    torrent = config.torrent_listen or derived(TORRENT_PORT_OFFSET, "--torrent-listen")
+    tracker = config.tracker_listen or _derived(
+        config.listen, TRACKER_PORT_OFFSET, "--tracker-listen"
+    )
+    torrent = config.torrent_listen or _derived(
+        config.listen, TORRENT_PORT_OFFSET, "--torrent-listen"
+    )
     return _public(tracker, "--tracker-listen"), _public(torrent, "--torrent-listen")
+
+
+def join_address(config: SeederConfig) -> Address:
+    """The join listener's address: as configured, else the control address with its port + 3
+    (what ``shoal-peer join`` dials when given the control address)."""
+    return config.join_listen or _derived(config.listen, JOIN_PORT_OFFSET, "--join-listen")
+
+
+def _derived(listen: Address, offset: int, option: str) -> Address:
+    if listen.port == 0:
+        return listen
+    if listen.port + offset > 65535:
+        raise ConfigError(
+            f"--listen port {listen.port} leaves no port {listen.port + offset} for {option};"
+            f" pass {option} explicitly"
+        )
+    return listen.with_port(listen.port + offset)
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class SeederAddresses:
     control: Address
     tracker: Address
     torrent: Address
+    join: Address
 
 
 def _public(addr: Address, what: str) -> Address:
@@ -99,6 +117,8 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
+    authority = Authority(data)  # refuses to start without an identity, naming the command
+    server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
@@ -154,17 +174,29 @@ async def run_seeder(
             methods.update(watching.methods())
             methods.update(_upgrade_methods(config, store, seeding, tracker, tracker_url, bt))
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
+            connections = Connections()
+            methods.update(enrollment_methods(authority, connections))
+            methods.update(token_methods(store, ca_pin(authority.ca_pem)))
             server = ControlServer(
                 store,
                 engine,
                 methods=methods,
+                tls=server_tls,
                 streams=watching.streams(),
                 observe=watching.observe,
                 preflights=preflights,
+                labels_of=authority.labels,
+                connections=connections,
             )
+            join_at = await start_join_listener(nursery, join_address(config), store, authority)
             port = await nursery.start(server.serve, listen.host, listen.port)
-            addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
-            log.info("seeder ready: control %s, tracker %s, bittorrent %s", *vars(addrs).values())
+            addrs = SeederAddresses(
+                listen.with_port(port), tracker_at.with_port(tracker_port), bt, join_at
+            )
+            log.info(
+                "seeder ready: control %s, tracker %s, bittorrent %s, join %s",
+                *vars(addrs).values(),
+            )
             task_status.started(addrs)
     finally:
         store.close()

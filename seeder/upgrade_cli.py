@@ -28,11 +28,10 @@ from seeder import rollout_cli
 WithSeeder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
-def add_upgrade(
-    fleet: argparse._SubParsersAction,  # type: ignore[type-arg]
-    with_seeder: WithSeeder,
-) -> argparse.ArgumentParser:
-    """``fleet upgrade``; the caller adds ``--wait``/``--timeout`` as for ``rollout start``."""
+def add_upgrade(group: argparse.ArgumentParser, with_seeder: WithSeeder) -> argparse.ArgumentParser:
+    """``fleet upgrade`` in the ``fleet`` group's parser; the caller adds ``--wait`` and
+    ``--timeout`` as for ``rollout start``."""
+    fleet = next(a for a in group._actions if isinstance(a, argparse._SubParsersAction))
     p = with_seeder(
         fleet.add_parser("upgrade", help="roll the running shoal version out to the peers")
     )
