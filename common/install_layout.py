@@ -16,9 +16,11 @@ directory, so it must be a plain file name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -131,3 +133,19 @@ def switch_command(prefix: PurePosixPath, version: str) -> str:
     tmp = shlex.quote(str(prefix / ".current.new"))
     cur = shlex.quote(str(prefix / "current"))
     return f"ln -sfn {shlex.quote(target)} {tmp} && mv -fT {tmp} {cur}"
+
+
+def wheelhouse_digest(wheels: Mapping[str, str]) -> str:
+    """The digest of a wheel set (file name -> sha256): same wheels, same digest."""
+    lines = "".join(f"{name} {sha}\n" for name, sha in sorted(wheels.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def install_id(version: str, wheels: Mapping[str, str]) -> str:
+    """The version directory's name for a wheel set: ``<package version>-<digest prefix>``."""
+    return check_version(f"{version}-{wheelhouse_digest(wheels)[:12]}")
+
+
+def installed_manifest(wheels: Mapping[str, str]) -> str:
+    """The INSTALLED marker's contents: one ``sha256  name`` line per wheel."""
+    return "".join(f"{sha}  {name}\n" for name, sha in sorted(wheels.items()))

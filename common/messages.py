@@ -44,6 +44,7 @@ class Hello(Message):
     current: str | None = None
     staged: list[str] = field(default_factory=list)
     protocol: int = PROTOCOL_VERSION
+    version: str = ""  # the shoal version the peer runs (shoal hosts shows it)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from typing import Any
 from common.errors import ReleaseError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# What a release carries: an application (appspec hooks), or shoal itself (a wheelhouse that the
+# peer installs and restarts into: peer/upgrade.py).
+KINDS = ("app", "shoal")
 
 
 def check_app_name(name: str) -> str:
@@ -35,6 +38,7 @@ class Manifest:
     infohash: str
     archive: str
     ref: str = ""  # the ref the release was first built from (a branch, tag or sha)
+    kind: str = "app"
 
     @property
     def release_id(self) -> str:
@@ -58,11 +62,14 @@ class Manifest:
                 infohash=str(data["infohash"]),
                 archive=str(data["archive"]),
                 ref=str(data.get("ref", "")),
+                kind=str(data.get("kind", "app")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReleaseError(f"release manifest is incomplete or malformed: {exc}") from None
         if "/" in manifest.archive or manifest.archive in ("", ".", ".."):
             raise ReleaseError(f"release manifest names an unsafe archive {manifest.archive!r}")
+        if manifest.kind not in KINDS:
+            raise ReleaseError(f"release manifest has an unknown kind {manifest.kind!r}")
         claimed = data.get("release_id")
         if claimed is not None and claimed != manifest.release_id:
             raise ReleaseError(f"release id {claimed!r} does not match its manifest")

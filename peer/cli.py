@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,13 @@ from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
 from peer import identity, join_cli, service_cli, settings
-from peer.config import load_config
+from peer.config import FileConfig, load_config
+from peer.prefix import detect_prefix, running_version
+from peer.reload import render as render_reload
+from peer.reload import request_reload
+from peer.restart import RestartRequest, reexec
 from peer.space import RESERVE, UNPACK_RATIO
+from peer.upgrade import HEALTH_TIMEOUT
 
 
 def _size(text: str) -> int:
@@ -37,7 +43,7 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal-peer", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", help="DEBUG, INFO (the default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the peer daemon in the foreground")
     run.add_argument(
@@ -69,7 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
+    run.add_argument(
+        "--prefix",
+        type=Path,
+        help="install prefix this peer runs from (PREFIX/versions/<v>, PREFIX/current), which"
+        " shoal upgrades switch (default: detected from the running interpreter)",
+    )
+    run.add_argument(
+        "--upgrade-timeout",
+        type=float,
+        help=f"seconds a new shoal version has to connect to the seeder before it is rolled"
+        f" back (default: {HEALTH_TIMEOUT:.0f})",
+    )
     add_override_option(run)
+    sub.add_parser("version", help="print the shoal version this shoal-peer runs")
+    reload = sub.add_parser(
+        "reload", help="make the running daemon re-read its config (labels, log level live)"
+    )
+    reload.add_argument("--data-dir", type=Path, help="the daemon's data directory")
+    reload.add_argument("--config", type=Path, help="or its config file (it names data_dir)")
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
+    reload.add_argument("--json", action="store_true")
     enroll = sub.add_parser("enroll", help="install an enrollment bundle (from `shoal enroll`)")
     enroll.add_argument("--bundle", type=Path, required=True)
     enroll.add_argument("--data-dir", type=Path, required=True)
@@ -112,6 +138,7 @@ def _peer_config(args: argparse.Namespace) -> Any:
     bind = pick("bind", "bind", None) or (joined.bind if joined else "") or "127.0.0.1"
     labels = parse_labels(args.labels) if args.labels is not None else None
     min_free = pick("min_free", "min_free", RESERVE)
+    prefix = pick("prefix", "prefix", None)
     from peer.daemon import PeerConfig  # not loaded for `join`: it starts faster
 
     return PeerConfig(
@@ -125,29 +152,87 @@ def _peer_config(args: argparse.Namespace) -> Any:
         min_free=_size(min_free) if isinstance(min_free, str) else min_free,
         unpack_ratio=float(pick("unpack_ratio", "unpack_ratio", UNPACK_RATIO)),
         torrent_settings=parse_overrides(args.torrent_setting),
+        prefix=Path(prefix).resolve() if prefix is not None else detect_prefix(),
+        upgrade_timeout=float(pick("upgrade_timeout", "upgrade_timeout", HEALTH_TIMEOUT)),
     )
 
 
+def _log_level(args: argparse.Namespace, file: FileConfig | None) -> str:
+    level = args.log_level or (file.get("log_level") if file is not None else None) or "INFO"
+    return str(level).upper()
+
+
+def _without_bundle(argv: list[str]) -> list[str]:
+    """The arguments a restart runs with: the bundle is installed already (and may be gone)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--bundle":
+            skip = True
+        elif not arg.startswith("--bundle="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    if args.command == "version":
+        print(running_version())
+        return 0
+    if args.command != "run":
+        setup_logging(args.log_level or "INFO")
     if args.command == "join":
         return join_cli.run(args)
     try:
         if args.command == "enroll":
             return _enroll(args)
+        if args.command == "reload":
+            return _reload(args)
         if args.command != "run":
             return service_cli.run(args)
         config = _peer_config(args)
+        setup_logging(_log_level(args, load_config(args.config) if args.config else None))
         from peer.daemon import run_peer
+        from peer.reload import Reloads
 
-        trio.run(run_until_signalled, lambda: run_peer(config))
+        def reparse() -> tuple[Any, str]:
+            """The config as a restart would see it now (the file read again, the same flags,
+            no bundle to install)."""
+            again = argparse.Namespace(**{**vars(args), "bundle": None})
+            try:
+                new = _peer_config(again)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(str(exc)) from None
+            return new, _log_level(args, load_config(args.config) if args.config else None)
+
+        restart = RestartRequest()
+        trio.run(
+            run_until_signalled,
+            lambda: run_peer(
+                config, restart=restart, reloads=lambda ctx: Reloads(ctx, reparse, config)
+            ),
+        )
     except (ShoalError, argparse.ArgumentTypeError) as exc:
         print(f"shoal-peer: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    if restart.version is not None and config.prefix is not None:
+        return reexec(config.prefix, _without_bundle(argv))
     return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir
+    if data_dir is None and args.config is not None:
+        data_dir = Path(str(load_config(args.config).get("data_dir")))
+    if data_dir is None:
+        raise ConfigError("say which daemon: --data-dir DIR, or --config FILE (its data_dir)")
+    result = request_reload(data_dir.resolve(), timeout=args.timeout)
+    print(json.dumps(result, sort_keys=True) if args.json else render_reload(result))
+    return 0 if result.get("ok") else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
     keep: 5
     min_free: 64M                 # bytes, or with a K/M/G suffix
     unpack_ratio: 3
+    prefix: /opt/shoal            # the install prefix upgrades switch (default: detected)
+    upgrade_timeout: 120          # seconds a new shoal version has to connect
+    log_level: INFO
 
 ``shoal fleet install`` writes it; ``shoal-peer run --config FILE`` and ``shoal-peer start``
 read it. An unknown key, a missing required one or a value of the wrong type is refused with
@@ -20,10 +23,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from common.errors import ConfigError, ShoalError
 from common.yamldoc import LiteralInt, load_yaml
+
+if TYPE_CHECKING:
+    from peer.daemon import PeerConfig
 
 KEYS: dict[str, type | tuple[type, ...]] = {
     "seeder": str,
@@ -35,6 +41,9 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "keep": int,
     "min_free": (int, str),
     "unpack_ratio": (int, float),
+    "prefix": str,
+    "upgrade_timeout": (int, float),
+    "log_level": str,
 }
 REQUIRED = ("seeder", "data_dir")
 
@@ -111,3 +120,20 @@ def _text(value: Any) -> str:
 def _quote(text: str) -> str:
     """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
     return json.dumps(str(text))
+
+
+# What `shoal-peer reload` applies to a running daemon: its labels (and the log level, which is
+# no PeerConfig field). Every other option is read once, at start: a change needs a restart.
+LIVE = ("labels",)
+_OPTION = {"keep_releases": "keep", "torrent_settings": "torrent-setting"}
+
+
+def restart_needed(running: PeerConfig, new: PeerConfig) -> list[str]:
+    """The options (as ``shoal-peer run`` names them) whose new value only a restart applies."""
+    from dataclasses import fields
+
+    return sorted(
+        _OPTION.get(f.name, f.name.replace("_", "-"))
+        for f in fields(running)
+        if f.name not in LIVE and getattr(running, f.name) != getattr(new, f.name)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -12,6 +13,7 @@ from peer.journal import Journal
 from peer.layout import Layout
 from peer.replies import Replies
 from peer.reports import Reporter
+from peer.restart import RestartRequest
 from peer.space import RESERVE, UNPACK_RATIO
 
 
@@ -28,6 +30,16 @@ class PeerContext:
     activation_lock: trio.Lock = field(default_factory=trio.Lock)
     replies: Replies = field(default_factory=Replies)
     fence: Fence = field(init=False)
+    prefix: Path | None = None  # the install prefix it runs from (upgrades need one)
+    upgrade_timeout: float = 120.0  # seconds a new version has to connect after an upgrade
+    restart: RestartRequest = field(default_factory=RestartRequest)
+    labels: dict[str, str] = field(default_factory=dict)  # what the next hello says
+    relabelled: trio.Event = field(default_factory=trio.Event)  # set: say hello again
 
     def __post_init__(self) -> None:
         self.fence = Fence(self.journal)
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """New labels (a reload): the connection says hello again with them."""
+        self.labels = dict(labels)
+        self.relabelled.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,20 @@ from common.errors import (
 )
 from common.tls import ClientTLS
 from common.torrent import TorrentSession
-from peer import identity
+from peer import identity, upgrade
 from peer.backoff import Backoff
 from peer.context import PeerContext
 from peer.journal import Journal, JournalError
 from peer.layout import Layout
 from peer.lifecycle import activate
+from peer.prefix import running_version
 from peer.preflight import preflight
+from peer.reload import Reloads
 from peer.reports import Reporter
+from peer.restart import RestartRequest
 from peer.space import RESERVE, UNPACK_RATIO
 from peer.stage import refresh, stage
+from peer.upgrade import HEALTH_TIMEOUT
 
 log = logging.getLogger("shoal.peer")
 
@@ -57,6 +61,8 @@ class PeerConfig:
     min_free: int = RESERVE
     unpack_ratio: float = UNPACK_RATIO
     torrent_settings: dict[str, Any] = field(default_factory=dict)
+    prefix: Path | None = None  # the install prefix (PREFIX/versions/<v>, PREFIX/current)
+    upgrade_timeout: float = HEALTH_TIMEOUT
 
 
 CrashHandler = Callable[[tuple[str, ...], Exception], None]
@@ -94,8 +100,14 @@ class Jobs:
 
 
 async def run_peer(
-    config: PeerConfig, *, task_status: trio.TaskStatus[PeerContext] = trio.TASK_STATUS_IGNORED
+    config: PeerConfig,
+    *,
+    restart: RestartRequest | None = None,
+    reloads: Callable[[PeerContext], Reloads] | None = None,
+    task_status: trio.TaskStatus[PeerContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the daemon until cancelled, or until an upgrade asks for a restart (``restart``
+    then names the version; the caller re-executes, see peer.restart)."""
     me = identity.load(config.data_dir)  # refuses to start without one, saying how to enroll
     if me.name != config.name:
         raise ConfigError(f"this host's certificate names {me.name!r}, not {config.name!r}")
@@ -104,7 +116,6 @@ async def run_peer(
     journal = Journal.open(layout.state_db)
     try:
         reporter = Reporter(journal, config.name)
-        _close_interrupted(journal, reporter)
         torrents = TorrentSession(
             config.bind, config.torrent_port, overrides=config.torrent_settings
         )
@@ -117,14 +128,25 @@ async def run_peer(
             config.keep_releases,
             min_free=config.min_free,
             unpack_ratio=config.unpack_ratio,
+            prefix=config.prefix,
+            upgrade_timeout=config.upgrade_timeout,
+            restart=restart or RestartRequest(),
+            labels=dict(config.labels),
         )
+        upgrade.recover(ctx)
+        _close_interrupted(journal, reporter, skip=upgrade.pending_rollouts(config.prefix))
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
+            if reloads is not None:
+                await nursery.start(reloads(ctx).run)
             _seed_staged(ctx)
             nursery.start_soon(_recover_journal, journal)
             jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
-            await _connection_loop(config, ctx, jobs, me.tls)
+            nursery.start_soon(_connection_loop, config, ctx, jobs, me.tls)
+            await ctx.restart.wait()
+            log.warning("restarting into shoal %s: closing every session", ctx.restart.version)
+            nursery.cancel_scope.cancel()
     finally:
         journal.close()
 
@@ -168,14 +190,19 @@ def report_crash(reporter: Reporter, key: tuple[str, ...], exc: Exception) -> No
     )
 
 
-def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
-    """Activation steps that were running when we stopped failed; staging simply resumes."""
+def _close_interrupted(
+    journal: Journal, reporter: Reporter, skip: Collection[tuple[str, int]] = ()
+) -> None:
+    """Activation steps that were running when we stopped failed; staging simply resumes.
+    An upgrade in flight (``skip``) is not interrupted: its outcome is reported by peer.upgrade."""
     try:
         running = journal.running_steps()
     except JournalError as exc:
         log.error("cannot list the steps that were running: %s", exc)
         return
     for step in running:
+        if (step.rollout_id, step.attempt) in skip:
+            continue
         if step.step not in ("stage", *m.STAGE_STEPS):
             reporter.step(
                 step.rollout_id,
@@ -210,14 +237,16 @@ async def _session(
     except JournalError as exc:
         log.error("cannot list staged releases: %s", exc)
         staged = []
+    ctx.relabelled = trio.Event()
     await channel.send(
         m.Hello(
             name=config.name,
             address=config.bind,
             bt_port=ctx.torrents.listen_port,
-            labels=config.labels,
+            labels=ctx.labels,
             current=ctx.layout.current(),
             staged=staged,
+            version=running_version(),
         )
     )
     with trio.fail_after(HELLO_TIMEOUT):
@@ -226,6 +255,7 @@ async def _session(
         raise RemoteProtocolError(f"expected welcome, got {welcome.TYPE}")
     log.info("connected to seeder %s as %s", config.seeder, config.name)
     backoff.reset()
+    upgrade.connected(ctx)
     failure: list[BaseException] = []
     async with trio.open_nursery() as conn:
 
@@ -253,6 +283,11 @@ async def _session(
                 except Exception:  # one command we cannot handle must not end the daemon
                     log.exception("cannot handle %s from the seeder", msg.TYPE)
 
+        async def relabelled() -> None:
+            await ctx.relabelled.wait()
+            raise ConnectionClosed("labels changed (reload); saying hello again")
+
+        conn.start_soon(guarded, relabelled)
         conn.start_soon(guarded, heartbeats)
         conn.start_soon(guarded, lambda: ctx.reporter.pump(channel.send))
         conn.start_soon(guarded, live_output)

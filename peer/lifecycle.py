@@ -31,6 +31,7 @@ from peer.context import PeerContext
 from peer.hooks import HookOutcome, run_hook
 from peer.install import apply_files, apply_permissions
 from peer.retention import prune_releases
+from peer.upgrade import activate_upgrade, is_upgrade, pending_rollouts
 
 log = logging.getLogger("shoal.peer.lifecycle")
 
@@ -64,6 +65,9 @@ async def activate(ctx: PeerContext, cmd: m.Activate) -> None:
                 result=prior.result,
                 detail=prior.detail,
             )
+            return
+        if prior is not None and (cmd.rollout_id, cmd.attempt) in pending_rollouts(ctx.prefix):
+            log.info("upgrade of rollout %s is in flight; its outcome follows", cmd.rollout_id)
             return
         if prior is not None:
             ctx.reporter.step(
@@ -102,6 +106,9 @@ async def _activate(ctx: PeerContext, cmd: m.Activate) -> None:
             result="error",
             detail=f"release {rid} is not staged on this host",
         )
+        return
+    if is_upgrade(staged[0]):
+        await activate_upgrade(ctx, cmd, staged[0])
         return
     app = str(staged[0]["app"])
     previous = ctx.layout.current()

@@ -54,7 +54,7 @@ class BuiltRelease:
     manifest: Manifest
     torrent: bytes
     directory: Path
-    source: Source
+    source: Source | None = None  # None for a release not built from git (a shoal upgrade)
     warnings: tuple[str, ...] = ()  # what the appspec asks for that never takes effect
 
 

@@ -38,6 +38,7 @@ from seeder import (
     render,
     rollout_cli,
     token_cli,
+    upgrade_cli,
 )
 from seeder.client import connect_client, credential_path, load_credential, open_client
 from seeder.swarms import DEFAULT_INTERVAL
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     token_cli.add_commands(sub, with_seeder)
     fleet_cli.add_commands(sub, with_seeder)
+    upgrade = upgrade_cli.add_upgrade(sub.choices["fleet"], with_seeder)
+    upgrade.add_argument("--wait", action="store_true", help="follow it until it ends (as watch)")
+    upgrade.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits")
     demo = sub.add_parser("demo", help="a seeder and peers on loopback, one full rollout")
     demo.add_argument("--peers", type=int, default=3)
     return parser
@@ -236,7 +240,7 @@ async def dispatch(args: argparse.Namespace) -> int:
         from seeder.demo import run_demo
 
         return await run_demo(peers=args.peers)
-    if args.command == "fleet":
+    if args.command == "fleet" and args.action != "upgrade":
         return await fleet_cli.run(args)
     tls, _ = load_credential(credential_path(args.identity))
     async with open_client(Address.parse(args.seeder, default_port=7700), tls) as client:
@@ -279,6 +283,9 @@ async def dispatch(args: argparse.Namespace) -> int:
                 wait_for=args.timeout,
                 reconnect=_redialer(args),
             )
+        elif args.command == "fleet" and args.action == "upgrade":
+            args.release_id = await upgrade_cli.build_upgrade_release(client, args)
+            return await _start(client, args)
         elif args.command == "rollout" and args.action == "preflight":
             checked = await client.call(
                 "rollout.preflight",

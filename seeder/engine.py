@@ -81,6 +81,7 @@ class Engine:
         self.slice_seeds = slice_seeds
         self.on_event = on_event
         self.last_seen: dict[str, float] = {}
+        self.versions: dict[str, str] = {}  # host -> the shoal version its last hello named
         self._writers: dict[str, PeerWriter] = {}
         self._live: dict[str, RolloutModel] = {}
         self._finished: OrderedDict[str, RolloutModel] = OrderedDict()
@@ -379,7 +380,11 @@ class Engine:
             rollout_changed=fx.rollout_changed,
             step=(event.host, fx.step) if isinstance(event, mc.Report) and fx.step else None,
             timeline=timeline,
-            currents=[(c.host, c.release_id) for c in fx.commands if isinstance(c, mc.SetCurrent)],
+            currents=[
+                (c.host, c.release_id)
+                for c in fx.commands
+                if isinstance(c, mc.SetCurrent) and self._app_release(c.release_id)
+            ],
             create=create,
             promotion=promotion,
         )
@@ -491,9 +496,16 @@ class Engine:
             await trio.lowlevel.checkpoint()
             self._flush()
 
+    def _app_release(self, release_id: str) -> bool:
+        """A host's current release is an app's: a shoal upgrade is never one (nor a rollback
+        target)."""
+        found = self.store.release(release_id)
+        return found is None or found[0].kind == "app"
+
     def host_record(self, hello: m.Hello) -> None:
         """A peer said hello: remember it (its labels, what it runs)."""
         now = self.clock()
+        self.versions[hello.name] = hello.version  # in memory: said again on every connect
         record = HostRecord(
             hello.name,
             hello.address,

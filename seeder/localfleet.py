@@ -138,37 +138,32 @@ class LocalFleet:
         return path
 
     async def start_peer(
-        self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
+        self,
+        name: str,
+        ip: str,
+        *,
+        labels: str | None = "",
+        extra: tuple[str, ...] = (),
+        program: Path | None = None,
     ) -> Daemon:
-        """Start a peer daemon, enrolled first if it never was (its labels go in its Hello)."""
+        """Start a peer daemon, enrolled first if it never was (its labels go in its Hello):
+        this interpreter's ``peer.cli``, or ``program`` (an installed ``shoal-peer``, e.g.
+        ``PREFIX/current/bin/shoal-peer``). ``labels=None`` passes no ``--labels`` (a
+        ``--config`` file in ``extra`` then gives them)."""
         assert self.control is not None, "start the seeder first (or choose its address)"
         joined = name not in self.bundles and (self.peer_dir(name) / "peer.json").exists()
         bundle = None if joined else self.bundles.get(name) or await self.enroll(name)
         # A free BitTorrent port, the same one across restarts: on a shared machine another
         # fleet's peer may hold the default 6881 of the same 127.0.0.x (extra may override it).
         port = self.torrent_ports.setdefault(name, free_port(ip))
-        return await self._spawn(
-            name,
-            [
-                "-m",
-                "peer.cli",
-                "run",
-                "--seeder",
-                str(self.control),
-                "--name",
-                name,
-                "--bind",
-                ip,
-                "--data-dir",
-                str(self.peer_dir(name)),
-                "--labels",
-                labels,
-                *(("--bundle", str(bundle)) if bundle else ()),
-                "--torrent-port",
-                str(port),
-                *extra,
-            ],
-        )
+        args = ["run", "--seeder", str(self.control), "--name", name, "--bind", ip]
+        args += ["--data-dir", str(self.peer_dir(name))]
+        args += ["--labels", labels] if labels is not None else []
+        args += ["--bundle", str(bundle)] if bundle else []
+        args += ["--torrent-port", str(port), *extra]
+        if program is not None:
+            return await self._spawn(name, args, program=str(program))
+        return await self._spawn(name, ["-m", "peer.cli", *args])
 
     async def start_joined_peer(self, name: str, *, extra: tuple[str, ...] = ()) -> Daemon:
         """Start a host that ran :meth:`join` as an operator would: ``shoal-peer run
@@ -267,12 +262,18 @@ class LocalFleet:
                 self._check_alive()
                 await trio.sleep(0.1)
 
-    async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Daemon:
+    async def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        program: str = sys.executable,
+    ) -> Daemon:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             process = await trio.lowlevel.open_process(
-                [*self._prefix(), sys.executable, *args],
+                [*self._prefix(), program, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -37,6 +37,8 @@ class PreflightError(ShoalError):
 
 def release_facts(manifest: Manifest, release_dir: Path) -> ReleaseFacts:
     """What the peers' checks need, read from the release's archive (blocking: use a thread)."""
+    if manifest.kind != "app":
+        raise AppSpecError(f"release {manifest.release_id} is a shoal upgrade: it has no hooks")
     listing = list_archive(release_dir / manifest.archive, read=APPSPEC_NAMES)
     name = next((n for n in APPSPEC_NAMES if n in listing.texts), None)
     if name is None:

@@ -137,6 +137,7 @@ class Releases:
 
     async def _register(self, built: BuiltRelease, lines: list[dict[str, Any]]) -> dict[str, Any]:
         mf, src = built.manifest, built.source
+        assert src is not None, "an application build always has its git source"
         self.store.add_release_source(
             ReleaseSource(
                 release_id=mf.release_id,

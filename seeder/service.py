@@ -49,6 +49,7 @@ from seeder.streams import Watching, publisher
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tokens import token_methods
 from seeder.tracker import Tracker
+from seeder.upgrades import Uploads, upgrade_methods
 
 log = logging.getLogger("shoal.seeder")
 
@@ -197,6 +198,7 @@ async def run_seeder(
             )
             methods.update(apps.methods())
             methods.update(releases.methods())
+            methods.update(_upgrade_methods(config, store, seeding, tracker, tracker_url, bt))
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             connections = Connections()
             methods.update(enrollment_methods(authority, connections))
@@ -364,7 +366,13 @@ def _methods(
         env = params.get("env")
         records = [h for h in store.hosts() if env is None or h.labels.get(ENV_LABEL, "") == env]
         return {
-            "hosts": views.hosts(records, engine.connected(), engine.last_seen, engine.host_target)
+            "hosts": views.hosts(
+                records,
+                engine.connected(),
+                engine.last_seen,
+                engine.host_target,
+                engine.versions,
+            )
         }
 
     async def seeder_stats(params: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +398,28 @@ def _methods(
         "rollback.start": rollback,
         "hosts.list": hosts_list,
     }
+
+
+def _upgrade_methods(
+    config: SeederConfig,
+    store: Store,
+    seeding: Seeding,
+    tracker: Tracker,
+    tracker_url: str,
+    full_seed_at: Address,
+) -> dict[str, Handler]:
+    """``upgrade.*``: a wheelhouse of shoal becomes a release (seeder/upgrades.py)."""
+
+    async def register(build: Callable[[], BuiltRelease]) -> dict[str, Any]:
+        built = await trio.to_thread.run_sync(build)
+        created = store.add_release(built.manifest, built.torrent, time.time())
+        seeding.reconcile()
+        await _until_listed(tracker, built.torrent, full_seed_at)
+        return {"release": built.manifest.to_dict(), "created": created, "warnings": []}
+
+    uploads = Uploads(config.data_dir / "uploads")
+    releases = config.data_dir / "releases"
+    return upgrade_methods(uploads, register, releases, tracker_url, config.piece_size)
 
 
 def _preflight_method(

@@ -37,7 +37,11 @@ def release(manifest: Manifest, created_at: float) -> dict[str, Any]:
 
 
 def hosts(
-    records: list[Any], connected: set[str], last_seen: dict[str, float], lookup: Any
+    records: list[Any],
+    connected: set[str],
+    last_seen: dict[str, float],
+    lookup: Any,
+    versions: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for h in records:
@@ -62,6 +66,7 @@ def hosts(
                 "state": state,
                 "step": step,
                 "error": error,
+                "version": (versions or {}).get(h.name, ""),
             }
         )
     return out

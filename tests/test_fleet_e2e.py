@@ -156,6 +156,7 @@ async def test_install_is_idempotent_and_refuses_changed_host_keys(fleet: Fleet)
         assert first[name]["outcome"] == "changed", first[name]
         assert any(c.startswith("installed 0.1.0-") for c in first[name]["changes"])
         assert "started" in first[name]["changes"]
+        assert "enrolled" in first[name]["changes"]  # by a join token: the key stays there
     hosts = fleet.hosts()
     for h in fleet.bed.peers:
         assert hosts[h.name]["connected"], hosts[h.name]
@@ -164,6 +165,8 @@ async def test_install_is_idempotent_and_refuses_changed_host_keys(fleet: Fleet)
         current = h.workdir / "opt" / "shoal" / "current"
         assert os.readlink(current).startswith("versions/0.1.0-")
         assert (current / "bin" / "shoal-peer").exists()
+        identity = h.workdir / "var" / "shoal-peer" / "identity"
+        assert (identity / "host.key").stat().st_mode & 0o077 == 0
     pids = {h.name: _daemon_pid(h) for h in fleet.bed.peers}
 
     code, second = await trio.to_thread.run_sync(fleet.install)

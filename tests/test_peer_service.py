@@ -54,6 +54,9 @@ async def test_start_supervises_restarts_and_stops(fleet: LocalFleet, tmp_path: 
         )
     )
     pidfile = data / "shoal-peer.pid"
+    bundle = await fleet.enroll("sv1")
+    enrolled = _peer("enroll", "--bundle", str(bundle), "--data-dir", str(data))
+    assert enrolled.returncode == 0, enrolled.stderr
     try:
         out = _peer("start", "--config", str(config))
         assert out.returncode == 0, out.stderr

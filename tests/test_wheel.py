@@ -1,15 +1,15 @@
 """The package as a user installs it: build the wheel, install it into a fresh virtualenv outside
-the source tree, and run the console scripts and ``shoal demo`` from there.
+the source tree, and run the console scripts and ``shoal demo`` from there; and the peer-only
+install (the wheel without the ``seeder`` extra), which must run ``shoal-peer`` and have ``shoal``
+name the missing extra.
 
 The build runs on a copy of the sources in a temporary directory (``pip wheel`` builds in place and
-would leave ``build/`` and ``*.egg-info`` in the tree). One virtualenv per test session: installing
-the dependencies takes most of the time.
+would leave ``build/`` and ``*.egg-info`` in the tree). One virtualenv of each kind per test
+session: installing the dependencies takes most of the time.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.shoal_wheels import PACKAGE_ROOTS, SOURCE, build_wheel, clean_env, run
+
 pytestmark = pytest.mark.integration
 
-SOURCE = Path(__file__).resolve().parent.parent
-# What the build reads: the project file, the readme it names, and the package roots.
-PACKAGE_ROOTS = ("common", "seeder", "peer")
-BUILD_INPUTS = ("pyproject.toml", "README.md", *PACKAGE_ROOTS)
 EXAMPLE_APP = SOURCE / "seeder" / "example_app"
 
 # Every module of the installed packages, imported by the installed interpreter.
@@ -39,15 +37,6 @@ print("FILE", seeder.__file__)
 """
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
-    """Run one program to its end (bounded); its stdout, or a failure showing all it printed."""
-    proc = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
 @dataclass(frozen=True)
 class Installed:
     wheel: Path
@@ -57,7 +46,7 @@ class Installed:
 
     def run(self, program: str, *args: str, timeout: float) -> str:
         """Run a program of the virtualenv from outside the source tree."""
-        return _run([str(self.venv / "bin" / program), *args], self.outside, self.env, timeout)
+        return run([str(self.venv / "bin" / program), *args], self.outside, self.env, timeout)
 
 
 def _source_modules() -> set[str]:
@@ -71,31 +60,35 @@ def _source_modules() -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    tmp = tmp_path_factory.mktemp("wheel")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    src = tmp / "src"
-    src.mkdir()
-    for name in BUILD_INPUTS:
-        if (SOURCE / name).is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            shutil.copytree(SOURCE / name, src / name, ignore=ignore)
-        else:
-            shutil.copy2(SOURCE / name, src / name)
-    dist = tmp / "dist"
-    pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "--no-deps", "-q", "-w", str(dist), str(src)], tmp, env, timeout=300)
-    (wheel,) = dist.glob("shoal-*.whl")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel-build"))
+
+
+def _install(tmp: Path, wheel: Path, requirement: str) -> Installed:
+    env = clean_env()
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], tmp, env, timeout=120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], tmp, env, 900)
+    run([sys.executable, "-m", "venv", str(venv)], tmp, env, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    run([*pip, requirement], tmp, env, 900)
     outside = tmp / "cwd"
     outside.mkdir()
     return Installed(wheel, venv, outside, env)
 
 
-def test_wheel_holds_every_module_and_the_example_app(installed: Installed) -> None:
-    with zipfile.ZipFile(installed.wheel) as zf:
+@pytest.fixture(scope="session")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The whole of shoal: the wheel with its ``seeder`` extra."""
+    return _install(tmp_path_factory.mktemp("full"), wheel, f"shoal[seeder] @ {wheel.as_uri()}")
+
+
+@pytest.fixture(scope="session")
+def peer_only(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """What a peer-only host installs: the wheel and its base dependencies."""
+    return _install(tmp_path_factory.mktemp("peer-only"), wheel, str(wheel))
+
+
+def test_wheel_holds_every_module_and_the_example_app(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
         modes = {i.filename: i.external_attr >> 16 for i in zf.infolist()}
     for root in PACKAGE_ROOTS:
         for path in (SOURCE / root).rglob("*.py"):
@@ -127,3 +120,73 @@ def test_demo_runs_from_the_installed_package(installed: Installed) -> None:
     out = installed.run("shoal", "demo", timeout=240)
     assert "demo: 3/3 hosts live on" in out, out
     assert "rollout succeeded" in out, out
+
+
+def test_wheel_holds_the_systemd_units(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for unit in (SOURCE / "deploy" / "systemd").glob("*.service"):
+            name = f"seeder/deploy/systemd/{unit.name}"
+            assert name in names, f"{name} is not in the wheel"
+            assert zf.read(name) == unit.read_bytes(), f"{name} differs from deploy/systemd/"
+
+
+# Every subcommand group of `shoal`, as the installed parser knows them.
+SUBCOMMANDS = """
+import argparse
+from seeder.cli import build_parser
+for action in build_parser()._actions:
+    if isinstance(action, argparse._SubParsersAction):
+        for name, sub in action.choices.items():
+            print(name)
+            for inner in sub._actions:
+                if isinstance(inner, argparse._SubParsersAction):
+                    for child in inner.choices:
+                        print(name, child)
+"""
+
+
+def test_every_shoal_command_answers_help(installed: Installed) -> None:
+    commands = [
+        line.split() for line in installed.run("python", "-c", SUBCOMMANDS, timeout=60).splitlines()
+    ]
+    groups = {c[0] for c in commands}
+    assert {"seeder", "release", "rollout", "hosts", "demo"} <= groups, groups
+    for command in commands:
+        out = installed.run("shoal", *command, "--help", timeout=60)
+        assert f"usage: shoal {' '.join(command)}" in out, (command, out)
+
+
+def test_peer_only_install_runs_the_peer_and_names_the_missing_extra(peer_only: Installed) -> None:
+    listed = peer_only.run("python", "-m", "pip", "list", "--format=freeze", timeout=120).lower()
+    for dist in ("rich", "h11", "paramiko"):
+        assert f"{dist}==" not in listed, f"a peer-only install pulled in {dist}"
+    assert "usage: shoal-peer" in peer_only.run("shoal-peer", "--help", timeout=60)
+    assert "usage: shoal-peer run" in peer_only.run("shoal-peer", "run", "--help", timeout=60)
+    # Every module of the peer side imports without the seeder's dependencies.
+    lines = peer_only.run("python", "-c", IMPORT_PEER_SIDE, timeout=120).splitlines()
+    expected = {n for n in _source_modules() if n.split(".")[0] in ("common", "peer")}
+    assert set(lines) == expected
+    proc = subprocess.run(
+        [str(peer_only.venv / "bin" / "shoal"), "--help"],
+        cwd=peer_only.outside,
+        env=peer_only.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc
+    assert "pip install 'shoal[seeder]'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+IMPORT_PEER_SIDE = """
+import importlib, pkgutil
+import common, peer
+for pkg in (common, peer):
+    print(pkg.__name__)
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(info.name)
+        print(info.name)
+"""
