@@ -65,6 +65,9 @@ METHOD_ROLES: dict[str, str] = {
     "token.create": ADMIN,
     "token.revoke": ADMIN,
     "fleet.upgrade": ADMIN,
+    "upgrade.begin": ADMIN,
+    "upgrade.put": ADMIN,
+    "upgrade.build": ADMIN,
 }
 
 
