@@ -1,4 +1,5 @@
-"""What the peer's jobs share: its layout, journal, reporter and torrent session."""
+"""What the peer's jobs share: its layout, journal, reporter, torrent session and the key
+releases must be signed with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from common.crypto.signing import Verifier
 from common.torrent import TorrentSession
 from peer.fencing import Fence
 from peer.journal import Journal
@@ -13,6 +15,7 @@ from peer.layout import Layout
 from peer.replies import Replies
 from peer.reports import Reporter
 from peer.space import RESERVE, UNPACK_RATIO
+from peer.swarm import SwarmFilter
 
 
 @dataclass
@@ -22,12 +25,15 @@ class PeerContext:
     journal: Journal
     reporter: Reporter
     torrents: TorrentSession
+    release_key: Verifier  # the seeder's pinned release-signing key (peer.trust)
     keep_releases: int = 5
     min_free: int = RESERVE  # bytes staging always leaves free on the data disk
     unpack_ratio: float = UNPACK_RATIO  # unpacked size / archive size, for the space check
     activation_lock: trio.Lock = field(default_factory=trio.Lock)
     replies: Replies = field(default_factory=Replies)
     fence: Fence = field(init=False)
+    swarm: SwarmFilter = field(init=False)
 
     def __post_init__(self) -> None:
         self.fence = Fence(self.journal)
+        self.swarm = SwarmFilter(self.torrents)  # closed until the seeder names the members

@@ -30,6 +30,7 @@ from peer.preflight import preflight
 from peer.reports import Reporter
 from peer.space import RESERVE, UNPACK_RATIO
 from peer.stage import refresh, stage
+from peer.trust import load_release_key
 
 log = logging.getLogger("shoal.peer")
 
@@ -88,6 +89,7 @@ class Jobs:
 async def run_peer(
     config: PeerConfig, *, task_status: trio.TaskStatus[PeerContext] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    release_key = load_release_key(config.data_dir)  # refuse to run unenrolled
     layout = Layout(config.data_dir)
     layout.create()
     journal = Journal.open(layout.state_db)
@@ -103,6 +105,7 @@ async def run_peer(
             journal,
             reporter,
             torrents,
+            release_key,
             config.keep_releases,
             min_free=config.min_free,
             unpack_ratio=config.unpack_ratio,
@@ -211,6 +214,7 @@ async def _session(
         welcome = await channel.receive()
     if not isinstance(welcome, m.Welcome):
         raise RemoteProtocolError(f"expected welcome, got {welcome.TYPE}")
+    ctx.torrents.set_tracker_key(welcome.tracker_key or None)
     log.info("connected to seeder %s as %s", config.seeder, config.name)
     backoff.reset()
     failure: list[BaseException] = []
@@ -258,6 +262,8 @@ def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
             return
     if isinstance(msg, m.Ack):
         ctx.reporter.ack(msg.seq)
+    elif isinstance(msg, m.SwarmMembers):
+        ctx.swarm.update(msg)
     elif isinstance(msg, m.Abort):
         ctx.fence.abort(msg)
         log.warning("rollout %s aborted%s", msg.rollout_id, " (kill)" if msg.kill else "")

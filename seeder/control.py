@@ -79,6 +79,7 @@ class ControlServer:
         streams: dict[str, StreamHandler] | None = None,
         observe: Observer = _no_observer,
         preflights: Preflights | None = None,
+        tracker_key: Callable[[str], str] = lambda host: "",
     ) -> None:
         self.store = store
         self.engine = engine
@@ -86,6 +87,7 @@ class ControlServer:
         self.streams = streams or {}
         self.observe = observe
         self.preflights = preflights or Preflights()
+        self.tracker_key = tracker_key  # a host's key for the tracker (seeder.announcekeys)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -117,7 +119,8 @@ class ControlServer:
 
     async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
         self.engine.host_record(hello)
-        await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
+        key = self.tracker_key(hello.name)
+        await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL, tracker_key=key))
         log.info("peer %s connected from %s", hello.name, hello.address)
         writer = PeerWriter(hello.name, channel)
         failure: ConnectionClosed | ProtocolError | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from common.addr import Address
+from common.crypto.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, write_signing_key
 from common.errors import ConnectionClosed, ShoalError
 from seeder.client import SeederClient, open_client
 
@@ -44,6 +45,7 @@ class LocalFleet:
         """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
         if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
             self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
+        self._signing_key()
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -72,6 +74,7 @@ class LocalFleet:
         self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
     ) -> Daemon:
         assert self.control is not None, "start the seeder first"
+        self._pin_signing_key(name)
         return await self._spawn(
             name,
             [
@@ -118,6 +121,24 @@ class LocalFleet:
 
     def peer_dir(self, name: str) -> Path:
         return self.root / "hosts" / name
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "seeder" / "identity"
+
+    def _signing_key(self) -> None:
+        """The seeder's release-signing key, made in this fleet's own directory the first time
+        (what `shoal seeder init` makes on a real seeder; the seeder refuses to run without)."""
+        if not (self.identity_dir / PRIVATE_KEY_FILE).exists():
+            write_signing_key(self.identity_dir)
+
+    def _pin_signing_key(self, name: str) -> None:
+        """Give a host the seeder's public key, as enrolling it would (unless it has one)."""
+        pinned = self.peer_dir(name) / "identity" / PUBLIC_KEY_FILE
+        if not pinned.exists():
+            self._signing_key()  # a peer may start before its seeder
+            pinned.parent.mkdir(parents=True, exist_ok=True)
+            pinned.write_bytes((self.identity_dir / PUBLIC_KEY_FILE).read_bytes())
 
     async def wait_connected(
         self, client: SeederClient, names: list[str], wait: float = 30

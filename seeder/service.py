@@ -19,9 +19,18 @@ import trio
 from common.addr import Address
 from common.errors import ConfigError, TorrentError
 from common.release import Manifest
-from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
+from common.torrent import (
+    SliceSeeds,
+    TorrentSession,
+    keyed_url,
+    piece_size_of,
+    tracker_hashes,
+    with_announce,
+)
 from common.torrent.slices import WARM_SLICES
 from seeder import views
+from seeder.admission import SeederAdmission
+from seeder.announcekeys import AnnounceKeys, admission, load_secret
 from seeder.build import build_release, v1_torrent
 from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
@@ -31,6 +40,7 @@ from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
 from seeder.retention import KEEP_RELEASES
 from seeder.seeding import Seeding
 from seeder.selector import select_hosts
+from seeder.signatures import ReleaseSignatures, load_release_signer
 from seeder.stageplan import UnknownRelease
 from seeder.store import Store
 from seeder.streams import Watching, publisher
@@ -101,12 +111,18 @@ async def run_seeder(
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
+    signer = load_release_signer(data)  # no key, no seeder: every release it ships is signed
     store = Store(data / "seeder.db")
     try:
+        signatures = ReleaseSignatures(store, signer)
+        signatures.reconcile()
+        keys = AnnounceKeys(load_secret(data), enrolled=store.is_host)
         try:
             torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         except TorrentError as exc:
             raise ConfigError(f"BitTorrent port {bt} (--torrent-listen): {exc}") from None
+        torrents.set_allowed_peers(())  # closed until SeederAdmission opens it to the members
+        torrents.set_tracker_key(keys.origin_key())
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
@@ -114,6 +130,7 @@ async def run_seeder(
                 interval=config.tracker_interval,
                 origins=frozenset({(bt.host, bt.port)}),
                 origin_ok=_origin_policy(store, config.slices),
+                admit=admission(keys, time.time),
             )
             try:
                 tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
@@ -125,6 +142,7 @@ async def run_seeder(
             slice_seeds = SliceSeeds(
                 bt.host, overrides=config.torrent_settings, warm=WARM_SLICES if config.slices else 0
             )
+            slice_seeds.set_allowed_peers(())
             await nursery.start(slice_seeds.run)
             # The full seed announces (it is the swarm's origin, listed by the tracker), after
             # the tracker listens, so the first announce of a restart is not refused.
@@ -145,11 +163,15 @@ async def run_seeder(
                 on_event=publisher(hub),
             )
             await nursery.start(engine.run)
+            admitted = SeederAdmission(torrents, slice_seeds, engine.swarm_addresses)
+            await nursery.start(admitted.run)
             watching = Watching(store, engine, hub, LiveLog())
             preflights = Preflights()
             methods = _methods(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
+            methods.update(_closed_swarm_methods(store, admitted, keys, tracker_url, methods))
+            methods["release.build"] = _signed_build(methods["release.build"], signatures)
             methods.update(watching.methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             server = ControlServer(
@@ -159,6 +181,7 @@ async def run_seeder(
                 streams=watching.streams(),
                 observe=watching.observe,
                 preflights=preflights,
+                tracker_key=keys.host_key,
             )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -344,6 +367,54 @@ def _methods(
         "rollback.start": rollback,
         "hosts.list": hosts_list,
     }
+
+
+def _closed_swarm_methods(
+    store: Store,
+    admitted: SeederAdmission,
+    keys: AnnounceKeys,
+    tracker_url: str,
+    methods: dict[str, Handler],
+) -> dict[str, Handler]:
+    """``release.torrent`` and ``release.fetch`` in a closed swarm: the machine an operator
+    names (``allow``; a fetch's own ``address``) is admitted to the full seed for a while, and
+    an exported torrent announces with a tracker key granted to that machine only."""
+    plain_torrent, plain_fetch = methods["release.torrent"], methods["release.fetch"]
+
+    async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
+        allow = params.get("allow")
+        result = await plain_torrent(params)
+        if allow is not None:
+            until = admitted.grant(str(allow), float(params.get("allow_for", GRANT_SECONDS)))
+            url = keyed_url(tracker_url, keys.grant_key(str(allow), until))
+            result["torrent"] = with_announce(bytes(result["torrent"]), url)
+            result["allowed"] = {"address": str(allow), "until": until}
+        return result
+
+    async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
+        result = await plain_fetch(params)
+        address = params.get("address")
+        if address is not None:
+            seconds = float(params.get("timeout", GRANT_SECONDS)) + FETCH_GRACE
+            result["allowed"] = {"address": str(address), "until": admitted.grant(address, seconds)}
+        return result
+
+    return {"release.torrent": release_torrent, "release.fetch": release_fetch}
+
+
+GRANT_SECONDS = 3600.0  # how long `release torrent --allow IP` admits IP by default
+FETCH_GRACE = 60.0  # a fetch's grant outlasts its --timeout by this much
+
+
+def _signed_build(build: Handler, signatures: ReleaseSignatures) -> Handler:
+    """``release.build``, and the new release's manifest signed and stored with it."""
+
+    async def release_build(params: dict[str, Any]) -> dict[str, Any]:
+        result = await build(params)
+        signatures.ensure(Manifest.from_dict(result["release"]))
+        return result
+
+    return release_build
 
 
 def _preflight_method(

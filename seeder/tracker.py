@@ -44,6 +44,10 @@ class AnnounceRejected(Exception):
     """The announce is not acceptable; the message goes back as ``failure reason``."""
 
 
+# (requester ip, its tracker key or None) -> why it is refused, or None to answer it
+Admission = Callable[[str, str | None], str | None]
+
+
 class Tracker:
     """HTTP tracker serving ``GET /announce`` and ``GET /scrape`` from :class:`Swarms`.
 
@@ -54,7 +58,8 @@ class Tracker:
     handed an origin. ``clock`` gives ``now`` for the swarms (``trio.current_time``, so the
     autojump clock works in tests). Each connection gets one task, at most ``max_connections``
     at once; each request must arrive and be answered within ``timeout`` seconds (idle
-    keep-alive included), so a slow client can't hold a task forever.
+    keep-alive included), so a slow client can't hold a task forever. ``admit`` decides who is
+    answered at all (announce and scrape; see :mod:`seeder.announcekeys`); without it, anyone.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class Tracker:
         clock: Callable[[], float] = trio.current_time,
         timeout: float = 10.0,
         max_connections: int = 1024,
+        admit: Admission | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"tracker interval {interval} must be at least 1 second")
@@ -80,6 +86,7 @@ class Tracker:
         self.min_interval = min_interval if min_interval is not None else max(1, interval // 4)
         self.timeout = timeout
         self._origin_ok = origin_ok
+        self._admit = admit
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_connections)
         self._announced = trio.Event()  # set (and replaced) after every accepted announce
@@ -127,6 +134,10 @@ class Tracker:
             )
         except ValueError:
             return 200, bencode({b"failure reason": "too many query fields"})
+        if self._admit is not None:
+            refused = self._admit(ip, dict(fields).get("hk"))
+            if refused is not None:
+                return 200, bencode({b"failure reason": refused})
         try:
             if parts.path == "/scrape":
                 body = self._scrape(fields)
