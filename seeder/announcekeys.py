@@ -7,8 +7,8 @@ it without a lookup and nobody can make one up. Holders:
 - ``h:NAME``: an enrolled host; a peer gets its key in the control channel's Welcome, over the
   authenticated connection, and puts it into its announce URLs (``/announce?hk=KEY``);
 - ``o``: the seeder's own full seed;
-- ``g:IP:UNTIL``: a grant to one machine (``shoal release torrent --allow IP``), valid only from
-  that IP and until the Unix time UNTIL.
+- ``g:IP[,IP...]:UNTIL``: a grant to a machine (``shoal release torrent --allow IP``), valid
+  only from those IPs and until the Unix time UNTIL.
 
 The tracker refuses a missing, malformed, forged or expired key, and a host key whose host is no
 longer enrolled, with a bencoded ``failure reason`` (:class:`KeyRefused`).
@@ -21,7 +21,7 @@ import hmac
 import ipaddress
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -79,11 +79,11 @@ class AnnounceKeys:
     def origin_key(self) -> str:
         return self._key("o")
 
-    def grant_key(self, ip: str, until: float) -> str:
-        return self._key(f"g:{ip}:{int(until)}")
+    def grant_key(self, ips: Sequence[str], until: float) -> str:
+        return self._key(f"g:{','.join(ips)}:{int(until)}")
 
     def check(self, key: str | None, ip: str, now: float) -> str:
-        """The key's holder (``h:NAME``, ``o`` or ``g:IP:UNTIL``), or KeyRefused."""
+        """The key's holder (``h:NAME``, ``o`` or ``g:IPS:UNTIL``), or KeyRefused."""
         if not key:
             raise KeyRefused("this tracker answers enrolled hosts only: no tracker key (hk)")
         subject, dot, mac = key.rpartition(".")
@@ -96,7 +96,7 @@ class AnnounceKeys:
             raise KeyRefused(f"host {rest!r} is not enrolled")
         if kind == "g":
             granted, _, until = rest.rpartition(":")
-            if not _same_ip(granted, ip):
+            if not any(_same_ip(one, ip) for one in granted.split(",")):
                 raise KeyRefused("this tracker key was granted to another address")
             if now > int(until):
                 raise KeyRefused("this tracker key has expired")

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--allow",
         type=_ip,
+        action="append",
+        metavar="IP",
         help="let the machine at IP download it from the seeder (a tracker key for IP goes "
-        "into the exported announce URL)",
+        "into the exported announce URL); repeat for a machine with several addresses",
     )
     export.add_argument(
         "--allow-for",

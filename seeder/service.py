@@ -382,13 +382,14 @@ def _closed_swarm_methods(
     plain_torrent, plain_fetch = methods["release.torrent"], methods["release.fetch"]
 
     async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
-        allow = params.get("allow")
+        allow = [str(ip) for ip in params.get("allow") or []]
         result = await plain_torrent(params)
-        if allow is not None:
-            until = admitted.grant(str(allow), float(params.get("allow_for", GRANT_SECONDS)))
-            url = keyed_url(tracker_url, keys.grant_key(str(allow), until))
+        if allow:
+            seconds = float(params.get("allow_for", GRANT_SECONDS))
+            until = min(admitted.grant(ip, seconds) for ip in allow)
+            url = keyed_url(tracker_url, keys.grant_key(allow, until))
             result["torrent"] = with_announce(bytes(result["torrent"]), url)
-            result["allowed"] = {"address": str(allow), "until": until}
+            result["allowed"] = {"addresses": allow, "until": until}
         return result
 
     async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
@@ -396,7 +397,8 @@ def _closed_swarm_methods(
         address = params.get("address")
         if address is not None:
             seconds = float(params.get("timeout", GRANT_SECONDS)) + FETCH_GRACE
-            result["allowed"] = {"address": str(address), "until": admitted.grant(address, seconds)}
+            until = admitted.grant(str(address), seconds)
+            result["allowed"] = {"addresses": [str(address)], "until": until}
         return result
 
     return {"release.torrent": release_torrent, "release.fetch": release_fetch}
