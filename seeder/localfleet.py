@@ -41,11 +41,13 @@ class LocalFleet:
     control: Address | None = None
     seeder: Daemon | None = None
 
-    async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
-        """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
+    async def start_seeder(self, *, extra: tuple[str, ...] = (), keys: bool = True) -> Address:
+        """Start (or restart) the seeder, keeping its control address, and wait until it answers.
+        ``keys=False`` does not make its release-signing key (to see it refuse to start)."""
         if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
             self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
-        self._signing_key()
+        if keys:
+            self._signing_key()
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -71,10 +73,18 @@ class LocalFleet:
                     await trio.sleep(0.1)
 
     async def start_peer(
-        self, name: str, ip: str, *, labels: str = "", extra: tuple[str, ...] = ()
+        self,
+        name: str,
+        ip: str,
+        *,
+        labels: str = "",
+        extra: tuple[str, ...] = (),
+        keys: bool = True,
     ) -> Daemon:
+        """Start a peer daemon; ``keys=False`` does not pin the seeder's public key on it."""
         assert self.control is not None, "start the seeder first"
-        self._pin_signing_key(name)
+        if keys:
+            self._pin_signing_key(name)
         return await self._spawn(
             name,
             [
