@@ -51,9 +51,11 @@ def _canonical(text: str) -> str:
 
 
 def keyed_url(url: str, key: str | None) -> str:
-    """``url`` with the tracker key as its ``hk`` query field (replacing any older one)."""
+    """``url`` with the tracker key as its ``hk`` query field (replacing any older one); with
+    no key, ``url`` as it is (an exported torrent may carry a key of its own)."""
+    if not key:
+        return url
     parts = urllib.parse.urlsplit(url)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != KEY_FIELD]
-    if key:
-        query.append((KEY_FIELD, key))
+    query.append((KEY_FIELD, key))
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
