@@ -3,9 +3,12 @@
     python -m bench.control_plane --hosts 100,500,1000,2000,5000 [--poll 0,0.25]
         [--src TREE] [--start-args "--waves 100%"] [--out results.json]
 
-For every N it starts a real ``shoal seeder run`` process from the source tree ``--src`` (default:
-this one), builds a release of a tiny git repo with the real ``shoal release build``, registers N
-simulated peers (:mod:`bench.simpeer`) from as many 127.x source addresses, measures the seeder's
+For every N it makes a seeder identity (CA, admin credential) as ``shoal seeder init`` does,
+starts a real ``shoal seeder run`` process from the source tree ``--src`` (default: this one; it
+must speak mutual TLS), builds a release of a tiny git repo with the real ``shoal release
+build``, issues a host certificate for every simulated peer (in-process, timed as ``certs_s``),
+registers N simulated peers (:mod:`bench.simpeer`) from as many 127.x source addresses over
+mutual TLS, measures the seeder's
 idle CPU, runs ``shoal rollout start RELEASE --hosts all [START_ARGS]`` and waits until every
 peer's final report is acked. Then it asks ``rollout.status`` a few times. With ``--poll S`` a
 second client polls ``rollout.status`` every S seconds during the rollout, as the old
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import resource
@@ -35,12 +39,21 @@ from typing import Any
 import trio
 
 from bench.bound import percentile
-from bench.simpeer import Milestones, SimPeer, activate_steps, sim_address, stage_steps
+from bench.simpeer import (
+    Milestones,
+    SimPeer,
+    activate_steps,
+    host_credentials,
+    sim_address,
+    stage_steps,
+)
 from bench.swarm import cpu_seconds
 from common.addr import Address
 from common.appspec import LIFECYCLE_EVENTS, AppSpec, parse_appspec
 from common.errors import ConnectionClosed, RemoteError, ShoalError
-from seeder.client import SeederClient, open_client
+from common.tls import ClientTLS
+from seeder.authority import identity_dir, init_identity
+from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
 from seeder.localfleet import free_port
 from seeder.samplerepo import commit_all
 
@@ -140,13 +153,28 @@ class Seeder:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.src)}
+        return {**os.environ, "PYTHONPATH": str(self.src), IDENTITY_ENV: str(self.credential)}
+
+    @property
+    def identity(self) -> Path:
+        return identity_dir(self.workdir / "data")
+
+    @property
+    def credential(self) -> Path:
+        return self.identity / "admin.pem"
+
+    @property
+    def tls(self) -> ClientTLS:
+        return load_credential(self.credential)[0]
 
     @property
     def log(self) -> Path:
         return self.workdir / "seeder.log"
 
     async def start(self) -> None:
+        if not self.identity.exists():
+            (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+            init_identity(self.workdir / "data", [self.control.host], dt.datetime.now(dt.UTC))
         with self.log.open("ab") as out:
             self.process = await trio.lowlevel.open_process(
                 [self.python, "-m", "seeder.cli", "--log-level", "WARNING", "seeder", "run",
@@ -158,7 +186,7 @@ class Seeder:
             while True:
                 self.check_alive()
                 with contextlib.suppress(ConnectionClosed):
-                    async with open_client(self.control) as client:
+                    async with open_client(self.control, self.tls) as client:
                         await client.call("hosts.list")
                         return
                 await trio.sleep(0.1)
@@ -215,10 +243,10 @@ async def status(client: SeederClient, rollout_id: str) -> tuple[dict[str, Any],
     raise BenchError(f"the seeder answers none of {', '.join(STATUS_METHODS)}")
 
 
-async def prober(control: Address, out: list[float]) -> None:
+async def prober(control: Address, tls: ClientTLS, out: list[float]) -> None:
     """How long the seeder takes to answer a trivial request (``seeder.stats``), every
     ``PROBE_EVERY`` s: its worst answer is how long its event loop stalled, at least."""
-    async with open_client(control) as client:
+    async with open_client(control, tls) as client:
         while True:
             started = time.perf_counter()
             await client.call("seeder.stats")
@@ -235,9 +263,11 @@ async def own_lag(out: list[float]) -> None:
         out.append(trio.current_time() - started - LAG_TICK)
 
 
-async def poller(control: Address, rollout_id: str, every: float, out: list[float]) -> None:
+async def poller(
+    control: Address, tls: ClientTLS, rollout_id: str, every: float, out: list[float]
+) -> None:
     """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled."""
-    async with open_client(control) as client:
+    async with open_client(control, tls) as client:
         while True:
             _, took, _ = await status(client, rollout_id)
             out.append(took)
@@ -280,8 +310,14 @@ async def _measure(
     per_peer = len(stage_steps(release_id)) + len(activate_steps(spec, release_id, None))
     row["reports_per_peer"] = per_peer
     milestones = Milestones(hosts)
-    sims = [SimPeer(f"sim{i:05d}", sim_address(i), seeder.control, spec, milestones)
-            for i in range(hosts)]  # fmt: skip
+    names = [f"sim{i:05d}" for i in range(hosts)]
+    t_certs = time.perf_counter()
+    tls = await trio.to_thread.run_sync(
+        host_credentials, seeder.identity, names, seeder.workdir / "sim-certs"
+    )
+    row["certs_s"] = time.perf_counter() - t_certs
+    sims = [SimPeer(name, sim_address(i), seeder.control, spec, milestones, tls[name])
+            for i, name in enumerate(names)]  # fmt: skip
     limit = trio.CapacityLimiter(args.connect_concurrency)
     gen_cpu0 = _own_cpu()
     async with trio.open_nursery() as nursery:
@@ -305,7 +341,7 @@ async def _measure(
         probes: list[float] = []
         lags: list[float] = []
         async with trio.open_nursery() as side:
-            side.start_soon(prober, seeder.control, probes)
+            side.start_soon(prober, seeder.control, seeder.tls, probes)
             side.start_soon(own_lag, lags)
             cpu0, t_cli = seeder.cpu(), time.time()
             extra = shlex.split(args.start_args)
@@ -313,13 +349,13 @@ async def _measure(
             row["cli_start_s"] = time.time() - t_cli
             rollout_id = out.strip().splitlines()[-1].strip()
             if poll > 0:
-                side.start_soon(poller, seeder.control, rollout_id, poll, polls)
+                side.start_soon(poller, seeder.control, seeder.tls, rollout_id, poll, polls)
             with trio.move_on_after(args.timeout):
                 await milestones.wait_done(rollout_id)
             side.cancel_scope.cancel()
         row["seeder_cpu_s"] = seeder.cpu() - cpu0
         finished = milestones.done[rollout_id] >= hosts
-        async with open_client(seeder.control) as client:
+        async with open_client(seeder.control, seeder.tls) as client:
             doc, took, size = await status(client, rollout_id)
             with trio.move_on_after(60):
                 while finished and doc.get("state") not in FINAL_STATES:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cleanup import NetnsError
+from bench.identity import BenchIdentity, prepare
 from bench.netns import Host, Testbed, netns_available
 from bench.swarm import BT_PORT, CONTROL_PORT, TRACKER_PORT, cpu_seconds
 from common.appspec import LIFECYCLE_EVENTS
@@ -74,9 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Shoal:
     """The real ``shoal`` CLI of the tree under test, run inside the seeder's namespace."""
 
-    def __init__(self, host: Host, src: Path) -> None:
+    def __init__(self, host: Host, src: Path, ident: BenchIdentity) -> None:
         self.host = host
-        self.env = {**os.environ, "PYTHONPATH": str(src)}
+        self.env = {**ident.env, "PYTHONPATH": str(src)}
         self.cwd = host.workdir
         self.control = f"{host.ip}:{CONTROL_PORT}"
 
@@ -194,7 +195,9 @@ def breakdown(status: dict[str, Any], starts: HookStarts) -> dict[str, Any]:
     return {**out, "last_staged_host": a, "last_activated_host": b}
 
 
-def start_daemons(bed: Testbed, src: Path, logs: Path) -> list[subprocess.Popen[Any]]:
+def start_daemons(
+    bed: Testbed, src: Path, logs: Path, ident: BenchIdentity
+) -> list[subprocess.Popen[Any]]:
     seeder, env = bed.seeder, {**os.environ, "PYTHONPATH": str(src)}
     control = f"{seeder.ip}:{CONTROL_PORT}"
     procs = [
@@ -212,7 +215,7 @@ def start_daemons(bed: Testbed, src: Path, logs: Path) -> list[subprocess.Popen[
             h.popen(
                 [sys.executable, "-m", "peer.cli", "run", "--seeder", control, "--name", h.name,
                  "--bind", h.ip, "--torrent-port", str(BT_PORT),
-                 "--data-dir", str(h.workdir / "peer")],
+                 "--data-dir", str(h.workdir / "peer"), *ident.peer_args(h.name)],
                 stdout=(logs / f"{h.name}.log").open("wb"), stderr=subprocess.STDOUT,
                 env=env, cwd=h.workdir,
             )
@@ -261,8 +264,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         logs = bed.workdir / "logs"
         logs.mkdir()
         repo = make_repo(bed.seeder.workdir, size, args.hook_ms)
-        procs = start_daemons(bed, args.src, logs)
-        shoal = Shoal(bed.seeder, args.src)
+        seeder = bed.seeder
+        ident = prepare(
+            seeder.workdir / "data", seeder.ip, [h.name for h in bed.peers], bed.workdir / "pki"
+        )
+        procs = start_daemons(bed, args.src, logs, ident)
+        shoal = Shoal(seeder, args.src, ident)
         wait_connected(shoal, args.hosts, procs)
         for i in range(args.runs):
             if i:

@@ -1,7 +1,8 @@
 """Simulated peers for the control-plane benchmark: the real protocol, no downloads, no hooks.
 
 A :class:`SimPeer` dials the seeder from its own 127.x address (bind before connect, as
-``common.channel.connect`` does with ``local_ip``), says the real :class:`~common.messages.Hello`,
+``common.channel.connect`` does with ``local_ip``) over mutual TLS with its own host certificate
+(:func:`host_credentials`), says the real :class:`~common.messages.Hello`,
 heartbeats at the interval the seeder's Welcome names, and answers Stage and Activate with exactly
 the step reports a real peer (``peer/stage.py``, ``peer/lifecycle.py``) sends for a fresh host, at
 once: the transfer and the hooks cost nothing, so what the benchmark measures is control overhead.
@@ -16,11 +17,13 @@ hooks), not hard-coded.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -29,7 +32,9 @@ from common import messages as m
 from common.addr import Address
 from common.appspec import AppSpec
 from common.channel import Channel, connect
+from common.crypto import certs
 from common.errors import ConnectionClosed, ProtocolError
+from common.tls import ClientTLS
 
 # Events whose scripts are the *previous* release's (CodeDeploy); main has only ApplicationStop,
 # the peer engineer's branch adds the block-traffic events and names them in common.appspec.
@@ -129,13 +134,43 @@ class PeerTally:
     errors: list[str] = field(default_factory=list)
 
 
+def host_credentials(ca_dir: Path, names: list[str], out: Path) -> dict[str, ClientTLS]:
+    """A host certificate for each simulated peer, issued in-process by the seeder's CA in
+    ``ca_dir`` (``ca.crt``, ``ca.key``) and written under ``out``: each peer presents its own
+    name, as a real enrolled host does. They are not in the CA's index (never revoked); one
+    ECDSA key is shared, since key generation is not what the benchmark measures."""
+    ca = certs.Authority.from_pem(
+        (ca_dir / "ca.crt").read_bytes(), (ca_dir / "ca.key").read_bytes()
+    )
+    ca_pem = certs.cert_pem(ca.cert)
+    key = certs.generate_key()
+    out.mkdir(parents=True, exist_ok=True)
+    key_file = out / "sim.key"
+    certs.write_private(key_file, certs.key_pem(key), overwrite=True)
+    now = dt.datetime.now(dt.UTC)
+    credentials = {}
+    for name in names:
+        cert = ca.issue(key.public_key(), name, certs.HOST_ROLE, now=now)
+        cert_file = out / f"{name}.crt"
+        cert_file.write_bytes(certs.cert_pem(cert))  # scratch files: no fsync per certificate
+        credentials[name] = ClientTLS(cert_file, key_file, ca_pem)
+    return credentials
+
+
 class SimPeer:
     """One simulated host. ``run`` keeps it connected until cancelled."""
 
     def __init__(
-        self, name: str, ip: str, seeder: Address, spec: AppSpec, milestones: Milestones
+        self,
+        name: str,
+        ip: str,
+        seeder: Address,
+        spec: AppSpec,
+        milestones: Milestones,
+        tls: ClientTLS,
     ) -> None:
         self.milestones = milestones
+        self.tls = tls
         self.name = name
         self.ip = ip
         self.seeder = seeder
@@ -161,7 +196,7 @@ class SimPeer:
         while True:
             try:
                 async with connect_limit:
-                    channel = await connect(self.seeder, local_ip=self.ip)
+                    channel = await connect(self.seeder, self.tls, local_ip=self.ip)
                 async with channel:
                     await self._session(channel, connect_limit)
             except (ConnectionClosed, ProtocolError, trio.TooSlowError, OSError) as exc:

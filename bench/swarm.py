@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.bound import client_server_bound, p2p_bound, percentiles
 from bench.cleanup import NetnsError
+from bench.identity import prepare
 from bench.netns import Host, Testbed, netns_available, slow_host_rates
 from seeder.samplerepo import commit_all
 
@@ -123,6 +124,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings += args.seeder_arg
         logs = bed.workdir / "logs"
         logs.mkdir()
+        ident = prepare(
+            seeder.workdir / "data", seeder.ip, [h.name for h in bed.peers], bed.workdir / "pki"
+        )
+        os.environ.update(ident.env)  # every `shoal` run below presents the admin credential
         procs = [
             seeder.popen(
                 [
@@ -166,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         str(BT_PORT),
                         "--data-dir",
                         str(h.workdir / "peer"),
+                        *ident.peer_args(h.name),
                         *peer_settings,
                     ],
                     stdout=(logs / f"{h.name}.log").open("wb"),

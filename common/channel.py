@@ -1,7 +1,7 @@
 """The trio shell around the sans-IO control protocol: a stream in, messages out.
 
 Everything protocol-shaped lives in :mod:`common.protocol`; this module only moves bytes between
-a ``trio.abc.Stream`` (TCP today, TLS later, a memory stream in tests) and a
+a ``trio.abc.Stream`` (TLS over TCP, a memory stream in tests) and a
 :class:`~common.protocol.Connection`, and turns trio's transport errors into
 :class:`~common.errors.ConnectionClosed`.
 """
@@ -12,8 +12,9 @@ import trio
 
 from common import messages as m
 from common.addr import Address
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError
+from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, TLSRefused
 from common.protocol import CLOSED, NEED_DATA, Connection, Role
+from common.tls import ClientTLS
 
 RECEIVE_SIZE = 256 * 1024
 
@@ -89,17 +90,22 @@ class _quiet:
         return exc_type is not None and issubclass(exc_type, (ConnectionClosed, ProtocolError))
 
 
-async def connect(address: Address, *, local_ip: str | None = None) -> Channel:
-    """Dial the seeder's control port (optionally from ``local_ip``)."""
+async def connect(address: Address, tls: ClientTLS, *, local_ip: str | None = None) -> Channel:
+    """Dial the seeder's control port (optionally from ``local_ip``) and run the TLS handshake
+    (the seeder's certificate must name ``address.host``)."""
     try:
         if local_ip is None:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+            transport: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
         else:
-            stream = await _open_from(address, local_ip)
+            transport = await _open_from(address, local_ip)
     except OSError as exc:
         raise ConnectionClosed(
             f"cannot reach the seeder at {address}: {exc.strerror or exc}"
         ) from exc
+    try:
+        stream = await tls.connect(transport, address.host)  # closes the transport if it fails
+    except TLSRefused as exc:
+        raise TLSRefused(f"seeder {address}: {exc}", ours=exc.ours) from None
     return Channel(stream, Role.CLIENT)
 
 

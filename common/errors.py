@@ -54,3 +54,13 @@ class TorrentError(ShoalError):
 
 class ReleaseError(ShoalError):
     """A downloaded release does not verify or cannot be unpacked."""
+
+
+class TLSRefused(ConnectionClosed):
+    """A TLS handshake failed. ``ours`` says whose fault: True when the remote end refused what
+    we presented (our certificate is unknown, expired or revoked), False when we refused the
+    remote's (no certificate, another CA, a name that does not match)."""
+
+    def __init__(self, message: str, *, ours: bool) -> None:
+        super().__init__(message)
+        self.ours = ours

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 
 import trio
 
 from common.addr import Address, parse_ip
+from common.bundle import Bundle
 from common.cli import add_override_option
 from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import parse_overrides
+from peer import identity
 from peer.daemon import PeerConfig, run_peer
 from peer.space import RESERVE, UNPACK_RATIO
 
@@ -49,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the peer daemon in the foreground")
     run.add_argument("--seeder", required=True, help="the seeder's control HOST:PORT")
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
+    run.add_argument(
+        "--name", help="host name; must be the one its certificate names (default: that one)"
+    )
+    run.add_argument(
+        "--bundle", type=Path, help="install this enrollment bundle into DATA_DIR/identity first"
+    )
     run.add_argument("--bind", default="127.0.0.1", help="this host's IP for BitTorrent")
     run.add_argument("--torrent-port", type=int, default=6881)
     run.add_argument("--labels", default="", help="k=v,k=v")
@@ -67,17 +73,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpacked size / archive size assumed by the space check (default 3)",
     )
     add_override_option(run)
+    enroll = sub.add_parser("enroll", help="install an enrollment bundle (from `shoal enroll`)")
+    enroll.add_argument("--bundle", type=Path, required=True)
+    enroll.add_argument("--data-dir", type=Path, required=True)
     return parser
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    bundle = Bundle.read(args.bundle)
+    directory = identity.install(bundle, args.data_dir.resolve())
+    print(f"host {bundle.name} enrolled: identity in {directory}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
+        if args.command == "enroll":
+            return _enroll(args)
+        data_dir = args.data_dir.resolve()
+        if args.bundle is not None:
+            identity.install(Bundle.read(args.bundle), data_dir)
+        name = identity.load(data_dir).name
+        if args.name is not None and args.name != name:
+            raise ConfigError(
+                f"--name {args.name} differs from the host its certificate names ({name})"
+            )
         config = PeerConfig(
             seeder=Address.parse(args.seeder, default_port=7700),
-            data_dir=args.data_dir.resolve(),
-            name=args.name,
+            data_dir=data_dir,
+            name=name,
             bind=parse_ip(args.bind),
             torrent_port=args.torrent_port,
             labels=parse_labels(args.labels),

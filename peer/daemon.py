@@ -19,8 +19,16 @@ import trio
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel, connect
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
+from common.errors import (
+    ConfigError,
+    ConnectionClosed,
+    ProtocolError,
+    RemoteProtocolError,
+    ShoalError,
+)
+from common.tls import ClientTLS
 from common.torrent import TorrentSession
+from peer import identity
 from peer.backoff import Backoff
 from peer.context import PeerContext
 from peer.journal import Journal, JournalError
@@ -89,7 +97,10 @@ class Jobs:
 async def run_peer(
     config: PeerConfig, *, task_status: trio.TaskStatus[PeerContext] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    release_key = load_release_key(config.data_dir)  # refuse to run unenrolled
+    me = identity.load(config.data_dir)  # refuses to start without one, saying how to enroll
+    if me.name != config.name:
+        raise ConfigError(f"this host's certificate names {me.name!r}, not {config.name!r}")
+    release_key = load_release_key(config.data_dir)  # pinned at enrolment
     layout = Layout(config.data_dir)
     layout.create()
     journal = Journal.open(layout.state_db)
@@ -116,7 +127,7 @@ async def run_peer(
             nursery.start_soon(_recover_journal, journal)
             jobs = Jobs(nursery, lambda key, exc: report_crash(reporter, key, exc))
             task_status.started(ctx)
-            await _connection_loop(config, ctx, jobs)
+            await _connection_loop(config, ctx, jobs, me.tls)
     finally:
         journal.close()
 
@@ -179,11 +190,13 @@ def _close_interrupted(journal: Journal, reporter: Reporter) -> None:
             )
 
 
-async def _connection_loop(config: PeerConfig, ctx: PeerContext, jobs: Jobs) -> None:
+async def _connection_loop(
+    config: PeerConfig, ctx: PeerContext, jobs: Jobs, tls: ClientTLS
+) -> None:
     backoff = Backoff()
     while True:
         try:
-            channel = await connect(config.seeder, local_ip=config.bind)
+            channel = await connect(config.seeder, tls, local_ip=config.bind)
             async with channel:
                 await _session(config, ctx, jobs, channel, backoff)
         except (ConnectionClosed, ProtocolError) as exc:

@@ -1,7 +1,8 @@
 """``shoal``: the seeder service and the coordinator CLI.
 
 Every command that talks to a running seeder takes ``--seeder HOST:PORT``, defaulting to the
-``SHOAL_SEEDER`` environment variable, then ``127.0.0.1:7700``. Errors print one line naming the
+``SHOAL_SEEDER`` environment variable, then ``127.0.0.1:7700``, and ``--identity FILE`` (the
+operator's credential), defaulting to ``SHOAL_IDENTITY``. Errors print one line naming the
 problem and exit non-zero.
 """
 
@@ -26,8 +27,8 @@ from common.errors import ConfigError, ShoalError
 from common.lifetime import run_until_signalled
 from common.logs import setup_logging
 from common.torrent import torrent_hashes
-from seeder import follow, render, rollout_cli
-from seeder.client import connect_client, open_client
+from seeder import follow, identity_cli, render, rollout_cli
+from seeder.client import connect_client, credential_path, load_credential, open_client
 from seeder.swarms import DEFAULT_INTERVAL
 
 DEFAULT_SEEDER = "127.0.0.1:7700"
@@ -44,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("SHOAL_SEEDER", DEFAULT_SEEDER),
             help="control address of the seeder (default: $SHOAL_SEEDER or %(default)s)",
         )
+        p.add_argument(
+            "--identity",
+            metavar="FILE",
+            help="your credential (certificate, key, CA) (default: $SHOAL_IDENTITY)",
+        )
         return p
 
     seeder = sub.add_parser("seeder", help="run or query the seeder service").add_subparsers(
         dest="action", required=True
     )
+    identity_cli.add_init(seeder)
     stats = with_seeder(seeder.add_parser("stats", help="bytes the seeder has sent"))
     stats.add_argument("--json", action="store_true")
     run = seeder.add_parser("run", help="run the seeder in the foreground")
@@ -150,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--json", action="store_true")
 
-    with_seeder(sub.add_parser("hosts", help="list known hosts")).add_argument(
-        "--json", action="store_true"
-    )
+    hosts = with_seeder(sub.add_parser("hosts", help="list known hosts"))
+    hosts.add_argument("--json", action="store_true")
+    identity_cli.add_commands(sub, with_seeder, hosts)
     logs = with_seeder(sub.add_parser("logs", help="a host's hook output"))
     logs.add_argument("host")
     logs.add_argument("--rollout", dest="rollout_id", help="default: the host's latest rollout")
@@ -224,11 +231,16 @@ async def dispatch(args: argparse.Namespace) -> int:
         )
         await run_until_signalled(lambda: run_seeder(config))
         return 0
+    if args.command == "seeder" and args.action == "init":
+        return identity_cli.run_init(args)
     if args.command == "demo":
         from seeder.demo import run_demo
 
         return await run_demo(peers=args.peers)
-    async with open_client(Address.parse(args.seeder, default_port=7700)) as client:
+    tls, _ = load_credential(credential_path(args.identity))
+    async with open_client(Address.parse(args.seeder, default_port=7700), tls) as client:
+        if (code := await identity_cli.run(client, args)) is not None:
+            return code
         if args.command == "seeder":
             totals = await client.call("seeder.stats")
             _emit(totals, args.json, lambda t: f"uploaded {t['uploaded']} bytes of payload")
@@ -347,7 +359,8 @@ def _seconds(text: str) -> float:
 def _redialer(args: argparse.Namespace) -> follow.Connect:
     """How a follower dials the seeder again after losing it."""
     address = Address.parse(args.seeder, default_port=7700)
-    return lambda: connect_client(address)
+    tls, _ = load_credential(credential_path(args.identity))
+    return lambda: connect_client(address, tls)
 
 
 def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:

@@ -8,14 +8,47 @@ stream before its end, close the connection.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel, connect
-from common.errors import RemoteError, RemoteProtocolError
+from common.crypto.certs import CertificateError, Credential, cert_pem
+from common.errors import ConfigError, RemoteError, RemoteProtocolError
+from common.tls import ClientTLS
+
+IDENTITY_ENV = "SHOAL_IDENTITY"
+NO_CREDENTIALS = (
+    "no credentials: pass --identity or set SHOAL_IDENTITY; create them with"
+    " `shoal seeder init` (DATA_DIR/identity/admin.pem) or `shoal admin cert`"
+)
+
+
+def credential_path(given: str | Path | None) -> Path:
+    """The operator's credential file: ``--identity``, else ``$SHOAL_IDENTITY``."""
+    chosen = given or os.environ.get(IDENTITY_ENV)
+    if not chosen:
+        raise ConfigError(NO_CREDENTIALS)
+    return Path(chosen)
+
+
+def load_credential(path: Path) -> tuple[ClientTLS, Credential]:
+    """The TLS client of an operator credential file (certificate, key and CA in one PEM)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the credential {path}: {exc.strerror}. {NO_CREDENTIALS}"
+        ) from None
+    try:
+        credential = Credential.from_pem(data)
+    except CertificateError as exc:
+        raise ConfigError(f"{path} is not a shoal credential: {exc}") from None
+    return ClientTLS(path, None, cert_pem(credential.ca)), credential
 
 
 class SeederClient:
@@ -57,9 +90,9 @@ class SeederClient:
         return reply.result
 
 
-async def connect_client(address: Address) -> SeederClient:
+async def connect_client(address: Address, tls: ClientTLS) -> SeederClient:
     """A client on a new connection; the caller closes it (``client.channel.aclose()``)."""
-    channel = await connect(address)
+    channel = await connect(address, tls)
     try:
         await channel.send(m.ClientHello(client="shoal-cli"))
     except BaseException:
@@ -69,7 +102,7 @@ async def connect_client(address: Address) -> SeederClient:
 
 
 @asynccontextmanager
-async def open_client(address: Address) -> AsyncIterator[SeederClient]:
-    client = await connect_client(address)
+async def open_client(address: Address, tls: ClientTLS) -> AsyncIterator[SeederClient]:
+    client = await connect_client(address, tls)
     async with client.channel:
         yield client

@@ -1,24 +1,39 @@
 """The seeder's control server: one task per connection, peers and CLI clients alike.
 
-A peer connection registers the host, then streams heartbeats and step reports (each acked once
-stored). A CLI connection sends requests, each answered by a response; a *streaming* method
-(``streams``) answers with one response and then pushes events until it ends (with an ``end``
+Every connection is mutual TLS (:mod:`common.tls`) before any message is read: the client's
+certificate names who it is, and that is who it stays. A peer connection (a host certificate,
+whose Hello names the host the certificate names) registers the host, then streams heartbeats
+and step reports (each acked once stored). A CLI connection's requests run as its certificate's
+holder (:data:`seeder.caller.CALLER`), and only if its role may call them
+(:mod:`seeder.roles`). Each request is answered by a response; a *streaming* method (``streams``)
+answers with one response and then pushes events until it ends (with an ``end``
 event) or the client leaves, after which the connection takes requests again. A malformed or
 truncated message ends that one connection and nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
 
 from common import messages as m
 from common.channel import Channel
-from common.errors import ConnectionClosed, ProtocolError, RemoteProtocolError, ShoalError
+from common.crypto.certs import HOST_ROLE, Holder
+from common.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    RemoteProtocolError,
+    ShoalError,
+    TLSRefused,
+)
 from common.protocol import Role
+from common.tls import ServerTLS
+from seeder import roles
+from seeder.caller import CALLER, Caller
 from seeder.engine import Engine
 from seeder.preflight import Preflights
 from seeder.store import Store
@@ -69,6 +84,33 @@ def _no_observer(host: str, msg: m.OutputLine | m.Progress) -> None:
     log.debug("[%s] %s", host, msg)
 
 
+def _no_labels(host: str) -> dict[str, str]:
+    return {}
+
+
+class Connections:
+    """The live control connections by certificate holder, so a revocation can end them."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[Holder, set[trio.CancelScope]] = {}
+
+    def add(self, who: Holder, scope: trio.CancelScope) -> None:
+        self._scopes.setdefault(who, set()).add(scope)
+
+    def discard(self, who: Holder, scope: trio.CancelScope) -> None:
+        scopes = self._scopes.get(who, set())
+        scopes.discard(scope)
+        if not scopes:
+            self._scopes.pop(who, None)
+
+    def disconnect(self, who: Holder) -> int:
+        """End every live connection of ``who`` now; how many there were."""
+        scopes = self._scopes.get(who, set())
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
+
+
 class ControlServer:
     def __init__(
         self,
@@ -76,17 +118,31 @@ class ControlServer:
         engine: Engine,
         *,
         methods: dict[str, Handler],
+        tls: ServerTLS | None = None,
         streams: dict[str, StreamHandler] | None = None,
         observe: Observer = _no_observer,
         preflights: Preflights | None = None,
         tracker_key: Callable[[str], str] = lambda host: "",
+        labels_of: Callable[[str], dict[str, str]] = _no_labels,
+        method_roles: Mapping[str, str] = roles.METHOD_ROLES,
+        connections: Connections | None = None,
     ) -> None:
+        """``tls`` is required to :meth:`serve` (tests of the message logic alone call
+        :meth:`converse` over memory streams instead). ``labels_of`` gives the labels a host was
+        enrolled with; they win over what its Hello says."""
         self.store = store
         self.engine = engine
         self.methods = methods
         self.streams = streams or {}
         self.observe = observe
         self.preflights = preflights or Preflights()
+        self.tls = tls
+        self.labels_of = labels_of
+        self.method_roles = method_roles
+        missing = roles.unlisted([*methods, *self.streams], method_roles)
+        if missing:
+            raise AssertionError(f"seeder/roles.py gives no role to {', '.join(missing)}")
+        self.connections = connections or Connections()
         self.tracker_key = tracker_key  # a host's key for the tracker (seeder.announcekeys)
 
     async def serve(
@@ -99,14 +155,33 @@ class ControlServer:
             task_status.started(bound)
             await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        channel = Channel(stream, Role.SERVER)
+    async def handle(self, transport: trio.abc.Stream) -> None:
+        """One accepted TCP connection: the TLS handshake, then the conversation."""
+        assert self.tls is not None, "a control server that listens needs its TLS context"
         try:
-            first = await channel.receive()
-            if isinstance(first, m.Hello):
-                await self._serve_peer(channel, first)
-            elif isinstance(first, m.ClientHello):
-                await self._serve_cli(channel)
+            stream, who = await self.tls.accept(transport)
+        except TLSRefused as exc:
+            log.warning("refused a control connection from %s: %s", _remote(transport), exc)
+            return
+        except ConnectionClosed as exc:
+            log.info("control connection from %s: %s", _remote(transport), exc)
+            return
+        await self.converse(stream, who)
+
+    async def converse(self, stream: trio.abc.Stream, who: Holder) -> None:
+        """Serve one authenticated connection of ``who`` until it ends."""
+        channel = Channel(stream, Role.SERVER)
+        scope = trio.CancelScope()
+        self.connections.add(who, scope)
+        try:
+            with scope:
+                first = await channel.receive()
+                if isinstance(first, m.Hello):
+                    await self._serve_peer(channel, self._admit(first, who))
+                elif isinstance(first, m.ClientHello):
+                    await self._serve_cli(channel, who)
+            if scope.cancelled_caught:
+                log.warning("closed the connection of %s: its certificate was revoked", who.name)
         except ProtocolError as exc:
             log.warning("closing a control connection: %s", exc)
             await channel.fail(exc)
@@ -115,7 +190,23 @@ class ControlServer:
         except Exception:  # one connection's bug must not take the seeder down
             log.exception("closing a control connection after an internal error")
         finally:
+            self.connections.discard(who, scope)
             await channel.aclose()
+
+    def _admit(self, hello: m.Hello, who: Holder) -> m.Hello:
+        """The Hello of a host certificate, for the host it names, with its enrolled labels."""
+        if who.role != HOST_ROLE:
+            raise RemoteProtocolError(
+                f"a {who.role} certificate ({who.name}) cannot register as a host"
+            )
+        if hello.name != who.name:
+            raise RemoteProtocolError(
+                f"the Hello names host {hello.name!r} but the certificate is {who.name!r}"
+            )
+        enrolled = self.labels_of(who.name)
+        if not enrolled:
+            return hello
+        return dataclasses.replace(hello, labels={**hello.labels, **enrolled})
 
     async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
         self.engine.host_record(hello)
@@ -171,13 +262,20 @@ class ControlServer:
         await writer.run()
         connection.cancel()
 
-    async def _serve_cli(self, channel: Channel) -> None:
+    async def _serve_cli(self, channel: Channel, who: Holder) -> None:
+        CALLER.set(Caller(who.name, who.role))  # this task's context: its requests only
         pending: m.Message | None = None
         while True:
             msg = pending or await channel.receive()
             pending = None
             assert isinstance(msg, m.Request)  # the protocol lets a CLI send nothing else
             stream = self.streams.get(msg.method)
+            try:
+                if msg.method in self.methods or stream is not None:
+                    roles.check(who.role, msg.method, self.method_roles)
+            except roles.NotPermitted as exc:
+                await channel.send(_refusal(msg, exc))
+                continue
             if stream is not None:
                 pending = await self._stream(channel, msg, stream)
             else:
@@ -249,6 +347,15 @@ class ControlServer:
         if gone:
             raise gone[0]
         return early[0] if early else None
+
+
+def _remote(transport: trio.abc.Stream) -> str:
+    sock = getattr(transport, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+    except OSError:
+        return "a closed socket"
+    return f"{host}:{port}"
 
 
 def _refusal(msg: m.Request, exc: Exception) -> m.Response:

@@ -19,7 +19,7 @@ import trio
 
 from common.errors import ShoalError
 from seeder import follow
-from seeder.client import SeederClient, open_client
+from seeder.client import SeederClient
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
 
@@ -58,7 +58,7 @@ async def run_demo(*, peers: int = 3) -> int:
             names = [f"host-{i + 1}" for i in range(peers)]
             for i, name in enumerate(names):
                 await fleet.start_peer(name, f"127.0.0.{i + 2}", labels=f"zone={'ab'[i % 2]}")
-            async with open_client(control) as client:
+            async with fleet.client() as client:
                 await fleet.wait_connected(client, names)
                 print(f"demo: {peers} peer daemon(s) connected", flush=True)
                 repo = await trio.to_thread.run_sync(make_example_repo, root / "example-app")

@@ -174,6 +174,11 @@ class Engine:
         """Every BitTorrent address in a live rollout's swarm (seeder.membership)."""
         return self.membership.union(self._live.values())
 
+    def host_left(self, host: str) -> None:
+        """A host is no longer enrolled (revoked): its rollout's swarm closes to it now."""
+        if self.membership.forget(host):
+            self._members_changed(host)
+
     def _members_changed(self, host: str) -> None:
         """Tell the connected targets of the host's live rollout its new swarm members."""
         r = self._live.get(self._by_host.get(host, ""))

@@ -2,12 +2,15 @@
 
 Used by ``shoal demo`` and by the integration tests: every host gets its own 127.0.0.x address
 and data directory, every daemon its own process group, and everything started here is stopped
-here (by process group, never by name).
+here (by process group, never by name). Security is on as in production: the seeder's identity
+is made in its data directory on first start, every peer is enrolled (a bundle, installed with
+``shoal-peer run --bundle``) before it starts, and every client presents the admin credential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -19,11 +22,23 @@ from pathlib import Path
 import trio
 
 from common.addr import Address
-from common.crypto.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, write_signing_key
+from common.bundle import Bundle
+from common.crypto import certs
 from common.errors import ConnectionClosed, ShoalError
-from seeder.client import SeederClient, open_client
+from common.tls import ClientTLS
+from seeder.authority import HOST_LIFETIME, Authority, identity_dir, init_identity
+from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
+from seeder.identity_cli import enroll_host
 
 STOP_GRACE = 5.0
+# control address -> admin credential of every seeder started here, for helpers that know only
+# the address (tests' ``shoal(control, ...)``)
+_CREDENTIALS: dict[str, Path] = {}
+
+
+def credential_for(control: str) -> Path | None:
+    """The admin credential of the LocalFleet seeder at ``control``, if one was started here."""
+    return _CREDENTIALS.get(control)
 
 
 @dataclass
@@ -40,14 +55,35 @@ class LocalFleet:
     daemons: list[Daemon] = field(default_factory=list)
     control: Address | None = None
     seeder: Daemon | None = None
+    bundles: dict[str, Path] = field(default_factory=dict)
+    torrent_ports: dict[str, int] = field(default_factory=dict)
 
-    async def start_seeder(self, *, extra: tuple[str, ...] = (), keys: bool = True) -> Address:
-        """Start (or restart) the seeder, keeping its control address, and wait until it answers.
-        ``keys=False`` does not make its release-signing key (to see it refuse to start)."""
-        if self.control is None:  # the tracker and BitTorrent ports follow it (+1, +2)
-            self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=3))
-        if keys:
-            self._signing_key()
+    @property
+    def seeder_dir(self) -> Path:
+        return self.root / "seeder"
+
+    @property
+    def credential(self) -> Path:
+        """The admin credential ``shoal seeder init`` made (what the CLI presents here)."""
+        return identity_dir(self.seeder_dir) / "admin.pem"
+
+    def init_identity(self) -> Path:
+        """The seeder's identity (``shoal seeder init``), made once, for its loopback IP."""
+        if not (identity_dir(self.seeder_dir) / "ca.crt").exists():
+            self.seeder_dir.mkdir(parents=True, exist_ok=True)
+            hosts = [self.seeder_ip, "localhost"]
+            init_identity(self.seeder_dir, hosts, dt.datetime.now(dt.UTC))
+        return self.credential
+
+    def tls(self, credential: Path | None = None) -> ClientTLS:
+        return load_credential(credential or self.init_identity())[0]
+
+    async def start_seeder(self, *, extra: tuple[str, ...] = ()) -> Address:
+        """Start (or restart) the seeder, keeping its control address, and wait until it answers."""
+        self.init_identity()
+        if self.control is None:  # the tracker, BitTorrent and join ports follow it (+1..+3)
+            self.control = Address(self.seeder_ip, free_port(self.seeder_ip, block=4))
+        _CREDENTIALS[str(self.control)] = self.credential
         self.seeder = await self._spawn(
             "seeder",
             [
@@ -65,12 +101,27 @@ class LocalFleet:
         with trio.fail_after(30):
             while True:
                 try:
-                    async with open_client(self.control) as client:
+                    async with open_client(self.control, self.tls()) as client:
                         await client.call("hosts.list")
                         return self.control
                 except ConnectionClosed:
                     self._check_alive()
                     await trio.sleep(0.1)
+
+    async def enroll(self, name: str, labels: dict[str, str] | None = None) -> Path:
+        """Enroll host ``name`` (as ``shoal enroll`` does); its bundle file. Through the running
+        seeder, or straight from its CA while none runs (a test may start a peer first)."""
+        if self.seeder is not None and self.seeder.process.returncode is None:
+            async with self.client() as client:
+                bundle, _ = await enroll_host(client, name, labels or {})
+        else:
+            self.init_identity()
+            bundle = offline_bundle(self.seeder_dir, name, labels or {})
+        path = self.root / "bundles" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        certs.write_private(path, bundle.to_json(), overwrite=True)
+        self.bundles[name] = path
+        return path
 
     async def start_peer(
         self,
@@ -79,12 +130,13 @@ class LocalFleet:
         *,
         labels: str = "",
         extra: tuple[str, ...] = (),
-        keys: bool = True,
     ) -> Daemon:
-        """Start a peer daemon; ``keys=False`` does not pin the seeder's public key on it."""
-        assert self.control is not None, "start the seeder first"
-        if keys:
-            self._pin_signing_key(name)
+        """Start a peer daemon, enrolled first if it never was (its labels go in its Hello)."""
+        assert self.control is not None, "start the seeder first (or choose its address)"
+        bundle = self.bundles.get(name) or await self.enroll(name)
+        # A free BitTorrent port, the same one across restarts: on a shared machine another
+        # fleet's peer may hold the default 6881 of the same 127.0.0.x (extra may override it).
+        port = self.torrent_ports.setdefault(name, free_port(ip))
         return await self._spawn(
             name,
             [
@@ -101,23 +153,35 @@ class LocalFleet:
                 str(self.peer_dir(name)),
                 "--labels",
                 labels,
+                "--bundle",
+                str(bundle),
+                "--torrent-port",
+                str(port),
                 *extra,
             ],
         )
 
-    def client(self) -> contextlib.AbstractAsyncContextManager[SeederClient]:
-        """A CLI-side connection to this fleet's seeder (with whatever credentials it needs)."""
+    def client(
+        self, credential: Path | None = None
+    ) -> contextlib.AbstractAsyncContextManager[SeederClient]:
+        """A CLI-side connection to this fleet's seeder, presenting ``credential`` (default:
+        the admin credential)."""
         assert self.control is not None, "start the seeder first"
-        return open_client(self.control)
+        return open_client(self.control, self.tls(credential))
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real ``shoal`` CLI against this fleet's seeder."""
+    def cli(
+        self, *args: str, timeout: float = 120, credential: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``shoal`` CLI against this fleet's seeder (as ``credential``, default the
+        admin credential, passed in ``SHOAL_IDENTITY``)."""
         assert self.control is not None, "start the seeder first"
+        env = {**os.environ, IDENTITY_ENV: str(credential or self.init_identity())}
         return subprocess.run(
             [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(self.control)],
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
 
     def build_release(
@@ -131,24 +195,6 @@ class LocalFleet:
 
     def peer_dir(self, name: str) -> Path:
         return self.root / "hosts" / name
-
-    @property
-    def identity_dir(self) -> Path:
-        return self.root / "seeder" / "identity"
-
-    def _signing_key(self) -> None:
-        """The seeder's release-signing key, made in this fleet's own directory the first time
-        (what `shoal seeder init` makes on a real seeder; the seeder refuses to run without)."""
-        if not (self.identity_dir / PRIVATE_KEY_FILE).exists():
-            write_signing_key(self.identity_dir)
-
-    def _pin_signing_key(self, name: str) -> None:
-        """Give a host the seeder's public key, as enrolling it would (unless it has one)."""
-        pinned = self.peer_dir(name) / "identity" / PUBLIC_KEY_FILE
-        if not pinned.exists():
-            self._signing_key()  # a peer may start before its seeder
-            pinned.parent.mkdir(parents=True, exist_ok=True)
-            pinned.write_bytes((self.identity_dir / PUBLIC_KEY_FILE).read_bytes())
 
     async def wait_connected(
         self, client: SeederClient, names: list[str], wait: float = 30
@@ -197,6 +243,24 @@ class LocalFleet:
         with trio.CancelScope(shield=True):
             for daemon in reversed(list(self.daemons)):
                 await self.stop(daemon)
+
+
+def offline_bundle(seeder_dir: Path, name: str, labels: dict[str, str]) -> Bundle:
+    """A host bundle issued straight from the CA in ``seeder_dir`` (no seeder may be running:
+    it is the one writer of the CA's index)."""
+    authority = Authority(seeder_dir)
+    key = certs.generate_key()
+    cert = authority.issue(
+        certs.public_pem(key.public_key()),
+        name,
+        certs.HOST_ROLE,
+        now=dt.datetime.now(dt.UTC),
+        lifetime=HOST_LIFETIME,
+        labels=labels,
+    )
+    return Bundle(
+        name, labels, authority.ca_pem, cert, certs.key_pem(key), authority.signing_public()
+    )
 
 
 def _killpg(pgid: int, sig: int) -> None:

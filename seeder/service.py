@@ -7,6 +7,7 @@ when it is ready.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from common.addr import Address
+from common.crypto.certs import HOST_ROLE
 from common.errors import ConfigError, TorrentError
 from common.release import Manifest
 from common.torrent import (
@@ -31,9 +33,11 @@ from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.admission import SeederAdmission
 from seeder.announcekeys import AnnounceKeys, admission, load_secret
+from seeder.authority import Authority
 from seeder.build import build_release, v1_torrent
-from seeder.control import ControlServer, Handler
+from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
+from seeder.enrollment import enrollment_methods
 from seeder.events import EventHub
 from seeder.live import LiveLog
 from seeder.preflight import DEFAULT_TIMEOUT, Preflights, release_facts
@@ -108,6 +112,8 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
+    authority = Authority(data)  # refuses to start without an identity, naming the command
+    server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
@@ -116,7 +122,7 @@ async def run_seeder(
     try:
         signatures = ReleaseSignatures(store, signer)
         signatures.reconcile()
-        keys = AnnounceKeys(load_secret(data), enrolled=store.is_host)
+        keys = AnnounceKeys(load_secret(data), enrolled=_enrolled(store, authority))
         try:
             torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         except TorrentError as exc:
@@ -174,14 +180,20 @@ async def run_seeder(
             methods["release.build"] = _signed_build(methods["release.build"], signatures)
             methods.update(watching.methods())
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
+            connections = Connections()
+            methods.update(enrollment_methods(authority, connections))
+            methods["hosts.revoke"] = _leaving_the_swarm(methods["hosts.revoke"], engine)
             server = ControlServer(
                 store,
                 engine,
                 methods=methods,
+                tls=server_tls,
                 streams=watching.streams(),
                 observe=watching.observe,
                 preflights=preflights,
                 tracker_key=keys.host_key,
+                labels_of=authority.labels,
+                connections=connections,
             )
             port = await nursery.start(server.serve, listen.host, listen.port)
             addrs = SeederAddresses(listen.with_port(port), tracker_at.with_port(tracker_port), bt)
@@ -402,6 +414,31 @@ def _closed_swarm_methods(
         return result
 
     return {"release.torrent": release_torrent, "release.fetch": release_fetch}
+
+
+def _enrolled(store: Store, authority: Authority) -> Callable[[str], bool]:
+    """Whether host ``name`` may use its tracker key: registered, and holding a host
+    certificate that is neither revoked nor expired."""
+
+    def enrolled(name: str) -> bool:
+        now = time.time()
+        return store.is_host(name) and any(
+            i.name == name and i.role == HOST_ROLE and i.revoked_at is None and i.not_after > now
+            for i in authority.certificates()
+        )
+
+    return enrolled
+
+
+def _leaving_the_swarm(revoke: Handler, engine: Engine) -> Handler:
+    """``hosts.revoke``, and the revoked host leaves its rollout's swarm at once."""
+
+    async def hosts_revoke(params: dict[str, Any]) -> dict[str, Any]:
+        result = await revoke(params)
+        engine.host_left(str(params["name"]))
+        return result
+
+    return hosts_revoke
 
 
 GRANT_SECONDS = 3600.0  # how long `release torrent --allow IP` admits IP by default

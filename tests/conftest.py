@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,8 @@ import pytest
 
 from common.appspec import LIFECYCLE_EVENTS
 from common.release import Manifest
-from seeder.localfleet import LocalFleet
+from seeder.client import IDENTITY_ENV
+from seeder.localfleet import LocalFleet, credential_for
 from seeder.samplerepo import commit_all
 from seeder.store import Store
 
@@ -63,12 +65,15 @@ def commit_version(repo: Path, version: str) -> str:
 
 
 def shoal(control: object, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real ``shoal`` CLI against a seeder."""
+    """Run the real ``shoal`` CLI against a seeder (a LocalFleet's: with its admin credential)."""
+    credential = credential_for(str(control))
+    env = {**os.environ, **({IDENTITY_ENV: str(credential)} if credential else {})}
     return subprocess.run(
         [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(control)],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

@@ -12,10 +12,12 @@ import trio.testing
 
 from common import messages as m
 from common.channel import Channel
+from common.crypto.certs import Holder
 from common.errors import ConfigError, ConnectionClosed
 from common.protocol import Role
 from seeder.control import HEARTBEAT_INTERVAL, STREAM_END_GRACE, ControlServer, Reply
 from seeder.engine import Engine
+from seeder.roles import METHOD_ROLES
 from seeder.store import Store
 from tests.conftest import MANIFEST
 
@@ -48,19 +50,30 @@ async def server(store: Store) -> AsyncIterator[ControlServer]:
     methods = {"echo": echo, "refuse": refuse, "rollout.start": rollout_start}
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        yield ControlServer(store, engine, methods=methods)
+        yield ControlServer(store, engine, methods=methods, method_roles=TEST_ROLES)
         nursery.cancel_scope.cancel()
 
 
+# The methods these tests serve, with roles (the server refuses methods without one).
+TEST_ROLES = {**METHOD_ROLES, "echo": "viewer", "refuse": "viewer", "one": "viewer"}
+OPERATOR = Holder("alice", "admin")
+
+
+PEER = Holder("web-1", "host")
+
+
 @asynccontextmanager
-async def connection(server: ControlServer) -> AsyncIterator[tuple[Channel, trio.Event]]:
-    """A client channel to ``server.handle``; the event is set when the handler returns."""
+async def connection(
+    server: ControlServer, who: Holder = PEER
+) -> AsyncIterator[tuple[Channel, trio.Event]]:
+    """A client channel to ``server.converse`` as the already authenticated ``who`` (TLS is
+    tested over real sockets elsewhere); the event is set when the handler returns."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
     done = trio.Event()
 
     async def handle() -> None:
         try:
-            await server.handle(server_stream)
+            await server.converse(server_stream, who)
         finally:
             done.set()
 
@@ -171,7 +184,10 @@ async def test_the_same_report_twice_is_idempotent(server: ControlServer, store:
 
 async def test_garbage_ends_only_its_own_connection(server: ControlServer, store: Store) -> None:
     with trio.fail_after(5):
-        async with connection(server) as (cli, _), connection(server) as (bad, bad_done):
+        async with (
+            connection(server, OPERATOR) as (cli, _),
+            connection(server, Holder("web-9", "host")) as (bad, bad_done),
+        ):
             await cli.send(m.ClientHello(client="test"))
             await peer_connected(bad, "web-9")
             await bad.stream.send_all(b"\xc1\xc1\xc1")  # not msgpack at all
@@ -195,7 +211,7 @@ async def test_garbage_instead_of_hello_closes_without_goodbye(server: ControlSe
 
 async def test_unknown_method(server: ControlServer) -> None:
     with trio.fail_after(5):
-        async with connection(server) as (client, _):
+        async with connection(server, OPERATOR) as (client, _):
             await client.send(m.ClientHello(client="test"))
             await client.send(m.Request(id=3, method="launch", params={}))
             reply = await client.receive()
@@ -206,7 +222,7 @@ async def test_unknown_method(server: ControlServer) -> None:
 
 async def test_handler_errors_become_error_responses(server: ControlServer) -> None:
     with trio.fail_after(5):
-        async with connection(server) as (client, _):
+        async with connection(server, OPERATOR) as (client, _):
             await client.send(m.ClientHello(client="test"))
             await client.send(m.Request(id=1, method="refuse", params={"what": "x"}))
             await client.send(m.Request(id=2, method="rollout.start", params={"release_id": "no"}))
@@ -276,7 +292,9 @@ def streaming_server(store: Store, after_last: trio.Event) -> ControlServer:
         await reply.push(m.RolloutEvent("r1", 1, 0.0, "end", {"reason": "final"}))
         await after_last.wait()
 
-    return ControlServer(store, engine, methods={"echo": echo}, streams={"one": one_event})
+    return ControlServer(
+        store, engine, methods={"echo": echo}, streams={"one": one_event}, method_roles=TEST_ROLES
+    )
 
 
 async def test_a_request_sent_as_a_stream_ends_is_answered_next(
@@ -284,7 +302,7 @@ async def test_a_request_sent_as_a_stream_ends_is_answered_next(
 ) -> None:
     after_last = trio.Event()
     server = streaming_server(store, after_last)
-    async with connection(server) as (client, done):
+    async with connection(server, OPERATOR) as (client, done):
         await client.send(m.ClientHello(client="test"))
         await client.send(m.Request(id=1, method="one"))
         assert await client.receive() == m.Response(id=1, ok=True)
@@ -300,7 +318,7 @@ async def test_a_request_in_the_middle_of_a_stream_ends_the_connection(
     store: Store, autojump_clock: trio.testing.MockClock
 ) -> None:
     server = streaming_server(store, trio.Event())  # the stream never ends
-    async with connection(server) as (client, done):
+    async with connection(server, OPERATOR) as (client, done):
         await client.send(m.ClientHello(client="test"))
         await client.send(m.Request(id=1, method="one"))
         assert await client.receive() == m.Response(id=1, ok=True)

@@ -3,6 +3,7 @@ hooks → reports, driven through the real ``shoal`` CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,6 @@ import pytest
 import trio
 
 from common.addr import Address
-from seeder.client import open_client
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -46,7 +46,7 @@ async def start(fleet: LocalFleet, hosts: list[str] = HOSTS) -> None:
     for i, name in enumerate(hosts):
         await fleet.start_peer(name, f"127.0.0.{i + 2}", labels=f"zone={'ab'[i % 2]}")
     assert fleet.control is not None
-    async with open_client(fleet.control) as client:
+    async with fleet.client() as client:
         await fleet.wait_connected(client, hosts)
 
 
@@ -209,22 +209,35 @@ async def test_garbage_closes_one_connection_only(fleet: LocalFleet) -> None:
     with trio.fail_after(60):
         await start(fleet, HOSTS[:1])
         assert fleet.control is not None
-        bad = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
+        control = fleet.control
+
+        async def dial(secure: bool) -> trio.abc.Stream:
+            tcp = await trio.open_tcp_stream(control.host, control.port)
+            return await fleet.tls().connect(tcp, control.host) if secure else tcp
+
+        plain = await dial(secure=False)  # not even TLS: refused in the handshake
+        await plain.send_all(b"\xc1\xc1 this is not msgpack")
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while await plain.receive_some(4096):
+                pass  # an alert, then end of stream
+        await plain.aclose()
+        bad = await dial(secure=True)  # authenticated, then garbage
         await bad.send_all(b"\xc1\xc1 this is not msgpack")
         with trio.fail_after(10):
             while await bad.receive_some(4096):
                 pass  # a goodbye, then end of stream: the seeder closed it
         await bad.aclose()
-        truncated = await trio.open_tcp_stream(fleet.control.host, fleet.control.port)
+        truncated = await dial(secure=True)
         await truncated.send_all(b"\x85\xa1t\xa5hello")  # a map cut short
         await truncated.aclose()
-        async with open_client(fleet.control) as client:
+        async with fleet.client() as client:
             hosts = (await client.call("hosts.list"))["hosts"]
         assert [h["connected"] for h in hosts] == [True]
         log = fleet.root / "logs" / "seeder.log"
         while "middle of a message" not in log.read_text():  # bounded by the fail_after above
             await trio.sleep(0.1)
         assert "undecodable control message" in log.read_text()
+        assert "refused a control connection" in log.read_text()
 
 
 async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
@@ -233,14 +246,14 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     with trio.fail_after(120):
         # A peer started before its seeder keeps retrying and never exits.
-        fleet.control = control = Address("127.0.0.1", free_port("127.0.0.1"))
+        fleet.control = Address("127.0.0.1", free_port("127.0.0.1", block=4))
         peer = await fleet.start_peer("web-1", "127.0.0.2")
         log = fleet.root / "logs" / "web-1.log"
         while log.read_text().count("retrying in") < 3:
             await trio.sleep(0.2)
         assert peer.process.returncode is None
         await fleet.start_seeder()
-        async with open_client(control) as client:
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"], wait=60)
         rid = await trio.to_thread.run_sync(build, fleet, repo, "main")
         out = await trio.to_thread.run_sync(
@@ -253,7 +266,7 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
         assert fleet.seeder is not None
         await fleet.stop(fleet.seeder)
         await fleet.start_seeder()
-        async with open_client(control) as client:
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"], wait=60)
         assert status(fleet, before["rollout_id"]) == before
         assert events(fleet, "web-1") == [(e, rid) for e in ACTIVATE_ORDER], "a hook ran twice"

@@ -18,7 +18,6 @@ import trio
 
 from common.torrent import TorrentSession, torrent_infohash
 from common.torrent.metainfo import load
-from seeder.client import open_client
 from seeder.localfleet import Daemon, LocalFleet
 from seeder.samplerepo import commit_all
 from tests.conftest import make_app_repo, shoal
@@ -102,7 +101,7 @@ async def test_a_peer_killed_mid_download_fetches_again_at_most_what_it_had_not_
     with trio.fail_after(180):
         await fleet.start_seeder(extra=("--torrent-setting", f"upload_rate_limit={RATE}"))
         peer = await fleet.start_peer("web-1", HOST_IP, extra=ANY_PORT)
-        async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"])
         rid = await trio.to_thread.run_sync(build, fleet, repo)
         size = int(
@@ -156,7 +155,7 @@ async def test_pruned_releases_are_no_longer_seeded(fleet: LocalFleet, tmp_path:
     with trio.fail_after(240):
         await fleet.start_seeder(extra=("--keep-releases", "1"))
         await fleet.start_peer("web-1", HOST_IP, extra=(*ANY_PORT, "--keep", "1"))
-        async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"])
         rids = []
         for n in range(3):
@@ -218,10 +217,10 @@ def free(path: Path) -> int:
 def fill(path: Path) -> Path:
     """Write a file until the disk is full; it stays until the caller removes it."""
     filler = path / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    # unbuffered: nothing is left to flush (and fail) when the file closes on a full disk
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\xff" * (1 << 20))
-            f.flush()
     return filler
 
 
@@ -243,7 +242,7 @@ async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
         with trio.fail_after(300):
             await fleet.start_seeder()
             peer = await fleet.start_peer("web-1", HOST_IP, extra=flags)
-            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+            async with fleet.client() as client:
                 await fleet.wait_connected(client, ["web-1"])
             good = await trio.to_thread.run_sync(build, fleet, repo)
             out = await trio.to_thread.run_sync(
@@ -267,7 +266,7 @@ async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
             # A restarted peer that gets the same stage command again refuses again: no crash loop.
             await fleet.stop(peer)
             peer = await fleet.start_peer("web-1", HOST_IP, extra=flags)
-            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+            async with fleet.client() as client:
                 await fleet.wait_connected(client, ["web-1"])
             status = await finished(fleet, await start_rollout(fleet, big))
             assert "not enough disk space" in steps(status, "web-1")["download"]["detail"]
@@ -292,7 +291,7 @@ async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
             await fleet.stop(peer)
             slow = (*flags, "--torrent-setting", f"download_rate_limit={RATE}")
             peer = await fleet.start_peer("web-1", HOST_IP, extra=slow)
-            async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+            async with fleet.client() as client:
                 await fleet.wait_connected(client, ["web-1"])
             (repo / "zeros.bin").unlink()
             add_file(repo, "mid.bin", os.urandom(6_000_000), "fits, until the disk fills")
@@ -349,7 +348,7 @@ async def test_a_peer_whose_staged_file_changed_stops_serving_bad_pieces(
     with trio.fail_after(180):
         await fleet.start_seeder()
         await fleet.start_peer("web-1", HOST_IP, extra=ANY_PORT)
-        async with open_client(fleet.control) as client:  # type: ignore[arg-type]
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"])
         rid = await trio.to_thread.run_sync(build, fleet, repo)
         out = await trio.to_thread.run_sync(

@@ -1,12 +1,14 @@
 """Fencing and abort on a real peer process, over a real socket, with real libtorrent.
 
-The test plays the seeder's control side itself (the real protocol, on a real TCP listener), so
-it can send exactly the commands a fencing or aborting seeder sends; a real seeder process builds
-the releases and seeds them over BitTorrent.
+The test plays the seeder's control side itself (the real protocol, over mutual TLS with the real
+seeder's certificate, on a real TCP listener), so it can send exactly the commands a fencing or
+aborting seeder sends; a real seeder process builds the releases, enrolls the peer and seeds the
+releases over BitTorrent.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -23,6 +25,8 @@ from common.addr import Address
 from common.channel import Channel
 from common.errors import ConnectionClosed
 from common.protocol import Role
+from common.tls import ServerTLS
+from seeder.authority import Authority
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -34,7 +38,8 @@ PEER_IP = "127.0.78.2"
 class FakeControl:
     """One peer's control connection, seen from the seeder's side: what it sent, what to send."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerTLS) -> None:
+        self.tls = tls
         self.channel: Channel | None = None
         self.connected = trio.Event()
         self.hellos = 0
@@ -45,7 +50,11 @@ class FakeControl:
         task_status.started()
         await trio.serve_listeners(self.handle, listeners)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, transport: trio.SocketStream) -> None:
+        try:
+            stream, _ = await self.tls.accept(transport)
+        except ConnectionClosed:
+            return
         channel = Channel(stream, Role.SERVER)
         try:
             hello = await channel.receive()
@@ -106,8 +115,8 @@ def release(fleet: LocalFleet, repo: Path) -> tuple[dict[str, Any], bytes]:
 
 
 @asynccontextmanager
-async def peer_process(root: Path, control: Address) -> AsyncIterator[LocalFleet]:
-    peers = LocalFleet(root, control=control)
+async def peer_process(root: Path, control: Address, bundle: Path) -> AsyncIterator[LocalFleet]:
+    peers = LocalFleet(root, control=control, bundles={"fx-1": bundle})
     try:
         await peers.start_peer("fx-1", PEER_IP)
         yield peers
@@ -120,7 +129,8 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
 ) -> None:
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     bt_port = free_port("127.0.0.1")
-    control = FakeControl()
+    fleet.init_identity()
+    control = FakeControl(Authority(fleet.seeder_dir).open_server_tls(dt.datetime.now(dt.UTC)))
     control_port = free_port("127.0.0.1")
     with trio.fail_after(180):
         await fleet.start_seeder(extra=("--no-slices", "--torrent-listen", f"127.0.0.1:{bt_port}"))
@@ -136,7 +146,8 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
         async with trio.open_nursery() as nursery:
             await nursery.start(control.serve, control_port)
             address = Address("127.0.0.1", control_port)
-            async with peer_process(tmp_path / "peers", address) as peers:
+            bundle = await fleet.enroll("fx-1")
+            async with peer_process(tmp_path / "peers", address, bundle) as peers:
                 # Rollout ro-1 (token 5) activates r1 fully.
                 await control.send(m.Stage("ro-1", mf1, t1, peers=swarm, token=5))
                 await staged(control, "ro-1")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from seeder.client import open_client
 from seeder.localfleet import LocalFleet
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -66,7 +65,7 @@ async def test_preflight_rows_per_host_and_nothing_changes(
         for i, name in enumerate(HOSTS):
             await fleet.start_peer(name, f"127.0.77.{i + 2}")
         assert fleet.control is not None
-        async with open_client(fleet.control) as client:
+        async with fleet.client() as client:
             await fleet.wait_connected(client, HOSTS)
         r1 = await trio.to_thread.run_sync(build, fleet, repo)
         out = await trio.to_thread.run_sync(
@@ -133,7 +132,7 @@ async def test_preflight_rows_per_host_and_nothing_changes(
         await trio.to_thread.run_sync(commit_version, repo, "3")
         r3 = await trio.to_thread.run_sync(build, fleet, repo)
         await fleet.stop(stopped)
-        async with open_client(fleet.control) as client:
+        async with fleet.client() as client:
             with trio.fail_after(20):
                 while True:
                     hosts = (await client.call("hosts.list"))["hosts"]

@@ -26,7 +26,6 @@ import pytest
 import trio
 
 from common.torrent import bdecode, make_torrent, torrent_infohash, tracker_hashes
-from seeder.client import open_client
 from seeder.fetch import FetchTimeout, fetch_release
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import make_app_repo, shoal
@@ -110,7 +109,7 @@ async def test_torrents_built_before_a_seeder_restart_still_work(
         await until_seeds(url, torrent, 1)  # same URL, and the seeder announced again
 
         await fleet.start_peer("web-1", PEER_IP)
-        async with open_client(control) as client:
+        async with fleet.client() as client:
             await fleet.wait_connected(client, ["web-1"])
         out = await trio.to_thread.run_sync(
             lambda: shoal(control, "rollout", "start", release_id, "--wait")

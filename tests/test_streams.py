@@ -14,6 +14,7 @@ import trio.testing
 
 from common import messages as m
 from common.channel import Channel
+from common.crypto.certs import Holder
 from common.errors import RemoteError
 from common.protocol import Role
 from seeder.client import SeederClient
@@ -25,7 +26,7 @@ from seeder.live import LiveLog
 from seeder.store import HostRecord, Store
 from seeder.streams import Watching, publisher
 from tests.conftest import MANIFEST
-from tests.test_control_server import Clock, peer_connected
+from tests.test_control_server import OPERATOR, PEER, Clock, peer_connected
 
 RELEASE = MANIFEST.release_id
 ONE_WAVE = {"waves": "100%"}
@@ -54,9 +55,9 @@ async def serving(
 
 
 @asynccontextmanager
-async def dial(server: ControlServer, nursery: trio.Nursery) -> AsyncIterator[Channel]:
+async def dial(server: ControlServer, nursery: trio.Nursery, who: Holder) -> AsyncIterator[Channel]:
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    nursery.start_soon(server.handle, server_stream)
+    nursery.start_soon(server.converse, server_stream, who)
     channel = Channel(client_stream, Role.CLIENT)
     try:
         yield channel
@@ -97,8 +98,8 @@ async def test_subscribe_gets_a_snapshot_then_events_until_the_rollout_ends(stor
     with trio.fail_after(5):
         async with (
             serving(store) as (server, _, nursery),
-            dial(server, nursery) as peer,
-            dial(server, nursery) as operator,
+            dial(server, nursery, PEER) as peer,
+            dial(server, nursery, OPERATOR) as operator,
         ):
             await peer_connected(peer)
             rid = await start(server, peer)
@@ -131,8 +132,8 @@ async def test_a_finished_rollout_ends_at_once_and_errors_are_refused(store: Sto
     with trio.fail_after(5):
         async with (
             serving(store) as (server, _, nursery),
-            dial(server, nursery) as peer,
-            dial(server, nursery) as operator,
+            dial(server, nursery, PEER) as peer,
+            dial(server, nursery, OPERATOR) as operator,
         ):
             await peer_connected(peer)
             rid = await start(server, peer)
@@ -154,8 +155,8 @@ async def test_a_lagging_subscriber_gets_an_end_event_saying_so(store: Store) ->
     with trio.fail_after(5):
         async with (
             serving(store, buffer=3) as (server, watching, nursery),
-            dial(server, nursery) as peer,
-            dial(server, nursery) as operator,
+            dial(server, nursery, PEER) as peer,
+            dial(server, nursery, OPERATOR) as operator,
         ):
             await peer_connected(peer)
             rid = await start(server, peer)
@@ -172,10 +173,13 @@ async def test_a_lagging_subscriber_gets_an_end_event_saying_so(store: Store) ->
 
 async def test_a_client_leaving_ends_its_stream(store: Store) -> None:
     with trio.fail_after(5):
-        async with serving(store) as (server, watching, nursery), dial(server, nursery) as peer:
+        async with (
+            serving(store) as (server, watching, nursery),
+            dial(server, nursery, PEER) as peer,
+        ):
             await peer_connected(peer)
             rid = await start(server, peer)
-            async with dial(server, nursery) as operator:
+            async with dial(server, nursery, OPERATOR) as operator:
                 client = await cli(operator)
                 await client.subscribe("rollout.subscribe", rollout_id=rid)
                 assert watching.hub.subscribers(rollout_topic(rid)) == 1
@@ -188,8 +192,8 @@ async def test_logs_live_lines_then_durable_tails_and_a_follow_stream(store: Sto
     with trio.fail_after(5):
         async with (
             serving(store) as (server, _, nursery),
-            dial(server, nursery) as peer,
-            dial(server, nursery) as operator,
+            dial(server, nursery, PEER) as peer,
+            dial(server, nursery, OPERATOR) as operator,
         ):
             await peer_connected(peer)
             rid = await start(server, peer)
@@ -238,8 +242,8 @@ async def test_watch_rollout_follows_to_the_end_in_every_mode(store: Store, mode
     with trio.fail_after(10):
         async with (
             serving(store) as (server, watching, nursery),
-            dial(server, nursery) as peer,
-            dial(server, nursery) as operator,
+            dial(server, nursery, PEER) as peer,
+            dial(server, nursery, OPERATOR) as operator,
         ):
             await peer_connected(peer)
             rid = await start(server, peer)
@@ -283,7 +287,7 @@ async def test_a_client_that_stops_reading_loses_its_stream(
             rid = server.engine.start_rollout(RELEASE, "all", ONE_WAVE).rollout_id
 
             async def handle() -> None:
-                await server.handle(server_stream)
+                await server.converse(server_stream, OPERATOR)
                 done.set()
 
             nursery.start_soon(handle)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from seeder.client import open_client
 from seeder.localfleet import LocalFleet
 from seeder.samplerepo import commit_all
 from tests.conftest import make_app_repo, shoal
@@ -87,7 +86,7 @@ async def start(fleet: LocalFleet) -> None:
     for name, ip in zip(HOSTS, IPS, strict=True):
         await fleet.start_peer(name, ip)
     assert fleet.control is not None
-    async with open_client(fleet.control) as client:
+    async with fleet.client() as client:
         await fleet.wait_connected(client, HOSTS)
 
 

@@ -1,5 +1,3 @@
-"""The one package that imports ``cryptography``: keys, certificates and signatures.
-
-- :mod:`.signing`: the seeder's Ed25519 release-signing key and the manifest signatures made
-  with it (a peer verifies them against the public key it was enrolled with)
-"""
+"""Everything that touches ``cryptography``: certificates and keys (:mod:`.certs`), CSRs and join
+tokens, release signatures (:mod:`.signing`: the Ed25519 manifest signatures a peer verifies
+against the public key it was enrolled with). No other package imports ``cryptography``."""

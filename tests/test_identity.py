@@ -1,0 +1,162 @@
+"""The pure parts of identity: the role table, the CA's index and revocation, bundles, TTLs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from common.bundle import Bundle
+from common.crypto import certs
+from common.durations import parse_duration
+from common.errors import ConfigError
+from seeder import roles
+from seeder.authority import Authority, UnknownHost, init_identity
+from seeder.control import ControlServer
+from seeder.engine import Engine
+from seeder.store import Store
+
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+
+CASES = [
+    # role, method, allowed
+    ("viewer", "hosts.list", True),
+    ("viewer", "rollout.subscribe", True),
+    ("viewer", "logs.get", True),
+    ("viewer", "rollout.start", False),
+    ("viewer", "release.build", False),
+    ("deployer", "release.build", True),
+    ("deployer", "rollout.abort", True),
+    ("deployer", "rollback.start", True),
+    ("deployer", "hosts.enroll", False),
+    ("deployer", "hosts.revoke", False),
+    ("deployer", "admin.cert", False),
+    ("deployer", "token.create", False),
+    ("admin", "hosts.revoke", True),
+    ("admin", "rollout.start", True),
+    ("host", "hosts.list", False),
+    ("host", "rollout.start", False),
+    ("seeder", "hosts.list", False),
+    ("admin", "no.such.method", False),  # fail closed
+]
+
+
+@pytest.mark.parametrize(("role", "method", "allowed"), CASES)
+def test_the_role_table(role: str, method: str, allowed: bool) -> None:
+    if allowed:
+        roles.check(role, method)
+    else:
+        with pytest.raises(roles.NotPermitted):
+            roles.check(role, method)
+
+
+def test_every_role_in_the_table_is_an_operator_role() -> None:
+    assert set(roles.METHOD_ROLES.values()) <= set(certs.OPERATOR_ROLES)
+
+
+async def test_a_method_without_a_role_stops_the_server_from_being_built(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        engine = Engine(store, seeder_bt=("127.0.0.1", 1))
+
+        async def handler(params: dict[str, object]) -> dict[str, object]:
+            return {}
+
+        with pytest.raises(AssertionError, match=r"no role to brand\.new"):
+            ControlServer(store, engine, methods={"hosts.list": handler, "brand.new": handler})
+    finally:
+        store.close()
+
+
+def enrolled(tmp_path: Path) -> tuple[Authority, certs.PrivateKey]:
+    init_identity(tmp_path, ["127.0.0.1"], NOW)
+    authority = Authority(tmp_path)
+    key = certs.generate_key()
+    return authority, key
+
+
+def test_init_refuses_to_overwrite_and_run_names_the_command(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"shoal seeder init --data-dir {tmp_path}"):
+        Authority(tmp_path)
+    init_identity(tmp_path, ["127.0.0.1"], NOW)
+    with pytest.raises(ConfigError, match="already holds a seeder identity"):
+        init_identity(tmp_path, ["127.0.0.1"], NOW)
+    assert stat.S_IMODE((tmp_path / "identity").stat().st_mode) == 0o700
+
+
+def test_revocation_is_by_host_persisted_and_in_the_crl(tmp_path: Path) -> None:
+    authority, key = enrolled(tmp_path)
+    pub = certs.public_pem(key.public_key())
+    first = certs.load_certificate(
+        authority.issue(pub, "web-1", "host", now=NOW, lifetime=DAY, labels={"env": "prod"})
+    )
+    other = certs.load_certificate(authority.issue(pub, "web-2", "host", now=NOW, lifetime=DAY))
+    assert authority.labels("web-1") == {"env": "prod"}
+    assert authority.revoke_host("web-1", NOW) == [first.serial_number]
+    assert authority.revoke_host("web-1", NOW) == []  # already revoked
+    with pytest.raises(UnknownHost):
+        authority.revoke_host("web-3", NOW)
+    with pytest.raises(UnknownHost):
+        authority.revoke_host("admin", NOW)  # an operator, not a host
+
+    again = Authority(tmp_path)  # a restart reads the index back
+    crl = certs.x509.load_pem_x509_crl(again.crl(NOW))
+    revoked = {r.serial_number for r in crl}
+    assert revoked == {first.serial_number}
+    assert other.serial_number not in revoked
+    assert crl.is_signature_valid(again.ca.cert.public_key())  # type: ignore[arg-type]
+    # enrolled again, the host is let back in with a new certificate
+    back = certs.load_certificate(authority.issue(pub, "web-1", "host", now=NOW, lifetime=DAY))
+    assert back.serial_number not in revoked
+
+
+def test_issue_refuses_the_seeder_role_and_other_keys(tmp_path: Path) -> None:
+    authority, key = enrolled(tmp_path)
+    pub = certs.public_pem(key.public_key())
+    with pytest.raises(ConfigError, match="seeder init"):
+        authority.issue(pub, "seeder", "seeder", now=NOW, lifetime=DAY)
+    _, ed = certs.generate_signing_key()
+    with pytest.raises(certs.CertificateError, match="not an ECDSA key"):
+        authority.issue(ed, "web-1", "host", now=NOW, lifetime=DAY)
+
+
+def test_a_bundle_round_trips_and_damage_is_named(tmp_path: Path) -> None:
+    authority, key = enrolled(tmp_path)
+    cert = authority.issue(certs.public_pem(key.public_key()), "web-1", "host", now=NOW,
+                           lifetime=DAY)  # fmt: skip
+    bundle = Bundle("web-1", {"a": "b"}, authority.ca_pem, cert, certs.key_pem(key),
+                    authority.signing_public())  # fmt: skip
+    path = tmp_path / "b.json"
+    path.write_bytes(bundle.to_json())
+    assert Bundle.read(path) == bundle
+
+    doc = json.loads(path.read_text())
+    doc["key"] = certs.key_pem(certs.generate_key()).decode()
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="certificate, key and CA disagree"):
+        Bundle.read(path)
+    path.write_text(json.dumps({**doc, "name": "web-2"}))
+    with pytest.raises(ConfigError):
+        Bundle.read(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        Bundle.read(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Bundle.read(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45", 45)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "-1d", "0", "nan", "inf", "1y"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--ttl"):
+        parse_duration(text)
