@@ -126,6 +126,7 @@ class OutputLine(Message):
 class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
     heartbeat_interval: float
+    tracker_key: str = ""  # this host's key for the seeder's tracker (seeder.announcekeys)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,20 @@ class Stage(Message):
     slice: list[int] = field(default_factory=list)  # [index, count]: see common.pieces
     slice_seeds: list[list[Any]] = field(default_factory=list)  # [ip, port] of each slice seed
     token: int = 0  # the rollout's fencing token: a peer refuses tokens older than its newest
+    # Ed25519 over common.crypto.signing.canonical_manifest(manifest) by the seeder's release key
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class SwarmMembers(Message):
+    """The BitTorrent addresses a host may trade a rollout's release with: the rollout's enrolled
+    targets and the seeder. Sent before the rollout's Stage and again when it changes; a peer
+    admits only these (libtorrent's IP filter) and ignores lists of older fencing tokens."""
+
+    TYPE: ClassVar[str] = "swarm_members"
+    rollout_id: str
+    addresses: list[str]
+    token: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         OutputLine,
         Welcome,
         Stage,
+        SwarmMembers,
         Activate,
         Abort,
         Preflight,

@@ -73,7 +73,16 @@ _PEER_SENDS = (
     m.OutputLine,
     m.Goodbye,
 )
-_TO_PEER = (m.Welcome, m.Stage, m.Activate, m.Abort, m.Preflight, m.Ack, m.Goodbye)
+_TO_PEER = (
+    m.Welcome,
+    m.Stage,
+    m.SwarmMembers,
+    m.Activate,
+    m.Abort,
+    m.Preflight,
+    m.Ack,
+    m.Goodbye,
+)
 _CLI_SENDS = (m.Request, m.Goodbye)
 _TO_CLI = (m.Response, m.RolloutEvent, m.Goodbye)
 

@@ -41,6 +41,7 @@ from peer.reports import Reporter
 from peer.restart import RestartRequest
 from peer.space import RESERVE, UNPACK_RATIO
 from peer.stage import refresh, stage
+from peer.trust import load_release_key
 from peer.upgrade import HEALTH_TIMEOUT
 
 log = logging.getLogger("shoal.peer")
@@ -111,6 +112,7 @@ async def run_peer(
     me = identity.load(config.data_dir)  # refuses to start without one, saying how to enroll
     if me.name != config.name:
         raise ConfigError(f"this host's certificate names {me.name!r}, not {config.name!r}")
+    release_key = load_release_key(config.data_dir)  # pinned at enrolment
     layout = Layout(config.data_dir)
     layout.create()
     journal = Journal.open(layout.state_db)
@@ -125,6 +127,7 @@ async def run_peer(
             journal,
             reporter,
             torrents,
+            release_key,
             config.keep_releases,
             min_free=config.min_free,
             unpack_ratio=config.unpack_ratio,
@@ -253,6 +256,7 @@ async def _session(
         welcome = await channel.receive()
     if not isinstance(welcome, m.Welcome):
         raise RemoteProtocolError(f"expected welcome, got {welcome.TYPE}")
+    ctx.torrents.set_tracker_key(welcome.tracker_key or None)
     log.info("connected to seeder %s as %s", config.seeder, config.name)
     backoff.reset()
     upgrade.connected(ctx)
@@ -306,6 +310,8 @@ def _dispatch(ctx: PeerContext, jobs: Jobs, msg: m.Message) -> None:
             return
     if isinstance(msg, m.Ack):
         ctx.reporter.ack(msg.seq)
+    elif isinstance(msg, m.SwarmMembers):
+        ctx.swarm.update(msg)
     elif isinstance(msg, m.Abort):
         ctx.fence.abort(msg)
         log.warning("rollout %s aborted%s", msg.rollout_id, " (kill)" if msg.kill else "")

@@ -1,5 +1,10 @@
 """Staging a release on this host: download from the swarm, verify, unpack. Nothing goes live.
 
+Nothing is fetched before the Stage verifies (:mod:`peer.trust`): the manifest's signature by the
+seeder's pinned key and the torrent's infohash against the signed manifest. The archive is
+unpacked into a hidden staging directory while it downloads (:mod:`peer.verify`); it becomes
+``releases/<id>/`` only after the whole archive's SHA-256 matched the signed digest.
+
 Each step is reported. Staging is safe to repeat: an already staged release is reported as such,
 and an interrupted download (even a SIGKILLed one) resumes from libtorrent's resume data, i.e.
 from the pieces already written to disk.
@@ -24,10 +29,10 @@ from common import messages as m
 from common.archive import file_digest, streaming_dir
 from common.errors import ShoalError
 from common.release import Manifest
-from common.torrent import torrent_infohash
 from peer.context import PeerContext
 from peer.progress import Meter
 from peer.space import allocated_bytes, free_bytes, shortfall, space_needed
+from peer.trust import verified_manifest
 from peer.verify import Streamed, download_streamed
 
 log = logging.getLogger("shoal.peer.stage")
@@ -43,19 +48,26 @@ def _addresses(pairs: list[list[Any]]) -> list[tuple[str, int]]:
 
 def refresh(ctx: PeerContext, cmd: m.Stage) -> None:
     """A repeated Stage for a download under way: take its (possibly new) addresses, e.g. the
-    slice seeds of a seeder that restarted mid-download."""
-    infohash = cmd.manifest.get("infohash")
-    if isinstance(infohash, str):
-        ctx.torrents.update_sources(infohash, _addresses(cmd.peers), _addresses(cmd.slice_seeds))
+    slice seeds of a seeder that restarted mid-download. Ignored unless it verifies."""
+    try:
+        manifest = verified_manifest(ctx.release_key, cmd)
+    except ShoalError as exc:
+        log.warning("ignoring a repeated Stage of rollout %s: %s", cmd.rollout_id, exc)
+        return
+    ctx.torrents.update_sources(
+        manifest.infohash, _addresses(cmd.peers), _addresses(cmd.slice_seeds)
+    )
 
 
 async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
     rollout_id = cmd.rollout_id
     report = ctx.reporter.step
     try:
-        manifest = Manifest.from_dict(cmd.manifest)
-    except ShoalError as exc:
-        report(rollout_id, "stage", "failed", result="error", detail=str(exc))
+        manifest = verified_manifest(ctx.release_key, cmd)
+    except ShoalError as exc:  # refused before a byte is fetched: nothing to clean up
+        log.error("refusing to stage for rollout %s: %s", rollout_id, exc)
+        report(rollout_id, "verify", "failed", result="error", detail=str(exc))
+        report(rollout_id, "stage", "failed", result="error", detail=f"verify: {exc}")
         return
     rid = manifest.release_id
     if _already_staged(ctx, rid):
@@ -68,8 +80,6 @@ async def stage(ctx: PeerContext, cmd: m.Stage) -> None:
     report(rollout_id, "stage", "running", detail=rid)
     step = "download"
     try:
-        if torrent_infohash(cmd.torrent) != manifest.infohash:
-            raise StageError("the torrent does not match the release manifest's infohash")
         report(rollout_id, step, "running")
         check_space(ctx, manifest)
         streamed = await _download(ctx, cmd, manifest)
@@ -156,7 +166,10 @@ async def _verify(ctx: PeerContext, manifest: Manifest, streamed: Streamed) -> s
     archive = ctx.layout.download_dir(manifest.release_id) / manifest.archive
     digest = await trio.to_thread.run_sync(file_digest, archive)
     if digest != manifest.digest:
-        raise StageError(f"digest mismatch: got {digest}, manifest says {manifest.digest}")
+        raise StageError(
+            f"release {manifest.release_id}: archive digest mismatch: got {digest}, the signed"
+            f" manifest says {manifest.digest}; nothing was unpacked"
+        )
     return digest
 
 

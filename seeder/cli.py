@@ -116,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a v1-only copy, for clients that read no v2 or hybrid torrent (the seeder seeds it)",
     )
+    export.add_argument(
+        "--allow",
+        type=_ip,
+        action="append",
+        metavar="IP",
+        help="let the machine at IP download it from the seeder (a tracker key for IP goes "
+        "into the exported announce URL); repeat for a machine with several addresses",
+    )
+    export.add_argument(
+        "--allow-for",
+        type=_seconds,
+        default=3600.0,
+        help="seconds the --allow grant lasts (default 3600)",
+    )
     export.add_argument("--json", action="store_true")
     fetch = with_seeder(
         release.add_parser("fetch", help="download a release through the swarm and verify it")
@@ -260,7 +274,10 @@ async def dispatch(args: argparse.Namespace) -> int:
             return await release_cli.run(client, args)
         elif args.command == "release" and args.action == "torrent":
             kind = "v1" if args.v1 else "hybrid"
-            result = await client.call("release.torrent", release_id=args.release_id, kind=kind)
+            grant = {"allow": args.allow, "allow_for": args.allow_for} if args.allow else {}
+            result = await client.call(
+                "release.torrent", release_id=args.release_id, kind=kind, **grant
+            )
             _export_torrent(result, args)
         elif args.command == "release" and args.action == "fetch":
             await _fetch(client, args)
@@ -331,6 +348,14 @@ async def _start(client: Any, args: argparse.Namespace) -> int:
     )
 
 
+def _ip(text: str) -> str:
+    """An argparse type: an IP address."""
+    try:
+        return parse_ip(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a positive number of seconds."""
     try:
@@ -360,6 +385,8 @@ def _export_torrent(result: dict[str, Any], args: argparse.Namespace) -> None:
         "infohash": mf["infohash"],
         "info_hashes": torrent_hashes(torrent),
     }
+    if "allowed" in result:  # --allow: who may download it from the seeder, until when
+        info["allowed"] = result["allowed"]
     if args.out is None:
         if args.json:
             info["torrent_base64"] = base64.b64encode(torrent).decode()
@@ -393,8 +420,11 @@ async def _fetch(client: Any, args: argparse.Namespace) -> None:
     check_destination(dest)  # before asking the seeder anything
     if not args.timeout > 0:  # NaN too
         raise ConfigError(f"--timeout {args.timeout} must be a positive number of seconds")
-    info = await client.call("release.fetch", release_id=args.release_id)
     bind = parse_ip(args.bind) if args.bind else client.channel.stream.socket.getsockname()[0]
+    # the seeder's full seed admits this machine's address for the fetch (a closed swarm)
+    info = await client.call(
+        "release.fetch", release_id=args.release_id, address=bind, timeout=args.timeout
+    )
     steps = [0]
 
     def progress(fraction: float) -> None:

@@ -94,20 +94,20 @@ class Connections:
     """The live control connections by certificate holder, so a revocation can end them."""
 
     def __init__(self) -> None:
-        self._scopes: dict[str, set[trio.CancelScope]] = {}
+        self._scopes: dict[Holder, set[trio.CancelScope]] = {}
 
-    def add(self, name: str, scope: trio.CancelScope) -> None:
-        self._scopes.setdefault(name, set()).add(scope)
+    def add(self, who: Holder, scope: trio.CancelScope) -> None:
+        self._scopes.setdefault(who, set()).add(scope)
 
-    def discard(self, name: str, scope: trio.CancelScope) -> None:
-        scopes = self._scopes.get(name, set())
+    def discard(self, who: Holder, scope: trio.CancelScope) -> None:
+        scopes = self._scopes.get(who, set())
         scopes.discard(scope)
         if not scopes:
-            self._scopes.pop(name, None)
+            self._scopes.pop(who, None)
 
-    def disconnect(self, name: str) -> int:
-        """End every live connection of ``name`` now; how many there were."""
-        scopes = self._scopes.get(name, set())
+    def disconnect(self, who: Holder) -> int:
+        """End every live connection of ``who`` now; how many there were."""
+        scopes = self._scopes.get(who, set())
         for scope in scopes:
             scope.cancel()
         return len(scopes)
@@ -124,6 +124,7 @@ class ControlServer:
         streams: dict[str, StreamHandler] | None = None,
         observe: Observer = _no_observer,
         preflights: Preflights | None = None,
+        tracker_key: Callable[[str], str] = lambda host: "",
         labels_of: Callable[[str], dict[str, str]] = _no_labels,
         method_roles: Mapping[str, str] = roles.METHOD_ROLES,
         connections: Connections | None = None,
@@ -146,6 +147,7 @@ class ControlServer:
             raise AssertionError(f"seeder/roles.py gives no role to {', '.join(missing)}")
         self.connections = connections or Connections()
         self.gate = gatekeeper.Gatekeeper(limits or Limits(), RateLog(log))
+        self.tracker_key = tracker_key  # a host's key for the tracker (seeder.announcekeys)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -177,7 +179,7 @@ class ControlServer:
         """Serve one authenticated connection of ``who`` until it ends."""
         channel = self.gate.channel(stream)
         scope = trio.CancelScope()
-        self.connections.add(who.name, scope)
+        self.connections.add(who, scope)
         try:
             with scope:
                 first = await self.gate.hello(channel)
@@ -195,7 +197,7 @@ class ControlServer:
         except Exception:  # one connection's bug must not take the seeder down
             log.exception("closing a control connection after an internal error")
         finally:
-            self.connections.discard(who.name, scope)
+            self.connections.discard(who, scope)
             await channel.aclose()
 
     def _admit(self, hello: m.Hello, who: Holder) -> m.Hello:
@@ -215,7 +217,8 @@ class ControlServer:
 
     async def _serve_peer(self, channel: Channel, hello: m.Hello) -> None:
         self.engine.host_record(hello)
-        await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL))
+        key = self.tracker_key(hello.name)
+        await channel.send(m.Welcome(heartbeat_interval=HEARTBEAT_INTERVAL, tracker_key=key))
         log.info("peer %s connected from %s", hello.name, hello.address)
         writer = PeerWriter(hello.name, channel)
         failure: ConnectionClosed | ProtocolError | None = None

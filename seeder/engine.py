@@ -24,6 +24,7 @@ from common import messages as m
 from common.errors import ShoalError
 from seeder import machine as mc
 from seeder.gate import gate_environment, run_gate
+from seeder.membership import Membership
 from seeder.model import RolloutModel, TargetModel
 from seeder.promotion import ENV_LABEL
 from seeder.selector import select_hosts
@@ -93,6 +94,7 @@ class Engine:
         self._stage_plans: dict[tuple[str, str], Callable[[str], m.Stage]] = {}
         self._stage_waiting: dict[tuple[str, str], list[mc.SendStage]] = {}
         self._nursery: trio.Nursery | None = None
+        self.membership = Membership(store.hosts(), [seeder_bt[0]])
         for rollout_id in reversed(store.rollout_ids(live_only=True, limit=1000)):
             self._adopt(rollout_id)
 
@@ -154,6 +156,7 @@ class Engine:
         self.last_seen[host] = self.clock()
         rollout_id = self._by_host.get(host)
         if rollout_id in self._live:
+            writer.offer(self.membership.message(self._live[rollout_id]))  # before any Stage
             self._event(self._live[rollout_id], mc.Connected(host))
 
     def detach(self, host: str, writer: PeerWriter) -> None:
@@ -172,6 +175,23 @@ class Engine:
 
     def connected(self) -> set[str]:
         return set(self._writers)
+
+    def swarm_addresses(self) -> set[str]:
+        """Every BitTorrent address in a live rollout's swarm (seeder.membership)."""
+        return self.membership.union(self._live.values())
+
+    def host_left(self, host: str) -> None:
+        """A host is no longer enrolled (revoked): its rollout's swarm closes to it now."""
+        if self.membership.forget(host):
+            self._members_changed(host)
+
+    def _members_changed(self, host: str) -> None:
+        """Tell the connected targets of the host's live rollout its new swarm members."""
+        r = self._live.get(self._by_host.get(host, ""))
+        if r is not None:
+            msg = self.membership.message(r)
+            for target in r.targets:
+                self._send(target, msg)
 
     # --- operator requests ---------------------------------------------------------------------
 
@@ -423,6 +443,7 @@ class Engine:
             key = (r.rollout_id, cmd.release_id)
             build = self._stage_plans.get(key)
             if build is not None:
+                self._send(cmd.host, self.membership.message(r))
                 self._send(cmd.host, build(cmd.host))
             else:
                 waiting = self._stage_waiting.setdefault(key, [])
@@ -463,6 +484,7 @@ class Engine:
             return
         self._stage_plans[key] = build
         for cmd in self._stage_waiting.pop(key, []):
+            self._send(cmd.host, self.membership.message(r))
             self._send(cmd.host, build(cmd.host))
 
     async def _gate(self, r: RolloutModel, cmd: mc.RunGate) -> None:
@@ -517,6 +539,8 @@ class Engine:
             now,
         )
         self.store.upsert_host(record, now)
+        if self.membership.host_seen(hello.name, hello.address):
+            self._members_changed(hello.name)
 
 
 def _envs(hosts: list[HostRecord], targets: Mapping[str, str]) -> dict[str, str]:

@@ -1,11 +1,12 @@
 """Fetching a release by hand: through the swarm onto this machine, verified, for inspection.
 
 ``shoal release fetch`` asks the seeder for the release's torrent and its full seed's address
-(``release.fetch``), then downloads with a libtorrent session of its own: from the peers the
-tracker names and from the seeder, dialled directly (the tracker withholds the seeder from the
-fleet's own hosts, see :func:`seeder.service._origin_policy`). The archive's digest is checked
-against the manifest before anything is left in the destination; on any failure the
-destination is as it was.
+(``release.fetch``, which also admits this machine's address to the full seed for the fetch: the
+swarm is closed, see :mod:`seeder.swarm_access`), then downloads with a libtorrent session of its
+own from the seeder's full seed, dialled directly. It does not announce: the tracker answers
+enrolled hosts only, and the fleet's peers admit only their rollout's members. The archive's
+digest is checked against the manifest before anything is left in the destination; on any
+failure the destination is as it was.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ async def fetch_release(
             await nursery.start(session.run)
             with trio.move_on_after(patience) as scope:
                 sources = await session.download(
-                    torrent, dest / PARTIAL, peers=seeds, on_progress=seen
+                    torrent, dest / PARTIAL, peers=seeds, on_progress=seen, announce=False
                 )
             nursery.cancel_scope.cancel()  # closes the session: it announces "stopped"
         if scope.cancelled_caught:

@@ -18,14 +18,23 @@ from typing import Any
 import trio
 
 from common.addr import Address
+from common.crypto.certs import HOST_ROLE
 from common.crypto.tokens import ca_pin
 from common.errors import ConfigError, TorrentError
 from common.join import JOIN_PORT_OFFSET
 from common.release import Manifest
-from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
+from common.torrent import (
+    SliceSeeds,
+    TorrentSession,
+    keyed_url,
+    piece_size_of,
+    tracker_hashes,
+    with_announce,
+)
 from common.torrent.slices import WARM_SLICES
 from seeder import views
 from seeder.admission import Limits
+from seeder.announcekeys import AnnounceKeys, admission, load_secret
 from seeder.app_service import Apps
 from seeder.authority import Authority
 from seeder.build import BuiltRelease, v1_torrent
@@ -43,9 +52,11 @@ from seeder.release_service import Releases
 from seeder.retention import KEEP_RELEASES
 from seeder.seeding import Seeding
 from seeder.selector import select_hosts
+from seeder.signatures import ReleaseSignatures, load_release_signer
 from seeder.stageplan import UnknownRelease
 from seeder.store import Store
 from seeder.streams import Watching, publisher
+from seeder.swarm_access import SeederAdmission
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tokens import token_methods
 from seeder.tracker import Tracker
@@ -129,12 +140,18 @@ async def run_seeder(
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
     tracker_at, bt = default_addresses(config)
+    signer = load_release_signer(data)  # no key, no seeder: every release it ships is signed
     store = Store(data / "seeder.db")
     try:
+        signatures = ReleaseSignatures(store, signer)
+        signatures.reconcile()
+        keys = AnnounceKeys(load_secret(data), enrolled=_enrolled(store, authority))
         try:
             torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         except TorrentError as exc:
             raise ConfigError(f"BitTorrent port {bt} (--torrent-listen): {exc}") from None
+        torrents.set_allowed_peers(())  # closed until SeederAdmission opens it to the members
+        torrents.set_tracker_key(keys.origin_key())
         async with trio.open_nursery() as nursery:
             await nursery.start(torrents.run)
             bt = bt.with_port(torrents.listen_port)
@@ -142,6 +159,7 @@ async def run_seeder(
                 interval=config.tracker_interval,
                 origins=frozenset({(bt.host, bt.port)}),
                 origin_ok=_origin_policy(store, config.slices),
+                admit=admission(keys, time.time),
             )
             try:
                 tracker_port = await nursery.start(tracker.serve, tracker_at.host, tracker_at.port)
@@ -153,6 +171,7 @@ async def run_seeder(
             slice_seeds = SliceSeeds(
                 bt.host, overrides=config.torrent_settings, warm=WARM_SLICES if config.slices else 0
             )
+            slice_seeds.set_allowed_peers(())
             await nursery.start(slice_seeds.run)
             # The full seed announces (it is the swarm's origin, listed by the tracker), after
             # the tracker listens, so the first announce of a restart is not refused.
@@ -173,17 +192,21 @@ async def run_seeder(
                 on_event=publisher(hub),
             )
             await nursery.start(engine.run)
+            admitted = SeederAdmission(torrents, slice_seeds, engine.swarm_addresses)
+            await nursery.start(admitted.run)
             watching = Watching(store, engine, hub, LiveLog())
             preflights = Preflights()
             methods = _methods(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
+            methods.update(_closed_swarm_methods(store, admitted, keys, tracker_url, methods))
             methods.update(watching.methods())
             methods.update(promotion_methods(PromotionGate(store), engine.connected))
             apps = Apps(store, data)
 
             async def publish(built: BuiltRelease) -> bool:
                 created = store.add_release(built.manifest, built.torrent, time.time())
+                signatures.ensure(built.manifest)
                 seeding.reconcile()
                 await _until_listed(tracker, built.torrent, bt)
                 return created
@@ -198,11 +221,14 @@ async def run_seeder(
             )
             methods.update(apps.methods())
             methods.update(releases.methods())
-            methods.update(_upgrade_methods(config, store, seeding, tracker, tracker_url, bt))
+            methods.update(
+                _upgrade_methods(config, store, signatures, seeding, tracker, tracker_url, bt)
+            )
             methods["rollout.preflight"] = _preflight_method(config, store, engine, preflights)
             connections = Connections()
             methods.update(enrollment_methods(authority, connections))
             methods.update(token_methods(store, ca_pin(authority.ca_pem)))
+            methods["hosts.revoke"] = _leaving_the_swarm(methods["hosts.revoke"], engine)
             server = ControlServer(
                 store,
                 engine,
@@ -211,6 +237,7 @@ async def run_seeder(
                 streams={**watching.streams(), **releases.streams()},
                 observe=watching.observe,
                 preflights=preflights,
+                tracker_key=keys.host_key,
                 labels_of=authority.labels,
                 connections=connections,
                 limits=config.limits,
@@ -403,6 +430,7 @@ def _methods(
 def _upgrade_methods(
     config: SeederConfig,
     store: Store,
+    signatures: ReleaseSignatures,
     seeding: Seeding,
     tracker: Tracker,
     tracker_url: str,
@@ -413,6 +441,7 @@ def _upgrade_methods(
     async def register(build: Callable[[], BuiltRelease]) -> dict[str, Any]:
         built = await trio.to_thread.run_sync(build)
         created = store.add_release(built.manifest, built.torrent, time.time())
+        signatures.ensure(built.manifest)
         seeding.reconcile()
         await _until_listed(tracker, built.torrent, full_seed_at)
         return {"release": built.manifest.to_dict(), "created": created, "warnings": []}
@@ -420,6 +449,70 @@ def _upgrade_methods(
     uploads = Uploads(config.data_dir / "uploads")
     releases = config.data_dir / "releases"
     return upgrade_methods(uploads, register, releases, tracker_url, config.piece_size)
+
+
+def _closed_swarm_methods(
+    store: Store,
+    admitted: SeederAdmission,
+    keys: AnnounceKeys,
+    tracker_url: str,
+    methods: dict[str, Handler],
+) -> dict[str, Handler]:
+    """``release.torrent`` and ``release.fetch`` in a closed swarm: the machine an operator
+    names (``allow``; a fetch's own ``address``) is admitted to the full seed for a while, and
+    an exported torrent announces with a tracker key granted to that machine only."""
+    plain_torrent, plain_fetch = methods["release.torrent"], methods["release.fetch"]
+
+    async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
+        allow = [str(ip) for ip in params.get("allow") or []]
+        result = await plain_torrent(params)
+        if allow:
+            seconds = float(params.get("allow_for", GRANT_SECONDS))
+            until = min(admitted.grant(ip, seconds) for ip in allow)
+            url = keyed_url(tracker_url, keys.grant_key(allow, until))
+            result["torrent"] = with_announce(bytes(result["torrent"]), url)
+            result["allowed"] = {"addresses": allow, "until": until}
+        return result
+
+    async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
+        result = await plain_fetch(params)
+        address = params.get("address")
+        if address is not None:
+            seconds = float(params.get("timeout", GRANT_SECONDS)) + FETCH_GRACE
+            until = admitted.grant(str(address), seconds)
+            result["allowed"] = {"addresses": [str(address)], "until": until}
+        return result
+
+    return {"release.torrent": release_torrent, "release.fetch": release_fetch}
+
+
+def _enrolled(store: Store, authority: Authority) -> Callable[[str], bool]:
+    """Whether host ``name`` may use its tracker key: registered, and holding a host
+    certificate that is neither revoked nor expired."""
+
+    def enrolled(name: str) -> bool:
+        now = time.time()
+        return store.is_host(name) and any(
+            i.name == name and i.role == HOST_ROLE and i.revoked_at is None and i.not_after > now
+            for i in authority.certificates()
+        )
+
+    return enrolled
+
+
+def _leaving_the_swarm(revoke: Handler, engine: Engine) -> Handler:
+    """``hosts.revoke``, and the revoked host leaves its rollout's swarm at once."""
+
+    async def hosts_revoke(params: dict[str, Any]) -> dict[str, Any]:
+        result = await revoke(params)
+        engine.host_left(str(params["name"]))
+        return result
+
+    return hosts_revoke
+
+
+GRANT_SECONDS = 3600.0  # how long `release torrent --allow IP` admits IP by default
+FETCH_GRACE = 60.0  # a fetch's grant outlasts its --timeout by this much
 
 
 def _preflight_method(

@@ -1,6 +1,7 @@
 """What a rollout's targets are told to stage: the Stage message of one release, per host.
 
-Each host gets the release's manifest and torrent, a random sample of the other targets as swarm
+Each host gets the release's manifest, its signature (see :mod:`seeder.signatures`) and torrent,
+a random sample of the other targets as swarm
 peers and, when the seeder splits its upload into slices (see :mod:`common.pieces`), its own
 slice and the slice seeds' addresses. Built once per (rollout, release).
 """
@@ -46,6 +47,7 @@ async def stage_message(
     count = slice_count(len(names))
     seeds = await slice_seeds(release_id, count) if slice_seeds else []
     manifest_dict = manifest.to_dict()
+    signature = store.signature(release_id) or b""  # none: the peer refuses, saying so
 
     def message(host: str) -> m.Stage:
         mine = records.get(host)
@@ -63,6 +65,7 @@ async def stage_message(
             slice=[i, count] if slice_seeds and i < count else [],
             slice_seeds=[[ip, port] for ip, port in seeds],
             token=r.token,
+            signature=signature,
         )
 
     return message

@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS hosts_by_address ON hosts (address);
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, torrent BLOB NOT NULL,
     created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS signatures (
+    release_id TEXT PRIMARY KEY REFERENCES releases, signature BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rollouts (
     rollout_id TEXT PRIMARY KEY, release_id TEXT NOT NULL, selector TEXT NOT NULL,
     kind TEXT NOT NULL, token INTEGER NOT NULL UNIQUE, options TEXT NOT NULL, plan TEXT NOT NULL,
@@ -153,6 +155,11 @@ class Store(AppTables, PromotionTables):
                 ),
             )
 
+    def is_host(self, name: str) -> bool:
+        """Whether a host of this name has registered (one indexed lookup)."""
+        row = self._db.execute("SELECT 1 FROM hosts WHERE name=? LIMIT 1", (name,))
+        return row.fetchone() is not None
+
     def is_host_address(self, address: str) -> bool:
         """Whether a fleet host registered from ``address`` (one indexed lookup)."""
         row = self._db.execute("SELECT 1 FROM hosts WHERE address=? LIMIT 1", (address,))
@@ -185,6 +192,18 @@ class Store(AppTables, PromotionTables):
                 (manifest.release_id, json.dumps(manifest.to_dict()), torrent, now),
             )
             return cur.rowcount == 1
+
+    def set_signature(self, release_id: str, signature: bytes) -> None:
+        """Store the signature of a release's manifest (seeder.signatures is its one writer)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO signatures VALUES (?,?)", (release_id, signature))
+
+    def signature(self, release_id: str) -> bytes | None:
+        """The stored signature of a release's manifest (seeder.signatures), if any."""
+        row = self._db.execute(
+            "SELECT signature FROM signatures WHERE release_id=?", (release_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def release(self, release_id: str) -> tuple[Manifest, bytes] | None:
         row = self._db.execute(

@@ -48,6 +48,10 @@ class AnnounceRejected(Exception):
     """The announce is not acceptable; the message goes back as ``failure reason``."""
 
 
+# (requester ip, its tracker key or None) -> why it is refused, or None to answer it
+AnnounceCheck = Callable[[str, str | None], str | None]
+
+
 class Tracker:
     """HTTP tracker serving ``GET /announce`` and ``GET /scrape`` from :class:`Swarms`.
 
@@ -59,7 +63,9 @@ class Tracker:
     autojump clock works in tests). Each connection gets one task, at most ``max_connections``
     at once and ``max_per_address`` from one IP (further ones are closed at once, counted in a
     rate-limited log); each request must arrive and be answered within ``timeout`` seconds
-    (idle keep-alive included), so a slow client can't hold a task forever.
+    (idle keep-alive included), so a slow client can't hold a task forever. ``admit`` decides
+    who is answered at all (announce and scrape; see :mod:`seeder.announcekeys`); without it,
+    anyone.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Tracker:
         timeout: float = 10.0,
         max_connections: int = 1024,
         max_per_address: int = MAX_PER_ADDRESS,
+        admit: AnnounceCheck | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"tracker interval {interval} must be at least 1 second")
@@ -86,6 +93,7 @@ class Tracker:
         self.min_interval = min_interval if min_interval is not None else max(1, interval // 4)
         self.timeout = timeout
         self._origin_ok = origin_ok
+        self._admit = admit
         self._clock = clock
         self._admission = Admission(
             Limits(max_connections=max_connections, max_per_address=max_per_address),
@@ -141,6 +149,10 @@ class Tracker:
             )
         except ValueError:
             return 200, bencode({b"failure reason": "too many query fields"})
+        if self._admit is not None:
+            refused = self._admit(ip, dict(fields).get("hk"))
+            if refused is not None:
+                return 200, bencode({b"failure reason": refused})
         try:
             if parts.path == "/scrape":
                 body = self._scrape(fields)

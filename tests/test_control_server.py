@@ -151,6 +151,7 @@ async def test_step_report_is_acked_and_recorded(server: ControlServer, store: S
         async with connection(server) as (client, _):
             await peer_connected(client)
             rid = start_rollout(server)
+            assert isinstance(await client.receive(), m.SwarmMembers)  # the swarm, first
             assert isinstance(await client.receive(), m.Stage)  # from the peer's writer
             await client.send(stage_done(rid, seq=41))
             assert await client.receive() == m.Ack(seq=41)
@@ -173,6 +174,7 @@ async def test_the_same_report_twice_is_idempotent(server: ControlServer, store:
         async with connection(server) as (client, _):
             await peer_connected(client)
             rid = start_rollout(server)
+            assert isinstance(await client.receive(), m.SwarmMembers)  # the swarm, first
             assert isinstance(await client.receive(), m.Stage)
             await client.send(stage_done(rid, seq=7))
             assert await client.receive() == m.Ack(seq=7)
@@ -276,6 +278,7 @@ async def test_a_backlog_of_reports_in_one_burst_is_acked_without_a_disconnect(
         async with connection(server) as (client, done):
             await peer_connected(client)
             rid = start_rollout(server)
+            assert isinstance(await client.receive(), m.SwarmMembers)  # the swarm, first
             assert isinstance(await client.receive(), m.Stage)
             burst = [
                 m.StepReport(rid, "web-1", f"step-{i}", 1, "running", seq=i) for i in range(3000)

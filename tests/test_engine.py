@@ -94,7 +94,9 @@ async def test_waves_through_the_shell_and_acks_after_commit(
     engine, nursery = running
     peers = {n: await Peer(n).connect(engine, nursery) for n in HOSTS}
     r = engine.start_rollout(RELEASE, "all", {"waves": "1,100%"})
-    for peer in peers.values():
+    members = sorted({SEEDER_BT[0], *(ip for ip, _ in HOSTS.values())})
+    for peer in peers.values():  # each is told its rollout's swarm, then to stage
+        assert await peer.expect(m.SwarmMembers) == m.SwarmMembers(r.rollout_id, members, 1)
         stage = await peer.expect(m.Stage)
         assert isinstance(stage, m.Stage) and stage.token == r.token == 1
         assert stage.peers[0] == list(SEEDER_BT)
@@ -142,6 +144,7 @@ async def test_a_stalled_peer_does_not_delay_the_others(
     quick = await Peer("web-2").connect(engine, nursery)
     engine.start_rollout(RELEASE, "web-1,web-2")
     started = trio.current_time()
+    await quick.expect(m.SwarmMembers)
     await quick.expect(m.Stage)
     assert trio.current_time() - started < 1
     assert not stalled.writer.closed
@@ -161,6 +164,7 @@ async def test_restart_reloads_paused_and_gating_rollouts(store: Store, tmp_path
         )
         paused = engine.start_rollout(RELEASE, "web-2")
         engine.operator(paused.rollout_id, "pause")
+        await peer.expect(m.SwarmMembers)
         await peer.expect(m.Stage)
         peer.report(engine, gated.rollout_id, "stage", "succeeded", 1)
         assert {type(await peer.next()), type(await peer.next())} == {m.Ack, m.Activate}
@@ -177,6 +181,8 @@ async def test_restart_reloads_paused_and_gating_rollouts(store: Store, tmp_path
         while marker.read_text().count("ran") < 2:  # the gate runs again after the restart
             await trio.sleep(0.1)
         peer = await Peer("web-1").connect(again, nursery)
+        # told its live rollout's swarm again (it seeds for the others), and given no command
+        assert isinstance(await peer.next(), m.SwarmMembers)
         with trio.move_on_after(2):
             msg = await peer.next()
             pytest.fail(f"a finished target got a command again: {msg}")

@@ -135,13 +135,16 @@ async def test_a_peer_killed_mid_download_fetches_again_at_most_what_it_had_not_
     assert fetched < size - size // 3, detail  # far from the whole release again
 
 
+SWARM_MEMBER_IP = "127.0.0.1"  # the seeder's: in every rollout's swarm (see README, closed swarm)
+
 # --- 5. pruned releases are not seeded -------------------------------------------------------
 
 
 async def _serves(ip: str, port: int, torrent: bytes, dest: Path, wait: float) -> int:
-    """Bytes a fresh session gets from one peer only, within `wait` seconds."""
+    """Bytes a fresh session gets from one peer only, within `wait` seconds. It dials from the
+    seeder's address: a peer admits only its rollout's swarm (the hosts and the seeder)."""
     async with trio.open_nursery() as nursery:
-        session = TorrentSession("127.0.93.9")
+        session = TorrentSession(SWARM_MEMBER_IP)
         await nursery.start(session.run)
         with trio.move_on_after(wait):
             await session.download(torrent, dest, peers=[(ip, port)])
@@ -217,10 +220,10 @@ def free(path: Path) -> int:
 def fill(path: Path) -> Path:
     """Write a file until the disk is full; it stays until the caller removes it."""
     filler = path / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    # unbuffered: nothing is left to flush (and fail) when the file closes on a full disk
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\xff" * (1 << 20))
-            f.flush()
     return filler
 
 
@@ -329,9 +332,10 @@ async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
 
 
 async def _leech(ip: str, port: int, torrent: bytes, dest: Path, wait: float) -> tuple[int, int]:
-    """(failed, verified) bytes of a fresh session that fetches from one peer for `wait` s."""
+    """(failed, verified) bytes of a fresh session that fetches from one peer for `wait` s
+    (from the seeder's address, like _serves)."""
     async with trio.open_nursery() as nursery:
-        session = TorrentSession("127.0.93.8")
+        session = TorrentSession(SWARM_MEMBER_IP)
         await nursery.start(session.run)
         with trio.move_on_after(wait):
             await session.download(torrent, dest, peers=[(ip, port)])

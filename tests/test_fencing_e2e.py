@@ -23,10 +23,11 @@ import trio
 from common import messages as m
 from common.addr import Address
 from common.channel import Channel
+from common.crypto.signing import PRIVATE_KEY_FILE, load_signer
 from common.errors import ConnectionClosed
 from common.protocol import Role
 from common.tls import ServerTLS
-from seeder.authority import Authority
+from seeder.authority import Authority, identity_dir
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -106,12 +107,36 @@ async def staged(control: FakeControl, rollout: str) -> None:
 
 
 def release(fleet: LocalFleet, repo: Path) -> tuple[dict[str, Any], bytes]:
+    """A release built by the real seeder, whose full seed admits the peer (a grant: the swarm
+    is closed and the peer is in none of the real seeder's rollouts)."""
     rid = fleet.build_release(repo)
     listing = json.loads(shoal(fleet.control, "release", "list", "--json").stdout)
     manifest = next(r for r in listing if r["release_id"] == rid)
     del manifest["created_at"]
     torrent = (fleet.root / "seeder" / "releases" / rid / "release.torrent").read_bytes()
+    grant = shoal(fleet.control, "release", "torrent", rid, "--allow", PEER_IP, "--json")
+    assert grant.returncode == 0, grant.stderr
     return manifest, torrent
+
+
+def stage(
+    fleet: LocalFleet, rollout: str, release: tuple[dict[str, Any], bytes], token: int, bt: int
+) -> list[m.Message]:
+    """What the seeder sends for a stage: the swarm's members, then the Stage, signed with the
+    fleet's release key (the stand-in seeder signs as the real one would)."""
+    signer = load_signer(identity_dir(fleet.seeder_dir) / PRIVATE_KEY_FILE)
+    manifest, torrent = release
+    return [
+        m.SwarmMembers(rollout, ["127.0.0.1", PEER_IP], token),
+        m.Stage(
+            rollout,
+            manifest,
+            torrent,
+            peers=[["127.0.0.1", bt]],
+            token=token,
+            signature=signer.sign(manifest),
+        ),
+    ]
 
 
 @asynccontextmanager
@@ -140,7 +165,6 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
         start_hook.write_text(start_hook.read_text() + "sleep 25\n")
         await trio.to_thread.run_sync(commit_version, repo, "2")
         mf2, t2 = await trio.to_thread.run_sync(release, fleet, repo)
-        swarm = [["127.0.0.1", bt_port]]
         home = tmp_path / "peers" / "hosts" / "fx-1"
 
         async with trio.open_nursery() as nursery:
@@ -149,14 +173,16 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
             bundle = await fleet.enroll("fx-1")
             async with peer_process(tmp_path / "peers", address, bundle) as peers:
                 # Rollout ro-1 (token 5) activates r1 fully.
-                await control.send(m.Stage("ro-1", mf1, t1, peers=swarm, token=5))
+                for msg in stage(fleet, "ro-1", (mf1, t1), 5, bt_port):
+                    await control.send(msg)
                 await staged(control, "ro-1")
                 await control.send(m.Activate("ro-1", mf1["release_id"], token=5))
                 done = await control.expect(report("ro-1", "activate", "succeeded", "failed"))
                 assert isinstance(done, m.StepReport) and done.state == "succeeded", done
 
                 # Rollout ro-2 (token 6): abort with kill while ApplicationStart runs.
-                await control.send(m.Stage("ro-2", mf2, t2, peers=swarm, token=6))
+                for msg in stage(fleet, "ro-2", (mf2, t2), 6, bt_port):
+                    await control.send(msg)
                 await staged(control, "ro-2")
                 await control.send(m.Activate("ro-2", mf2["release_id"], token=6))
                 await control.expect(report("ro-2", "ApplicationStart", "running"))
@@ -179,7 +205,8 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
                 assert isinstance(again, m.StepReport) and again.result == "aborted"
 
                 # An older rollout's commands are refused and do nothing.
-                await control.send(m.Stage("ro-old", mf2, t2, peers=swarm, token=4))
+                for msg in stage(fleet, "ro-old", (mf2, t2), 4, bt_port):
+                    await control.send(msg)
                 refused = await control.expect(lambda msg: isinstance(msg, m.Refused))
                 assert isinstance(refused, m.Refused)
                 assert (refused.rollout_id, refused.token) == ("ro-old", 4)
@@ -192,7 +219,8 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
                 await peers.stop(peers.daemons[0])
                 await peers.start_peer("fx-1", PEER_IP)
                 await control.wait_hellos(2)
-                await control.send(m.Stage("ro-1", mf1, t1, peers=swarm, token=5))
+                for msg in stage(fleet, "ro-1", (mf1, t1), 5, bt_port):
+                    await control.send(msg)
                 refused = await control.expect(lambda msg: isinstance(msg, m.Refused))
                 assert isinstance(refused, m.Refused) and refused.token == 5
             nursery.cancel_scope.cancel()

@@ -56,6 +56,7 @@ def test_every_message_class_compiles_and_round_trips_its_defaults() -> None:
         m.OutputLine(rollout_id="r", host="h", step="s", line="l"),
         m.Welcome(heartbeat_interval=5.0),
         m.Stage(rollout_id="r", manifest={}, torrent=b"t"),
+        m.SwarmMembers(rollout_id="r", addresses=["10.0.0.1"]),
         m.Activate(rollout_id="r", release_id="x"),
         m.Abort(rollout_id="r"),
         m.Preflight(check_id="c", release={}),

@@ -1,6 +1,10 @@
 """The swarm as an operator and other BitTorrent software see it, with real processes: stable
 tracker addresses across seeder restarts, peers and the seeder on the tracker, `shoal release
-torrent` and `shoal release fetch`, and a non-libtorrent client (aria2) on a hybrid torrent."""
+torrent` and `shoal release fetch`, and a non-libtorrent client (aria2) on a hybrid torrent.
+
+The swarm is closed: the exports here are made with ``--allow IP`` for the machine that uses them
+(loopback for the test's own scrapes), which puts a tracker key for IP into the announce URL and
+admits IP to the seeder's full seed (tests/test_closed_swarm.py tries it without)."""
 
 from __future__ import annotations
 
@@ -38,8 +42,12 @@ def build(fleet: LocalFleet, repo: Path) -> str:
     return fleet.build_release(repo)
 
 
-def export(fleet: LocalFleet, release_id: str, out: Path) -> bytes:
-    done = shoal(fleet.control, "release", "torrent", release_id, "--out", str(out), "--json")
+def export(fleet: LocalFleet, release_id: str, out: Path, *allow: str) -> bytes:
+    """The release's .torrent, for this machine's loopback address and ``allow``."""
+    grants = [arg for ip in ("127.0.0.1", *allow) for arg in ("--allow", ip)]
+    done = shoal(
+        fleet.control, "release", "torrent", release_id, "--out", str(out), "--json", *grants
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["release_id"] == release_id and info["file"] == str(out)
@@ -50,10 +58,14 @@ def announce_url(torrent: bytes) -> str:
     return bytes(bdecode(torrent)[b"announce"]).decode()
 
 
+def without_key(url: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(query="").geturl()
+
+
 def scrape(url: str, info_hashes: list[bytes]) -> dict[bytes, dict[bytes, int]]:
     """BEP 48 scrape, URL derived from the announce URL the way clients derive it."""
     query = "&".join("info_hash=" + urllib.parse.quote_from_bytes(ih) for ih in info_hashes)
-    target = url.replace("/announce", "/scrape") + "?" + query
+    target = url.replace("/announce", "/scrape") + ("&" if "?" in url else "?") + query
     with urllib.request.urlopen(target, timeout=5) as reply:
         files: dict[bytes, dict[bytes, int]] = bdecode(reply.read())[b"files"]
         return files
@@ -83,8 +95,11 @@ async def test_torrents_built_before_a_seeder_restart_still_work(
         release_id = await trio.to_thread.run_sync(build, fleet, repo)
         torrent = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "r.torrent")
         url = announce_url(torrent)
-        assert url == f"http://{control.host}:{control.port + 1}/announce"
+        assert without_key(url) == f"http://{control.host}:{control.port + 1}/announce"
+        assert "?hk=" in url  # the grant's tracker key (--allow 127.0.0.1)
         await until_seeds(url, torrent, 1)  # the seeder's full seed announces itself
+        with pytest.raises(KeyError):  # no key: a failure reason, no files
+            await trio.to_thread.run_sync(scrape, without_key(url), tracker_hashes(torrent))
 
         assert fleet.seeder is not None
         await fleet.stop(fleet.seeder)
@@ -144,7 +159,9 @@ async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path:
                 timeout=60,
             )
         )
-        assert raw.returncode == 0 and raw.stdout == torrent  # binary-safe on stdout
+        assert raw.returncode == 0  # binary-safe on stdout; without --allow, the plain torrent
+        assert announce_url(raw.stdout) == without_key(announce_url(torrent))
+        assert torrent_infohash(raw.stdout) == torrent_infohash(torrent)
 
         dest = tmp_path / "fetched"
         out = await trio.to_thread.run_sync(
@@ -163,7 +180,9 @@ async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path:
         assert manifest["release_id"] == release_id and manifest["infohash"] == (
             torrent_infohash(torrent)
         )
-        assert (dest / "release.torrent").read_bytes() == torrent
+        assert torrent_infohash((dest / "release.torrent").read_bytes()) == torrent_infohash(
+            torrent
+        )
         assert sorted(p.name for p in dest.iterdir()) == sorted(
             [archive.name, "manifest.json", "release.torrent"]
         )
@@ -226,8 +245,11 @@ async def fleet_with_v1_torrent(fleet: LocalFleet, tmp_path: Path) -> tuple[Path
     release_id = await trio.to_thread.run_sync(build, fleet, repo)
     path = tmp_path / "v1.torrent"
     out = await trio.to_thread.run_sync(
-        lambda: shoal(fleet.control, "release", "torrent", release_id, "--v1", "--out", str(path))
-    )
+        lambda: shoal(
+            fleet.control, "release", "torrent", release_id, "--v1", "--out", str(path),
+            "--allow", FETCH_IP,
+        )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert b"file tree" not in path.read_bytes() and len(tracker_hashes(path.read_bytes())) == 1
     listed = await trio.to_thread.run_sync(
@@ -294,7 +316,7 @@ async def test_transmission_reads_the_v1_export_but_not_the_hybrid_torrent(
         )
         release_id = json.loads(listed.stdout)[0]["release_id"]
         hybrid = await trio.to_thread.run_sync(export, fleet, release_id, tmp_path / "h.torrent")
-    assert announce_url(hybrid) == announce_url(v1.read_bytes())
+    assert without_key(announce_url(hybrid)) == without_key(announce_url(v1.read_bytes()))
 
     def show(path: Path) -> subprocess.CompletedProcess[str]:
         assert TRANSMISSION_SHOW is not None
@@ -326,7 +348,8 @@ async def test_ctorrent_downloads_the_hybrid_release_through_the_tracker(
         await fleet.start_seeder()
         release_id = await trio.to_thread.run_sync(build, fleet, repo)
         torrent = tmp_path / "r.torrent"
-        await trio.to_thread.run_sync(export, fleet, release_id, torrent)
+        # ctorrent announces from its -i address but dials peers from 127.0.0.1: allow both
+        await trio.to_thread.run_sync(export, fleet, release_id, torrent, FETCH_IP)
         listed = await trio.to_thread.run_sync(
             lambda: shoal(fleet.control, "release", "list", "--json")
         )

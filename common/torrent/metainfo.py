@@ -15,6 +15,7 @@ from typing import Final
 import libtorrent as lt
 
 from common.errors import TorrentError
+from common.torrent.bencoding import bdecode, bencode
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -71,6 +72,20 @@ def make_torrent(
     tree.pop(b"created by", None)
     data = lt.bencode(tree)  # generate_buf() raises UnicodeDecodeError in 2.1.1
     return data, torrent_infohash(data)
+
+
+def with_announce(torrent: bytes, url: str) -> bytes:
+    """The same torrent announcing to ``url`` instead (the info dict, so the infohash, is
+    untouched): how a tracker key travels in an exported ``.torrent``."""
+    meta = bdecode(torrent)
+    if not isinstance(meta, dict) or b"info" not in meta:
+        raise TorrentError("not a valid torrent: no info dict")
+    meta[b"announce"] = url.encode()
+    meta.pop(b"announce-list", None)
+    out = bencode(meta)
+    if torrent_infohash(out) != torrent_infohash(torrent):
+        raise TorrentError("re-encoding the torrent changed its infohash")
+    return out
 
 
 def torrent_infohash(torrent: bytes) -> str:

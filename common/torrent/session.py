@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
@@ -27,6 +27,7 @@ from common.pieces import (
     piece_priorities,
 )
 from common.recheck import RecheckPolicy
+from common.torrent.access import allow_only, keyed_url
 from common.torrent.metainfo import check_payload, hexhash, load, single_file
 from common.torrent.resume import (
     drop_resume,
@@ -94,6 +95,7 @@ class _Torrent:
     ready: bool = False  # past libtorrent's file check: only now does connect_peer() stick
     save_path: Path = Path()
     resume: Path | None = None  # where a download keeps its resume data (None: a seed)
+    trackers: list[str] = field(default_factory=list)  # the torrent's own announce URLs
 
     @property
     def flushed(self) -> bool:
@@ -145,6 +147,7 @@ class TorrentSession:
         self._removed = TransferStats(0, 0)
         self._resume_interval = resume_interval
         self._watch = SeedWatch(recheck or RecheckPolicy())
+        self._tracker_key: str | None = None
 
     @property
     def listen_port(self) -> int:
@@ -323,10 +326,11 @@ class TorrentSession:
             check_payload(atp.ti, save_path)
         elif resume is not None and (resumed := load_resume(resume, atp)) is not None:
             atp = resumed  # start from the pieces already flushed to the file: no re-hash
-        if not announce:
-            atp.trackers = []
+        trackers = list(load(torrent).trackers) if announce else []
+        atp.trackers = [keyed_url(url, self._tracker_key) for url in trackers]
         atp.save_path = str(save_path)
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        atp.flags |= lt.torrent_flags.apply_ip_filter  # resume data must not turn it off
         if seed and pieces is None:
             atp.flags |= lt.torrent_flags.seed_mode  # trust the files, verify pieces lazily
         elif pieces is not None:
@@ -337,9 +341,38 @@ class TorrentSession:
         except RuntimeError as e:
             raise TorrentError(f"cannot add torrent {ih}: {e}") from e
         self._torrents[ih] = _Torrent(
-            handle, done=seed, progress=1.0 if seed else 0.0, save_path=save_path, resume=resume
+            handle,
+            done=seed,
+            progress=1.0 if seed else 0.0,
+            save_path=save_path,
+            resume=resume,
+            trackers=trackers,
         )
         return ih
+
+    def set_allowed_peers(self, addresses: Iterable[str] | None) -> None:
+        """Accept BitTorrent connections from, and dial, only ``addresses`` (IPs); connected
+        peers outside them are dropped. ``None`` admits everyone (the default)."""
+        try:
+            self._lt.set_ip_filter(allow_only(addresses))
+        except RuntimeError as e:
+            raise TorrentError(f"cannot set the IP filter: {e}") from e
+
+    def set_tracker_key(self, key: str | None) -> None:
+        """Announce with ``key`` from now on (every torrent, those already added re-announce
+        at once); the tracker answers only announces with a key it issued."""
+        if key == self._tracker_key:
+            return
+        self._tracker_key = key
+        try:
+            for rec in self._torrents.values():
+                if rec.trackers:
+                    rec.handle.replace_trackers(
+                        [lt.announce_entry(keyed_url(url, key)) for url in rec.trackers]
+                    )
+                    rec.handle.force_reannounce()
+        except RuntimeError as e:
+            raise TorrentError(f"cannot change the tracker key: {e}") from e
 
     def seed(
         self,
@@ -367,6 +400,7 @@ class TorrentSession:
         on_progress: Callable[[float], None] | None = None,
         piece_slice: tuple[int, int] | None = None,
         slice_seeds: Sequence[tuple[str, int]] = (),
+        announce: bool = True,
     ) -> dict[str, int]:
         """Add (or re-attach to) `torrent`; wait until every piece is downloaded, verified and
         written to the file in `save_path`. Returns the bytes received from each peer still
@@ -383,14 +417,14 @@ class TorrentSession:
         its own slice from its slice seed (first within each third of the file; the front third
         comes first, see :func:`~common.pieces.piece_priorities`) and everything else from the
         other peers; only if the swarm stalls does it dial the slice seeds of what it misses
-        (see :mod:`common.pieces`).
+        (see :mod:`common.pieces`). With `announce` False the tracker is not used: only `peers`.
 
         Raises TorrentError on a file or torrent error (disk full, unwritable path, ...); the
         torrent is then removed so that a retry starts afresh.
         """
         if not self._running:
             raise RuntimeError("TorrentSession.run() must be running to download")
-        ih = self._add(torrent, save_path, seed=False)
+        ih = self._add(torrent, save_path, seed=False, announce=announce)
         rec = self._torrents[ih]
         rec.peers, rec.slice_seeds = list(peers), list(slice_seeds)
         count = piece_slice[1] if piece_slice else 0

@@ -11,6 +11,7 @@ rolled out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class SliceSeeds:
         self._sessions: list[TorrentSession] = []
         self._offered: dict[tuple[int, str], int] = {}  # (slice, infohash) -> count offered
         self._nursery: trio.Nursery | None = None
+        self._allowed: list[str] | None = None  # the IP filter of every slice session
+
+    def set_allowed_peers(self, addresses: Iterable[str] | None) -> None:
+        """Only ``addresses`` may connect to any slice session (see TorrentSession)."""
+        self._allowed = None if addresses is None else sorted(addresses)
+        for session in self._sessions:
+            session.set_allowed_peers(self._allowed)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -79,6 +87,7 @@ class SliceSeeds:
         assert self._nursery is not None
         while len(self._sessions) < count:
             session = TorrentSession(self.ip, 0, overrides=self.overrides)
+            session.set_allowed_peers(self._allowed)
             await self._nursery.start(session.run)
             self._sessions.append(session)
 
