@@ -14,7 +14,7 @@ from common.crypto import certs
 from common.durations import parse_duration
 from common.errors import ConfigError
 from seeder import roles
-from seeder.authority import Authority, UnknownHost, init_identity
+from seeder.authority import SeederCA, UnknownHost, init_identity
 from seeder.control import ControlServer
 from seeder.engine import Engine
 from seeder.store import Store
@@ -72,16 +72,16 @@ async def test_a_method_without_a_role_stops_the_server_from_being_built(tmp_pat
         store.close()
 
 
-def enrolled(tmp_path: Path) -> tuple[Authority, certs.PrivateKey]:
+def enrolled(tmp_path: Path) -> tuple[SeederCA, certs.PrivateKey]:
     init_identity(tmp_path, ["127.0.0.1"], NOW)
-    authority = Authority(tmp_path)
+    authority = SeederCA(tmp_path)
     key = certs.generate_key()
     return authority, key
 
 
 def test_init_refuses_to_overwrite_and_run_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"shoal seeder init --data-dir {tmp_path}"):
-        Authority(tmp_path)
+        SeederCA(tmp_path)
     init_identity(tmp_path, ["127.0.0.1"], NOW)
     with pytest.raises(ConfigError, match="already holds a seeder identity"):
         init_identity(tmp_path, ["127.0.0.1"], NOW)
@@ -103,7 +103,7 @@ def test_revocation_is_by_host_persisted_and_in_the_crl(tmp_path: Path) -> None:
     with pytest.raises(UnknownHost):
         authority.revoke_host("admin", NOW)  # an operator, not a host
 
-    again = Authority(tmp_path)  # a restart reads the index back
+    again = SeederCA(tmp_path)  # a restart reads the index back
     crl = certs.x509.load_pem_x509_crl(again.crl(NOW))
     revoked = {r.serial_number for r in crl}
     assert revoked == {first.serial_number}
