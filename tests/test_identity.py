@@ -6,15 +6,22 @@ import datetime as dt
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
+from common import messages as m
 from common.bundle import Bundle
+from common.channel import Channel
 from common.crypto import certs
 from common.durations import parse_duration
 from common.errors import ConfigError
+from common.protocol import Role
 from seeder import roles
 from seeder.authority import SeederCA, UnknownHost, init_identity
+from seeder.caller import current_caller
 from seeder.control import ControlServer
 from seeder.engine import Engine
 from seeder.store import Store
@@ -160,3 +167,29 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="--ttl"):
         parse_duration(text)
+
+
+async def test_each_request_runs_as_the_certificates_holder(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        engine = Engine(store, seeder_bt=("127.0.0.1", 1))
+
+        async def whoami(params: dict[str, Any]) -> dict[str, Any]:
+            caller = current_caller()
+            return {"name": caller.name, "role": caller.role}
+
+        server = ControlServer(
+            store, engine, methods={"whoami": whoami}, method_roles={"whoami": "viewer"}
+        )
+        for who in (certs.Holder("vera", "viewer"), certs.Holder("alice", "admin")):
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.converse, server_stream, who)
+                channel = Channel(client_stream, Role.CLIENT)
+                await channel.send(m.ClientHello(client="test"))
+                await channel.send(m.Request(id=1, method="whoami", params={}))
+                reply = await channel.receive()
+                assert isinstance(reply, m.Response) and reply.result == vars(who)
+                await channel.aclose()
+    finally:
+        store.close()
