@@ -36,7 +36,7 @@ from seeder import views
 from seeder.admission import Limits
 from seeder.announcekeys import AnnounceKeys, admission, load_secret
 from seeder.app_service import Apps
-from seeder.authority import Authority
+from seeder.authority import SeederCA
 from seeder.build import BuiltRelease, v1_torrent
 from seeder.caller import current_caller
 from seeder.control import Connections, ControlServer, Handler
@@ -135,7 +135,7 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
-    authority = Authority(data)  # refuses to start without an identity, naming the command
+    authority = SeederCA(data)  # refuses to start without an identity, naming the command
     server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
@@ -486,7 +486,7 @@ def _closed_swarm_methods(
     return {"release.torrent": release_torrent, "release.fetch": release_fetch}
 
 
-def _enrolled(store: Store, authority: Authority) -> Callable[[str], bool]:
+def _enrolled(store: Store, authority: SeederCA) -> Callable[[str], bool]:
     """Whether host ``name`` may use its tracker key: registered, and holding a host
     certificate that is neither revoked nor expired."""
 
