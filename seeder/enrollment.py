@@ -64,7 +64,7 @@ def enrollment_methods(
     async def hosts_revoke(params: dict[str, Any]) -> dict[str, Any]:
         name = str(params["name"])
         serials = authority.revoke_host(name, now())
-        dropped = connections.disconnect(name)
+        dropped = connections.disconnect(certs.Holder(name, certs.HOST_ROLE))
         log.warning(
             "host %s revoked by %s: %d certificate(s), %d connection(s) closed",
             name,
