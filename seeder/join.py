@@ -144,9 +144,9 @@ class JoinServer:
             with trio.move_on_after(self.patience) as deadline:
                 await self._exchange(transport)
             if deadline.cancelled_caught:
-                log.info("join connection: no exchange within %gs; closed", self.patience)
-        except (ConnectionClosed, ProtocolError) as exc:
-            log.info("join connection closed: %s", exc)
+                log.debug("join connection: no exchange within %gs; closed", self.patience)
+        except (ConnectionClosed, ProtocolError) as exc:  # a stranger's noise: not worth INFO
+            log.debug("join connection closed: %s", exc)
         except Exception:  # one connection's bug must not take the listener down
             log.exception("join connection failed after an internal error")
         finally:
