@@ -83,7 +83,7 @@ async def test_oversized_prefixes_and_garbage_do_not_grow_the_seeder(fleet: Loca
             for i in range(50):
                 nursery.start_soon(announce_huge, i, opened)
         # Garbage frames of every size up to the pre-hello limit, and beyond it.
-        for size in (1, 100, 4096, 65536, 65537, 1 * MiB):
+        for size in (1, 100, 4096, 16384, 16385, 1 * MiB):
             stream = await trio.open_tcp_stream(control.host, control.port)
             body = b"\xc1" * min(size, 70000)
             try:
@@ -209,22 +209,26 @@ async def test_a_client_flooding_requests_is_slowed_then_cut(fleet: LocalFleet) 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_forever)
-            while data := await stream.receive_some(65536):
-                unpacked += data
-                while len(unpacked) >= 4 and len(unpacked) >= 4 + (
-                    n := int.from_bytes(unpacked[:4], "big")
-                ):
-                    obj = msgpack.unpackb(bytes(unpacked[4 : 4 + n]))
-                    del unpacked[: 4 + n]
-                    if obj["t"] == "response":
-                        answered += 1
-                    elif obj["t"] == "goodbye":
-                        goodbye = obj["reason"]
+            # The seeder closes with our requests unread, so its goodbye may be overtaken
+            # by a reset; the log says why in any case.
+            with contextlib.suppress(trio.BrokenResourceError):
+                while data := await stream.receive_some(65536):
+                    unpacked += data
+                    while len(unpacked) >= 4 and len(unpacked) >= 4 + (
+                        n := int.from_bytes(unpacked[:4], "big")
+                    ):
+                        obj = msgpack.unpackb(bytes(unpacked[4 : 4 + n]))
+                        del unpacked[: 4 + n]
+                        if obj["t"] == "response":
+                            answered += 1
+                        elif obj["t"] == "goodbye":
+                            goodbye = obj["reason"]
             nursery.cancel_scope.cancel()
         took = trio.current_time() - started
         await stream.aclose()
-        print(f"flood: {answered} answers in {took:.1f}s, then: {goodbye}")
-        assert "over 50 messages/s" in goodbye
+        print(f"flood: {answered} answers in {took:.1f}s, then: {goodbye or 'a reset'}")
+        assert "over 50 messages/s for 2s" in seeder_log(fleet)
+        assert goodbye == "" or "over 50 messages/s" in goodbye
         # 20 at once, then 50 a second for the 2 s before the cut (with slack for a slow box).
         assert 2.0 <= took < 20
         assert answered <= 20 + 50 * took * 1.2
