@@ -36,8 +36,10 @@ MiB: Final = 1024 * KiB
 FRAME_LIMIT: Final = 8 * MiB
 """Largest frame the seeder accepts after the hello. Clients send step reports (at most 50
 output lines of 4 KiB: ~200 KiB), preflight results and requests; 8 MiB is ample."""
-HELLO_FRAME_LIMIT: Final = 64 * KiB
-"""Largest frame before the hello: a Hello (name, address, labels, releases) is well under 4 KiB."""
+HELLO_FRAME_LIMIT: Final = 16 * KiB
+"""Largest frame before the hello: a Hello (name, address, labels, releases) is well under 4 KiB.
+Small, because an unauthenticated connection may hold this much until its hello timeout: 4,096
+of them (the connection cap) hold at most 64 MiB."""
 CLIENT_FRAME_LIMIT: Final = 64 * MiB
 """Largest frame a peer or CLI accepts from the seeder. A Stage carries the torrent: 124,419
 bytes for a 10 GB release (hybrid v1+v2, 4 MiB pieces; a 125,557-byte frame), about 13 KB more

@@ -8,7 +8,9 @@ holder (:data:`seeder.caller.CALLER`), and only if its role may call them
 (:mod:`seeder.roles`). Each request is answered by a response; a *streaming* method (``streams``)
 answers with one response and then pushes events until it ends (with an ``end``
 event) or the client leaves, after which the connection takes requests again. A malformed or
-truncated message ends that one connection and nothing else.
+truncated message ends that one connection and nothing else. What a connection may cost is
+:mod:`seeder.gatekeeper`'s: connection caps, the hello timeout, frame limits, the message rate,
+and the rate-limited log of refusals.
 """
 
 from __future__ import annotations

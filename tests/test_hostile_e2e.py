@@ -83,7 +83,7 @@ async def test_oversized_prefixes_and_garbage_do_not_grow_the_seeder(fleet: Loca
             for i in range(50):
                 nursery.start_soon(announce_huge, i, opened)
         # Garbage frames of every size up to the pre-hello limit, and beyond it.
-        for size in (1, 100, 4096, 65536, 65537, 1 * MiB):
+        for size in (1, 100, 4096, 16384, 16385, 1 * MiB):
             stream = await trio.open_tcp_stream(control.host, control.port)
             body = b"\xc1" * min(size, 70000)
             try:
@@ -133,20 +133,25 @@ async def test_ten_thousand_garbage_connections_write_a_bounded_log(fleet: Local
             for worker in range(20):
                 nursery.start_soon(flood, worker)
         assert await hosts_list(fleet) == []
-        while "more connections from 127.0.0.1" not in seeder_log(fleet):
-            await trio.sleep(0.5)  # the summary comes within one 10 s window
+        # Every connection is accounted for once its window's summary is out (one per 10 s).
+        while accounted(seeder_log(fleet)) < count - 1:
+            await trio.sleep(0.5)
         log = seeder_log(fleet)
         new_lines = log.count("\n") - lines_before
-        closed = log.count("closed a connection from 127.0.0.1: undecodable")
         print(f"{count} garbage connections -> {new_lines} log lines")
-        assert closed >= 1
+        assert log.count("closed a connection from 127.0.0.1: undecodable") >= 1
         assert new_lines < 60, log[-3000:]
-        summarised = sum(
-            int(line.split(" more connections")[0].rsplit(" ", 1)[1].replace(",", ""))
-            for line in log.splitlines()
-            if "more connections from 127.0.0.1" in line
-        )
-        assert summarised + closed >= count - 1  # every connection is accounted for
+
+
+def accounted(log: str) -> int:
+    """Connections from 127.0.0.1 the log tells of: first lines plus the summaries' counts."""
+    first = log.count("closed a connection from 127.0.0.1: ")
+    summarised = sum(
+        int(line.split(" more connections")[0].rsplit(" ", 1)[1].replace(",", ""))
+        for line in log.splitlines()
+        if "more connections from 127.0.0.1" in line
+    )
+    return first + summarised
 
 
 async def test_silence_closed_at_hello_timeout_and_caps_refuse(fleet: LocalFleet) -> None:
@@ -204,22 +209,26 @@ async def test_a_client_flooding_requests_is_slowed_then_cut(fleet: LocalFleet) 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_forever)
-            while data := await stream.receive_some(65536):
-                unpacked += data
-                while len(unpacked) >= 4 and len(unpacked) >= 4 + (
-                    n := int.from_bytes(unpacked[:4], "big")
-                ):
-                    obj = msgpack.unpackb(bytes(unpacked[4 : 4 + n]))
-                    del unpacked[: 4 + n]
-                    if obj["t"] == "response":
-                        answered += 1
-                    elif obj["t"] == "goodbye":
-                        goodbye = obj["reason"]
+            # The seeder closes with our requests unread, so its goodbye may be overtaken
+            # by a reset; the log says why in any case.
+            with contextlib.suppress(trio.BrokenResourceError):
+                while data := await stream.receive_some(65536):
+                    unpacked += data
+                    while len(unpacked) >= 4 and len(unpacked) >= 4 + (
+                        n := int.from_bytes(unpacked[:4], "big")
+                    ):
+                        obj = msgpack.unpackb(bytes(unpacked[4 : 4 + n]))
+                        del unpacked[: 4 + n]
+                        if obj["t"] == "response":
+                            answered += 1
+                        elif obj["t"] == "goodbye":
+                            goodbye = obj["reason"]
             nursery.cancel_scope.cancel()
         took = trio.current_time() - started
         await stream.aclose()
-        print(f"flood: {answered} answers in {took:.1f}s, then: {goodbye}")
-        assert "over 50 messages/s" in goodbye
+        print(f"flood: {answered} answers in {took:.1f}s, then: {goodbye or 'a reset'}")
+        assert "over 50 messages/s for 2s" in seeder_log(fleet)
+        assert goodbye == "" or "over 50 messages/s" in goodbye
         # 20 at once, then 50 a second for the 2 s before the cut (with slack for a slow box).
         assert 2.0 <= took < 20
         assert answered <= 20 + 50 * took * 1.2

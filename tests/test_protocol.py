@@ -163,7 +163,7 @@ def test_oversized_frame_is_refused_on_its_length_prefix() -> None:
 def test_frames_before_the_hello_have_a_smaller_limit() -> None:
     client, server = pair()
     server.receive_data((100 * 1024).to_bytes(4, "big"))
-    with pytest.raises(RemoteProtocolError, match="65536-byte frame limit before the hello"):
+    with pytest.raises(RemoteProtocolError, match="16384-byte frame limit before the hello"):
         server.next_event()
     # A hello of up to the limit is fine, and after it the full limit applies.
     server = Connection(Role.SERVER, max_frame=4096, max_hello_frame=1024)
