@@ -39,8 +39,8 @@ def _repo(path: Path) -> Path:
     return path
 
 
-def _config(path: Path, fleet: LocalFleet, labels: dict[str, str], port: int) -> None:
-    lines = [f'seeder: "{fleet.control}"', "torrent_port: " + str(port), "labels:"]
+def _config(path: Path, fleet: LocalFleet, labels: dict[str, str], keep: int) -> None:
+    lines = [f'seeder: "{fleet.control}"', f"keep: {keep}", "labels:"]
     lines += [f'  {k}: "{v}"' for k, v in labels.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -76,7 +76,7 @@ async def test_reload_changes_labels_live_during_a_running_hook(
     await fleet.start_seeder()
     config = tmp_path / "peer.yml"
     data = fleet.peer_dir("web-1")
-    _config(config, fleet, {"env": "a"}, 6899)
+    _config(config, fleet, {"env": "a"}, 5)
     config.write_text(config.read_text() + f'data_dir: "{data}"\n')
     await fleet.start_peer("web-1", "127.0.84.1", labels=None, extra=("--config", str(config)))
     await _until(fleet, "web-1", lambda h: h["connected"] and h["labels"] == {"env": "a"})
@@ -86,14 +86,14 @@ async def test_reload_changes_labels_live_during_a_running_hook(
     assert start.returncode == 0, start.stderr
     await _until(fleet, "web-1", lambda h: h["step"] == "ApplicationStart", wait=120)
 
-    # New labels and a new BitTorrent port: the labels apply now, the port needs a restart.
-    _config(config, fleet, {"env": "b", "zone": "z"}, 6900)
+    # New labels and a new number of releases to keep: the labels apply now, keep needs a restart.
+    _config(config, fleet, {"env": "b", "zone": "z"}, 4)
     config.write_text(config.read_text() + f'data_dir: "{data}"\n')
     code, result = _reload("--config", str(config))
     assert code == 0, result
     assert result["ok"] is True
     assert result["applied"] == {"labels": {"env": "b", "zone": "z"}}
-    assert result["restart"] == ["torrent-port"]
+    assert result["restart"] == ["keep"]
     host = await _until(fleet, "web-1", lambda h: h["labels"] == {"env": "b", "zone": "z"})
     assert host["step"] == "ApplicationStart" and host["state"] == "activating"  # still running
 
