@@ -65,6 +65,7 @@ METHOD_ROLES: dict[str, str] = {
     "token.create": ADMIN,
     "token.revoke": ADMIN,
     "fleet.upgrade": ADMIN,
+    # shoal upgrades ship code every host runs as root (seeder/upgrades.py)
     "upgrade.begin": ADMIN,
     "upgrade.put": ADMIN,
     "upgrade.build": ADMIN,

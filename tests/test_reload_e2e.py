@@ -40,8 +40,7 @@ def _repo(path: Path) -> Path:
 
 
 def _config(path: Path, fleet: LocalFleet, labels: dict[str, str], keep: int) -> None:
-    # (not the BitTorrent port: LocalFleet passes --torrent-port, and flags win over the file)
-    lines = [f'seeder: "{fleet.control}"', "keep: " + str(keep), "labels:"]
+    lines = [f'seeder: "{fleet.control}"', f"keep: {keep}", "labels:"]
     lines += [f'  {k}: "{v}"' for k, v in labels.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -87,8 +86,8 @@ async def test_reload_changes_labels_live_during_a_running_hook(
     assert start.returncode == 0, start.stderr
     await _until(fleet, "web-1", lambda h: h["step"] == "ApplicationStart", wait=120)
 
-    # New labels and a new number of releases to keep: the labels apply now, keep at a restart.
-    _config(config, fleet, {"env": "b", "zone": "z"}, 7)
+    # New labels and a new number of releases to keep: the labels apply now, keep needs a restart.
+    _config(config, fleet, {"env": "b", "zone": "z"}, 4)
     config.write_text(config.read_text() + f'data_dir: "{data}"\n')
     code, result = _reload("--config", str(config))
     assert code == 0, result

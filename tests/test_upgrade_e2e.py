@@ -233,6 +233,24 @@ async def test_upgrade_through_the_swarm_then_a_broken_version_rolls_back(
     log = (fleet.root / "logs" / f"{failed[0]['host']}.log").read_text()
     assert "broken on purpose" in log
 
+    # Without --wheelhouse: the bundle of the shoal this CLI runs (this source tree, as
+    # `shoal fleet install` builds it), to every host; they all end up on that build.
+    out = fleet.cli(
+        "fleet", "upgrade", "--cache", str(tmp_path / "bundles"),
+        "--waves", "100%", "--wait", "--timeout", "600", timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    (bundle,) = (tmp_path / "bundles").iterdir()
+    built = json.loads((bundle / "bundle.json").read_text())
+    bundled_id = install_id(built["version"], built["wheels"])
+    await _wait_hosts(
+        fleet,
+        lambda hs: all(h["connected"] and h["version"] == built["version"] for h in hs.values()),
+        "every host on the bundled version",
+    )
+    for name in names:
+        assert os.readlink(tmp_path / "prefix" / name / "current") == f"versions/{bundled_id}"
+
 
 def d_alive(pid: int) -> bool:
     try:
