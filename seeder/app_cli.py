@@ -183,7 +183,10 @@ def refs_text(result: dict[str, Any], shown: list[str]) -> str:
         rows = [[c["short"], c["author"][:20], *row("", c, c["authored_at"])[2:]]
                 for c in result["commits"]]  # fmt: skip
         heads = ["COMMIT", "AUTHOR", "DATE", "SUBJECT", "RELEASES"]
-        out.append(f"latest commits of {result['branch']}:\n" + render.table(heads, rows))
+        if result.get("branch_missing"):
+            out.append(f"the app's branch {result['branch']} is not in the remote any more")
+        else:
+            out.append(f"latest commits of {result['branch']}:\n" + render.table(heads, rows))
     return "\n\n".join(out)
 
 

@@ -167,7 +167,10 @@ class Apps:
             }
             if count:
                 if table.get(f"refs/heads/{branch}") is None:
-                    raise ConfigError(f"app {app.name!r} has no branch {branch!r}")
+                    if "commits" in params or params.get("branch"):
+                        raise ConfigError(f"app {app.name!r} has no branch {branch!r}")
+                    out["branch_missing"] = True  # its branch went away upstream
+                    return out
                 out["commits"] = [
                     {**c.to_dict(), "releases": sorted(built.get(c.sha, []))}
                     for c in mirror.commits(f"refs/heads/{branch}", count)

@@ -34,6 +34,15 @@ async def test_add_set_remove(tmp_path: Path, store: Store) -> None:
     changed = await apps.set({"name": "web", "build": {"build": "make"}})
     assert changed["changed"] and store.app("web").build.build == "make"  # type: ignore[union-attr]
 
+    git(remote.bare, "branch", "other", "trunk")
+    git(remote.bare, "symbolic-ref", "HEAD", "refs/heads/other")
+    git(remote.bare, "branch", "-D", "trunk")  # the app's branch goes away upstream
+    refs = await apps.refs({"name": "web"})
+    assert refs["branch_missing"] is True and refs["commits"] == []
+    assert [b["name"] for b in refs["branches"]] == ["other"]
+    with pytest.raises(ConfigError, match="has no branch 'trunk'"):
+        await apps.refs({"name": "web", "commits": 3})
+
     listed = await apps.list({})
     assert [a["name"] for a in listed["apps"]] == ["web"]
     assert (tmp_path / "data" / "mirrors" / "web.git" / "HEAD").is_file()
