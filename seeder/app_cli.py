@@ -168,28 +168,22 @@ def show_text(result: dict[str, Any]) -> str:
 
 
 def refs_text(result: dict[str, Any], shown: list[str]) -> str:
+    def row(name: str, e: dict[str, Any], when: float) -> list[str]:
+        released = ", ".join(e.get("releases", [])) or "-"
+        return [name, e["short"], _when(when), e["subject"][:50], released]
+
     out = []
     if "branches" in shown:
-        rows = [
-            [b["name"], b["short"], _when(b["committed_at"]), b["subject"][:60]]
-            for b in result["branches"]
-        ]
-        out.append(render.table(["BRANCH", "COMMIT", "DATE", "SUBJECT"], rows))
+        rows = [row(b["name"], b, b["committed_at"]) for b in result["branches"]]
+        out.append(render.table(["BRANCH", "COMMIT", "DATE", "SUBJECT", "RELEASES"], rows))
     if "tags" in shown:
-        rows = [
-            [t["name"], t["short"], _when(t["tagged_at"]), t["subject"][:60]]
-            for t in result["tags"]
-        ]
-        out.append(render.table(["TAG", "COMMIT", "DATE", "SUBJECT"], rows))
+        rows = [row(t["name"], t, t["tagged_at"]) for t in result["tags"]]
+        out.append(render.table(["TAG", "COMMIT", "DATE", "SUBJECT", "RELEASES"], rows))
     if "commits" in shown:
-        rows = [
-            [c["short"], c["author"], _when(c["authored_at"]), c["subject"][:60]]
-            for c in result["commits"]
-        ]
-        out.append(
-            f"latest commits of {result['branch']}:\n"
-            + render.table(["COMMIT", "AUTHOR", "DATE", "SUBJECT"], rows)
-        )
+        rows = [[c["short"], c["author"][:20], *row("", c, c["authored_at"])[2:]]
+                for c in result["commits"]]  # fmt: skip
+        heads = ["COMMIT", "AUTHOR", "DATE", "SUBJECT", "RELEASES"]
+        out.append(f"latest commits of {result['branch']}:\n" + render.table(heads, rows))
     return "\n\n".join(out)
 
 

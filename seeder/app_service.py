@@ -133,18 +133,25 @@ class Apps:
 
     async def refs(self, params: dict[str, Any]) -> dict[str, Any]:
         """After a fetch: branches with their heads, tags newest first, and the latest
-        ``commits`` commits of ``branch`` (default: the app's branch)."""
+        ``commits`` commits of ``branch`` (default: the app's branch); each with the releases
+        already built from its commit."""
         app = self.get(params.get("name", ""))
         count = int(params.get("commits", 10))
         if not 0 <= count <= MAX_COMMITS:
             raise ConfigError(f"--commits {count} is not in 0..{MAX_COMMITS}")
         branch = str(params.get("branch") or app.branch)
 
+        built: dict[str, list[str]] = {}  # commit -> releases of this app built from it
+        for source in self.store.release_sources().values():
+            if source.app == app.name:
+                built.setdefault(source.commit, []).append(source.release_id)
+
         def read(mirror: Mirror) -> dict[str, Any]:
             table = mirror.refs()
 
             def info(ref: Ref) -> dict[str, Any]:
-                return ref.info.to_dict() if ref.info else {"sha": ref.commit}
+                found = ref.info.to_dict() if ref.info else {"sha": ref.commit}
+                return {**found, "releases": sorted(built.get(ref.commit, []))}
 
             branches, tags = table.branches(), table.tags()
             out: dict[str, Any] = {
@@ -162,7 +169,8 @@ class Apps:
                 if table.get(f"refs/heads/{branch}") is None:
                     raise ConfigError(f"app {app.name!r} has no branch {branch!r}")
                 out["commits"] = [
-                    c.to_dict() for c in mirror.commits(f"refs/heads/{branch}", count)
+                    {**c.to_dict(), "releases": sorted(built.get(c.sha, []))}
+                    for c in mirror.commits(f"refs/heads/{branch}", count)
                 ]
             return out
 

@@ -68,9 +68,28 @@ async def build_app_release(
     piece_size: int = 0,
     on_line: OnLine = lambda step, line: None,
 ) -> BuiltRelease:
-    """Build (or find, if identical) the release of application ``name`` at ``ref``."""
-    app = apps.get(name)
+    """Build (or find, if identical) the release of application ``name`` at ``ref``.
 
+    The seeder's own trouble (a full disk, a permission) is a BuildError that names the app and
+    the reason, not the paths on the seeder's disk."""
+    app = apps.get(name)
+    try:
+        return await _build(apps, app, ref, releases_dir, tracker_url, piece_size, on_line)
+    except OSError as exc:
+        raise BuildError(
+            f"app {app.name!r}: the seeder could not build it: {exc.strerror or type(exc).__name__}"
+        ) from None
+
+
+async def _build(
+    apps: Apps,
+    app: App,
+    ref: str,
+    releases_dir: Path,
+    tracker_url: str,
+    piece_size: int,
+    on_line: OnLine,
+) -> BuiltRelease:
     def make_work() -> Path:
         releases_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".build-", dir=releases_dir))

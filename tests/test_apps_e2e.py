@@ -120,6 +120,12 @@ async def test_refs_builds_by_tag_branch_and_short_sha_and_history(
         assert (row["ref"], row["commit"], row["subject"]) == ("v2", v2, "version 2")
         assert row["author"] == "shoal sample <sample@shoal.invalid>" and row["size"] > 0
         assert row["live"] == {"staging": 1} and listing[0]["live"] == {}
+        refs = await trio.to_thread.run_sync(lambda: cli_json(fleet, "app", "refs", "web"))
+        assert {t["name"]: t["releases"] for t in refs["tags"]} == {"v2": [rid]}
+        assert {b["name"]: b["releases"] for b in refs["branches"]} == {
+            "main": [rid],
+            "feature": [feature_id],
+        }
         text = await trio.to_thread.run_sync(lambda: fleet.cli("release", "list"))
         assert "staging:1" in text.stdout
         shown = await trio.to_thread.run_sync(lambda: cli_json(fleet, "release", "show", rid))

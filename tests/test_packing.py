@@ -73,3 +73,12 @@ def test_a_link_out_of_the_release_is_refused(tmp_path: Path) -> None:
     os.symlink("../../etc/passwd", root / "evil")
     with pytest.raises(BuildError, match="symlink evil points outside the release"):
         pack(root, tmp_path / "x.tar.zst", mtime=0, paths=select(root, (), ()))
+
+
+def test_a_fifo_left_by_a_build_is_refused_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "ok.txt").write_text("ok\n")
+    os.mkfifo(root / "pipe")
+    with pytest.raises(BuildError, match="pipe is neither a file, a directory nor a symlink"):
+        pack(root, tmp_path / "x.tar.zst", mtime=0, paths=select(root, (), ()))
