@@ -23,10 +23,10 @@ import trio
 from common import messages as m
 from common.errors import ShoalError
 from seeder import machine as mc
+from seeder.environments import envs_of
 from seeder.gate import gate_environment, run_gate
 from seeder.membership import Membership
 from seeder.model import RolloutModel, TargetModel
-from seeder.promotion import ENV_LABEL
 from seeder.selector import select_hosts
 from seeder.stageplan import SliceProvider, UnknownRelease, stage_message
 from seeder.states import TERMINAL, TargetState
@@ -224,7 +224,7 @@ class Engine:
         hosts = self.store.hosts()
         current = {h.name: h.current for h in hosts}
         releases = {h: release_id for h in targets}
-        envs = _envs(hosts, releases)
+        envs = envs_of(hosts, releases)
         promotion = RolloutPromotion(envs, admit(release_id, envs) if admit else None)
         return self._create(
             "rollout", release_id, selector, plan, opts, releases, current, promotion
@@ -264,18 +264,11 @@ class Engine:
         opts = self._options(params or {})
         plan = plan_waves(sorted(releases), {h.name: h.labels for h in hosts}, opts)
         current = {h.name: h.current for h in hosts}
-        envs = _envs(hosts, releases)
+        envs = envs_of(hosts, releases)
         verdict = admit(to, envs) if admit is not None and to is not None else None
-        return self._create(
-            "rollback",
-            to or "previous",
-            selector,
-            plan,
-            opts,
-            releases,
-            current,
-            RolloutPromotion(envs, verdict),
-        )
+        promotion = RolloutPromotion(envs, verdict)
+        kind, target = "rollback", to or "previous"
+        return self._create(kind, target, selector, plan, opts, releases, current, promotion)
 
     def _create(
         self,
@@ -327,7 +320,7 @@ class Engine:
         log.info("%s %s of %s on %d host(s)", kind, rollout_id, release_id, len(releases))
         self._event(
             model,
-            mc.Start(_timeline_note(promotion.record)),
+            mc.Start(promotion.timeline_note()),
             create=True,
             flush=True,
             promotion=promotion,
@@ -541,16 +534,3 @@ class Engine:
         self.store.upsert_host(record, now)
         if self.membership.host_seen(hello.name, hello.address):
             self._members_changed(hello.name)
-
-
-def _envs(hosts: list[HostRecord], targets: Mapping[str, str]) -> dict[str, str]:
-    """Each target's env label now ("" for none): what promotion rules and history go by."""
-    return {h.name: h.labels.get(ENV_LABEL, "") for h in hosts if h.name in targets}
-
-
-def _timeline_note(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The timeline entry of a promotion verdict: only where some rule applied."""
-    if record is None or not record.get("checks"):
-        return None
-    keys = ("app", "release_id", "ok", "forced", "overridden", "by", "role", "detail")
-    return {k: record[k] for k in keys if k in record}

@@ -23,6 +23,13 @@ class HostLike(Protocol):
     def current(self) -> str | None: ...
 
 
+def envs_of(hosts: Iterable[HostLike], names: Iterable[str]) -> dict[str, str]:
+    """The env label ("" for none) of each of ``names`` among ``hosts``: what promotion rules
+    and a rollout's recorded history go by."""
+    wanted = set(names)
+    return {h.name: h.labels.get(ENV_LABEL, "") for h in hosts if h.name in wanted}
+
+
 def environments(
     hosts: Iterable[HostLike], connected: set[str], rules: Mapping[str, list[str]]
 ) -> list[dict[str, Any]]:

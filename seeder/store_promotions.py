@@ -44,6 +44,13 @@ class RolloutPromotion:
     envs: dict[str, str]  # target -> its env label when the rollout started ("" : none)
     record: dict[str, Any] | None = field(default=None)  # the checked verdict; None: unchecked
 
+    def timeline_note(self) -> dict[str, Any] | None:
+        """The verdict's entry in the rollout's timeline: only where some rule applied."""
+        if self.record is None or not self.record.get("checks"):
+            return None
+        keys = ("app", "release_id", "ok", "forced", "overridden", "by", "role", "detail")
+        return {k: self.record[k] for k in keys if k in self.record}
+
 
 class PromotionTables:
     """The store's promotion methods (mixed into :class:`seeder.store.Store`)."""
