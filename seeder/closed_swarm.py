@@ -20,7 +20,7 @@ from common.release import Manifest
 from common.torrent import keyed_url, with_announce
 from seeder.admission import SeederAdmission
 from seeder.announcekeys import AnnounceKeys
-from seeder.authority import Authority
+from seeder.authority import SeederCA
 from seeder.control import Handler
 from seeder.engine import Engine
 from seeder.signatures import ReleaseSignatures
@@ -81,7 +81,7 @@ def leaving_the_swarm(revoke: Handler, engine: Engine) -> Handler:
     return hosts_revoke
 
 
-def enrolled(store: Store, authority: Authority) -> Callable[[str], bool]:
+def enrolled(store: Store, authority: SeederCA) -> Callable[[str], bool]:
     """Whether host ``name`` may use its tracker key: registered, and holding a host
     certificate that is neither revoked nor expired."""
 

@@ -30,7 +30,7 @@ from common.torrent.slices import WARM_SLICES
 from seeder import closed_swarm, views
 from seeder.admission import SeederAdmission
 from seeder.announcekeys import AnnounceKeys, admission, load_secret
-from seeder.authority import Authority
+from seeder.authority import SeederCA
 from seeder.build import build_release, v1_torrent
 from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
@@ -109,7 +109,7 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
-    authority = Authority(data)  # refuses to start without an identity, naming the command
+    authority = SeederCA(data)  # refuses to start without an identity, naming the command
     server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")
