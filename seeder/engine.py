@@ -95,6 +95,7 @@ class Engine:
         self._stage_waiting: dict[tuple[str, str], list[mc.SendStage]] = {}
         self._nursery: trio.Nursery | None = None
         self.membership = Membership(store.hosts(), [seeder_bt[0]])
+        self._members_dirty: set[str] = set()  # live rollouts whose swarm changed since a tick
         for rollout_id in reversed(store.rollout_ids(live_only=True, limit=1000)):
             self._adopt(rollout_id)
 
@@ -186,12 +187,20 @@ class Engine:
             self._members_changed(host)
 
     def _members_changed(self, host: str) -> None:
-        """Tell the connected targets of the host's live rollout its new swarm members."""
-        r = self._live.get(self._by_host.get(host, ""))
-        if r is not None:
-            msg = self.membership.message(r)
-            for target in r.targets:
-                self._send(target, msg)
+        """The swarm of the host's live rollout changed: its connected targets are told at the
+        next tick, so many hosts changing at once (a renumbering) cost one list per target."""
+        rollout_id = self._by_host.get(host)
+        if rollout_id in self._live:
+            self._members_dirty.add(rollout_id)
+
+    def _send_members(self) -> None:
+        dirty, self._members_dirty = self._members_dirty, set()
+        for rollout_id in dirty:
+            r = self._live.get(rollout_id)
+            if r is not None:
+                msg = self.membership.message(r)
+                for target in r.targets:
+                    self._send(target, msg)
 
     # --- operator requests ---------------------------------------------------------------------
 
@@ -502,6 +511,7 @@ class Engine:
     def tick(self) -> None:
         for model in list(self._live.values()):
             self._event(model, mc.Tick())
+        self._send_members()
 
     async def _committer(self) -> None:
         while True:

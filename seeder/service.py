@@ -18,7 +18,6 @@ from typing import Any
 import trio
 
 from common.addr import Address
-from common.crypto.certs import HOST_ROLE
 from common.crypto.tokens import ca_pin
 from common.errors import ConfigError, TorrentError
 from common.join import JOIN_PORT_OFFSET
@@ -26,13 +25,11 @@ from common.release import Manifest
 from common.torrent import (
     SliceSeeds,
     TorrentSession,
-    keyed_url,
     piece_size_of,
     tracker_hashes,
-    with_announce,
 )
 from common.torrent.slices import WARM_SLICES
-from seeder import views
+from seeder import closed_swarm, views
 from seeder.admission import Limits
 from seeder.announcekeys import AnnounceKeys, admission, load_secret
 from seeder.app_service import Apps
@@ -145,7 +142,7 @@ async def run_seeder(
     try:
         signatures = ReleaseSignatures(store, signer)
         signatures.reconcile()
-        keys = AnnounceKeys(load_secret(data), enrolled=_enrolled(store, authority))
+        keys = AnnounceKeys(load_secret(data), enrolled=closed_swarm.enrolled(store, authority))
         try:
             torrents = TorrentSession(bt.host, bt.port, overrides=config.torrent_settings)
         except TorrentError as exc:
@@ -199,7 +196,7 @@ async def run_seeder(
             methods = _methods(
                 config, store, engine, seeding, slice_seeds, tracker, tracker_url, bt
             )
-            methods.update(_closed_swarm_methods(store, admitted, keys, tracker_url, methods))
+            methods.update(closed_swarm.granting(methods, admitted, keys, tracker_url))
             methods.update(watching.methods())
             methods.update(promotion_methods(PromotionGate(store), engine.connected))
             apps = Apps(store, data)
@@ -228,7 +225,8 @@ async def run_seeder(
             connections = Connections()
             methods.update(enrollment_methods(authority, connections))
             methods.update(token_methods(store, ca_pin(authority.ca_pem)))
-            methods["hosts.revoke"] = _leaving_the_swarm(methods["hosts.revoke"], engine)
+            revoke = methods["hosts.revoke"]
+            methods["hosts.revoke"] = closed_swarm.leaving_the_swarm(revoke, engine)
             server = ControlServer(
                 store,
                 engine,
@@ -449,70 +447,6 @@ def _upgrade_methods(
     uploads = Uploads(config.data_dir / "uploads")
     releases = config.data_dir / "releases"
     return upgrade_methods(uploads, register, releases, tracker_url, config.piece_size)
-
-
-def _closed_swarm_methods(
-    store: Store,
-    admitted: SeederAdmission,
-    keys: AnnounceKeys,
-    tracker_url: str,
-    methods: dict[str, Handler],
-) -> dict[str, Handler]:
-    """``release.torrent`` and ``release.fetch`` in a closed swarm: the machine an operator
-    names (``allow``; a fetch's own ``address``) is admitted to the full seed for a while, and
-    an exported torrent announces with a tracker key granted to that machine only."""
-    plain_torrent, plain_fetch = methods["release.torrent"], methods["release.fetch"]
-
-    async def release_torrent(params: dict[str, Any]) -> dict[str, Any]:
-        allow = [str(ip) for ip in params.get("allow") or []]
-        result = await plain_torrent(params)
-        if allow:
-            seconds = float(params.get("allow_for", GRANT_SECONDS))
-            until = min(admitted.grant(ip, seconds) for ip in allow)
-            url = keyed_url(tracker_url, keys.grant_key(allow, until))
-            result["torrent"] = with_announce(bytes(result["torrent"]), url)
-            result["allowed"] = {"addresses": allow, "until": until}
-        return result
-
-    async def release_fetch(params: dict[str, Any]) -> dict[str, Any]:
-        result = await plain_fetch(params)
-        address = params.get("address")
-        if address is not None:
-            seconds = float(params.get("timeout", GRANT_SECONDS)) + FETCH_GRACE
-            until = admitted.grant(str(address), seconds)
-            result["allowed"] = {"addresses": [str(address)], "until": until}
-        return result
-
-    return {"release.torrent": release_torrent, "release.fetch": release_fetch}
-
-
-def _enrolled(store: Store, authority: SeederCA) -> Callable[[str], bool]:
-    """Whether host ``name`` may use its tracker key: registered, and holding a host
-    certificate that is neither revoked nor expired."""
-
-    def enrolled(name: str) -> bool:
-        now = time.time()
-        return store.is_host(name) and any(
-            i.name == name and i.role == HOST_ROLE and i.revoked_at is None and i.not_after > now
-            for i in authority.certificates()
-        )
-
-    return enrolled
-
-
-def _leaving_the_swarm(revoke: Handler, engine: Engine) -> Handler:
-    """``hosts.revoke``, and the revoked host leaves its rollout's swarm at once."""
-
-    async def hosts_revoke(params: dict[str, Any]) -> dict[str, Any]:
-        result = await revoke(params)
-        engine.host_left(str(params["name"]))
-        return result
-
-    return hosts_revoke
-
-
-GRANT_SECONDS = 3600.0  # how long `release torrent --allow IP` admits IP by default
-FETCH_GRACE = 60.0  # a fetch's grant outlasts its --timeout by this much
 
 
 def _preflight_method(

@@ -79,6 +79,7 @@ def report(rid: str, step: str, state: str, seq: int, **kw: object) -> m.StepRep
 async def start(server: ControlServer, peer: Channel) -> str:
     """A one-wave rollout of web-1 (connected on ``peer``), once the peer has its Stage."""
     rid = server.engine.start_rollout(RELEASE, "all", ONE_WAVE).rollout_id
+    assert isinstance(await peer.receive(), m.SwarmMembers)  # the swarm, before the Stage
     stage = await peer.receive()
     assert isinstance(stage, m.Stage) and stage.rollout_id == rid
     return rid
