@@ -263,15 +263,13 @@ async def own_lag(out: list[float]) -> None:
         out.append(trio.current_time() - started - LAG_TICK)
 
 
-async def poller(
-    control: Address, tls: ClientTLS, rollout_id: str, every: float, out: list[float]
-) -> None:
-    """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled."""
-    async with open_client(control, tls) as client:
-        while True:
-            _, took, _ = await status(client, rollout_id)
-            out.append(took)
-            await trio.sleep(every)
+async def poller(client: SeederClient, rollout_id: str, every: float, out: list[float]) -> None:
+    """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled
+    (on a connection made before the rollout starts: its handshake is not in the rollout)."""
+    while True:
+        _, took, _ = await status(client, rollout_id)
+        out.append(took)
+        await trio.sleep(every)
 
 
 def spread(values: list[float]) -> dict[str, float | None]:
@@ -340,7 +338,10 @@ async def _measure(
         row["loadavg"] = os.getloadavg()[0]  # the machine's load when the rollout started
         probes: list[float] = []
         lags: list[float] = []
-        async with trio.open_nursery() as side:
+        async with (
+            open_client(seeder.control, seeder.tls) as poll_client,
+            trio.open_nursery() as side,
+        ):
             side.start_soon(prober, seeder.control, seeder.tls, probes)
             side.start_soon(own_lag, lags)
             cpu0, t_cli = seeder.cpu(), time.time()
@@ -349,7 +350,7 @@ async def _measure(
             row["cli_start_s"] = time.time() - t_cli
             rollout_id = out.strip().splitlines()[-1].strip()
             if poll > 0:
-                side.start_soon(poller, seeder.control, seeder.tls, rollout_id, poll, polls)
+                side.start_soon(poller, poll_client, rollout_id, poll, polls)
             with trio.move_on_after(args.timeout):
                 await milestones.wait_done(rollout_id)
             side.cancel_scope.cancel()

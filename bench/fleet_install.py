@@ -93,10 +93,14 @@ def _install(
     failed = {h["host"]: (h["reason"], h["detail"]) for h in doc["hosts"] if h["reason"]}
     if failed:
         raise SystemExit(f"fleet install failed on {len(failed)} host(s): {failed}")
+    steps = sorted({s for h in doc["hosts"] for s in h["steps"]})
     return {
         "wall": wall,
         "per_host": spread([float(h["seconds"]) for h in doc["hosts"]]),
         "outcomes": sorted({h["outcome"] for h in doc["hosts"]}),
+        "step_median": {
+            s: statistics.median(float(h["steps"].get(s, 0.0)) for h in doc["hosts"]) for s in steps
+        },
     }
 
 
@@ -135,6 +139,9 @@ async def one_run(args: argparse.Namespace, index: int, cache: Path) -> dict[str
         f" | re-run wall {again['wall']:.2f} s, per host {_fmt(again['per_host'])}",
         flush=True,
     )
+    for label, res in (("fresh", fresh), ("re-run", again)):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in res["step_median"].items() if v >= 0.05)
+        print(f"  {label} per-step median (s): {parts}", flush=True)
     return {"fresh": fresh, "rerun": again}
 
 

@@ -105,7 +105,13 @@ async def connect(address: Address, tls: ClientTLS, *, local_ip: str | None = No
     try:
         stream = await tls.connect(transport, address.host)  # closes the transport if it fails
     except TLSRefused as exc:
-        raise TLSRefused(f"seeder {address}: {exc}", ours=exc.ours) from None
+        hint = ""
+        if not exc.ours and "mismatch" in str(exc).lower():
+            hint = (
+                f" (its certificate does not name {address.host}: dial a name or IP it was"
+                " given with `shoal seeder init --host`)"
+            )
+        raise TLSRefused(f"seeder {address}: {exc}{hint}", ours=exc.ours) from None
     return Channel(stream, Role.CLIENT)
 
 

@@ -29,6 +29,8 @@ from common.crypto.certs import CertificateError, Holder, holder
 from common.errors import ConnectionClosed, TLSRefused
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take, on either side
+ALERT_LINGER = 1.0  # seconds a refused connection stays half-open so the remote reads why
+ALERT_DRAIN = 64 * 1024  # bytes read (and dropped) from a refused client meanwhile
 
 
 def _base(purpose: int) -> ssl.SSLContext:
@@ -136,17 +138,29 @@ async def _handshake(stream: trio.SSLStream[trio.abc.Stream], patience: float, o
 
 
 async def _send_alert(stream: trio.SSLStream[trio.abc.Stream]) -> None:
-    """Tell the remote why the handshake failed (best effort).
+    """Tell the remote why the handshake failed (best effort), and let it read that.
 
     On a failed handshake trio drops the alert OpenSSL wrote (its outgoing buffer is private);
     without it the remote sees only an EOF and cannot tell a revoked certificate from a network
-    fault. If this trio keeps the buffer elsewhere, the remote just sees the EOF."""
+    fault. After sending it, close our side and drain what the remote sent meanwhile (a TLS 1.3
+    client already sent its first message): closing with unread data would reset the
+    connection, and a reset can discard the alert before the remote reads it. Bounded by
+    ALERT_LINGER seconds and ALERT_DRAIN bytes. If this trio keeps the buffer elsewhere, the
+    remote just sees the EOF."""
     outgoing = getattr(stream, "_outgoing", None)
     if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
         return
-    with trio.move_on_after(1):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.transport_stream.send_all(outgoing.read())
+    transport = stream.transport_stream
+    with (
+        trio.move_on_after(ALERT_LINGER),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await transport.send_all(outgoing.read())
+        if isinstance(transport, trio.SocketStream):
+            await transport.send_eof()
+        drained = 0
+        while drained < ALERT_DRAIN and (chunk := await transport.receive_some(16384)):
+            drained += len(chunk)
 
 
 def _translate(exc: BaseException) -> ConnectionClosed:

@@ -123,7 +123,7 @@ def _write_index(directory: Path, index: list[Issued], *, create: bool = False) 
     certs.write_private(directory / "issued.json", data, overwrite=not create)
 
 
-class Authority:
+class SeederCA:
     """The loaded identity of a seeder: issues host and operator certificates, revokes hosts,
     and keeps the control server's CRL in step. The one writer of ``issued.json``."""
 

@@ -92,20 +92,20 @@ class Connections:
     """The live control connections by certificate holder, so a revocation can end them."""
 
     def __init__(self) -> None:
-        self._scopes: dict[str, set[trio.CancelScope]] = {}
+        self._scopes: dict[Holder, set[trio.CancelScope]] = {}
 
-    def add(self, name: str, scope: trio.CancelScope) -> None:
-        self._scopes.setdefault(name, set()).add(scope)
+    def add(self, who: Holder, scope: trio.CancelScope) -> None:
+        self._scopes.setdefault(who, set()).add(scope)
 
-    def discard(self, name: str, scope: trio.CancelScope) -> None:
-        scopes = self._scopes.get(name, set())
+    def discard(self, who: Holder, scope: trio.CancelScope) -> None:
+        scopes = self._scopes.get(who, set())
         scopes.discard(scope)
         if not scopes:
-            self._scopes.pop(name, None)
+            self._scopes.pop(who, None)
 
-    def disconnect(self, name: str) -> int:
-        """End every live connection of ``name`` now; how many there were."""
-        scopes = self._scopes.get(name, set())
+    def disconnect(self, who: Holder) -> int:
+        """End every live connection of ``who`` now; how many there were."""
+        scopes = self._scopes.get(who, set())
         for scope in scopes:
             scope.cancel()
         return len(scopes)
@@ -170,7 +170,7 @@ class ControlServer:
         """Serve one authenticated connection of ``who`` until it ends."""
         channel = Channel(stream, Role.SERVER)
         scope = trio.CancelScope()
-        self.connections.add(who.name, scope)
+        self.connections.add(who, scope)
         try:
             with scope:
                 first = await channel.receive()
@@ -188,7 +188,7 @@ class ControlServer:
         except Exception:  # one connection's bug must not take the seeder down
             log.exception("closing a control connection after an internal error")
         finally:
-            self.connections.discard(who.name, scope)
+            self.connections.discard(who, scope)
             await channel.aclose()
 
     def _admit(self, hello: m.Hello, who: Holder) -> m.Hello:

@@ -15,7 +15,7 @@ from typing import Any
 
 from common.crypto import certs
 from common.errors import ConfigError
-from seeder.authority import HOST_LIFETIME, OPERATOR_LIFETIME, Authority
+from seeder.authority import HOST_LIFETIME, OPERATOR_LIFETIME, SeederCA
 from seeder.caller import current_caller
 from seeder.control import Connections, Handler
 
@@ -27,7 +27,7 @@ def _utcnow() -> dt.datetime:
 
 
 def enrollment_methods(
-    authority: Authority, connections: Connections, now: Callable[[], dt.datetime] = _utcnow
+    authority: SeederCA, connections: Connections, now: Callable[[], dt.datetime] = _utcnow
 ) -> dict[str, Handler]:
     async def hosts_enroll(params: dict[str, Any]) -> dict[str, Any]:
         name = certs.check_name(str(params["name"]))
@@ -64,7 +64,7 @@ def enrollment_methods(
     async def hosts_revoke(params: dict[str, Any]) -> dict[str, Any]:
         name = str(params["name"])
         serials = authority.revoke_host(name, now())
-        dropped = connections.disconnect(name)
+        dropped = connections.disconnect(certs.Holder(name, certs.HOST_ROLE))
         log.warning(
             "host %s revoked by %s: %d certificate(s), %d connection(s) closed",
             name,
@@ -77,7 +77,7 @@ def enrollment_methods(
     return {"hosts.enroll": hosts_enroll, "admin.cert": admin_cert, "hosts.revoke": hosts_revoke}
 
 
-def _answer(authority: Authority, cert_pem: bytes) -> dict[str, Any]:
+def _answer(authority: SeederCA, cert_pem: bytes) -> dict[str, Any]:
     cert = certs.load_certificate(cert_pem)
     return {
         "name": certs.holder(cert).name,

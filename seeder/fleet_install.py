@@ -13,7 +13,6 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -23,10 +22,10 @@ import trio
 import yaml
 
 from common.addr import Address
-from common.errors import RemoteError, ShoalError
+from common.errors import ShoalError
 from common.install_layout import InstallLayout
 from seeder import fleet_agent, ssh, wheelhouse
-from seeder.client import SeederClient
+from seeder.fleet_seeder import ClientFactory, ConnectedWatch, Tokens
 from seeder.fleet_steps import (
     Failed,
     HostRun,
@@ -43,7 +42,6 @@ from seeder.inventory import InventoryHost
 WAIT_CONNECTED = 90.0
 UNIT = "shoal-peer.service"
 AGENT = Path(fleet_agent.__file__).read_text()
-ClientFactory = Callable[[], AbstractAsyncContextManager[SeederClient]]
 
 
 @dataclass(frozen=True)
@@ -175,48 +173,6 @@ class Host:
             self.session.close()
 
 
-class ConnectedWatch:
-    """Which hosts the seeder shows connected, refreshed twice a second while anyone waits."""
-
-    def __init__(self, client: ClientFactory) -> None:
-        self.client = client
-        self.connected: set[str] = set()
-        self.waiters = 0
-        self.changed = trio.Event()
-        self.wake = trio.Event()
-        self.error: str | None = None
-
-    async def run(self) -> None:
-        while True:
-            if self.waiters == 0:
-                self.wake = trio.Event()
-                await self.wake.wait()
-            try:
-                async with self.client() as client:
-                    while self.waiters:
-                        hosts = (await client.call("hosts.list"))["hosts"]
-                        self.connected = {h["name"] for h in hosts if h["connected"]}
-                        self.error = None
-                        self.changed.set()
-                        self.changed = trio.Event()
-                        await trio.sleep(0.5)
-            except ShoalError as exc:
-                self.error = str(exc)
-                await trio.sleep(1.0)
-
-    async def wait(self, name: str, within: float) -> bool:
-        self.waiters += 1
-        self.wake.set()
-        try:
-            with trio.move_on_after(within):
-                while name not in self.connected:
-                    await self.changed.wait()
-                return True
-            return False
-        finally:
-            self.waiters -= 1
-
-
 async def install_one(
     inv: InventoryHost,
     run: HostRun,
@@ -346,35 +302,6 @@ class Builds:
                     wheelhouse.build_bundle, self.cache, target
                 )
             return self.done[target.key]
-
-
-class Tokens:
-    """Join tokens from the seeder, one per host (single use, short-lived, that name only)."""
-
-    def __init__(self, client: ClientFactory) -> None:
-        self.client = client
-        self.enabled = True
-        self.lock = trio.Lock()
-
-    async def probe(self) -> None:
-        """Does the seeder enroll hosts by token? (A seeder without security does not.)"""
-        async with self.client() as client:
-            try:
-                await client.call("token.list")
-            except RemoteError as exc:
-                if exc.code != "unknown_method":
-                    raise
-                self.enabled = False
-
-    async def create(self, name: str) -> str:
-        async with self.lock, self.client() as client:
-            try:
-                made = await client.call(
-                    "token.create", ttl=900.0, uses=1, labels={}, name_pattern=name
-                )
-            except ShoalError as exc:
-                raise Failed(Reason.ENROLL_FAILED, f"seeder refused a join token: {exc}") from None
-        return str(made["token"])
 
 
 def check_peer_seeder(address: Address) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import trio
 
 from common.errors import ShoalError
-from seeder.fleet_install import ClientFactory, Host, Options
+from seeder.fleet_install import Host, Options
+from seeder.fleet_seeder import ClientFactory
 from seeder.fleet_steps import Failed, HostRun, Reason
 from seeder.inventory import InventoryHost
 

@@ -159,20 +159,30 @@ class HostRun:
     started: float | None = None
     ended: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds spent in each step
+    _since: float | None = None
+
+    def _tick(self, now: float) -> None:
+        if self._since is not None and self.state == "running":
+            self.steps[self.step] = self.steps.get(self.step, 0.0) + now - self._since
+        self._since = now
 
     def begin(self, step: str, now: float) -> None:
         if self.started is None:
             self.started = now
+        self._tick(now)
         self.step, self.state = step, "running"
 
     def changed(self, what: str) -> None:
         self.changes.append(what)
 
     def finish(self, now: float) -> None:
+        self._tick(now)
         self.state, self.ended = "done", now
         self.step = "done"
 
     def fail(self, reason: Reason, detail: str, now: float) -> None:
+        self._tick(now)
         self.state, self.reason, self.detail, self.ended = "failed", reason, detail, now
         if self.started is None:
             self.started = now
@@ -200,5 +210,6 @@ class HostRun:
             "reason": self.reason.value if self.reason else None,
             "detail": self.detail,
             "seconds": self.seconds,
+            "steps": {k: round(v, 3) for k, v in self.steps.items()},
             **self.info,
         }

@@ -31,7 +31,7 @@ from common.crypto import certs
 from common.crypto.csr import CsrError, read_csr
 from common.errors import ConfigError, ConnectionClosed, ProtocolError, ShoalError
 from common.messages import Message
-from seeder.authority import HOST_LIFETIME, Authority
+from seeder.authority import HOST_LIFETIME, SeederCA
 from seeder.join_policy import check_join, joined_labels
 from seeder.store import Store
 
@@ -42,7 +42,7 @@ MAX_JOINS = 64  # connections handled at once; more are closed unanswered
 CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
 
 
-def live_host(authority: Authority, name: str, now: float) -> bool:
+def live_host(authority: SeederCA, name: str, now: float) -> bool:
     """Whether a host certificate for ``name`` is in force: issued, not revoked, not expired."""
     return any(
         c.name == name and c.role == certs.HOST_ROLE and c.revoked_at is None and c.not_after > now
@@ -56,7 +56,7 @@ class Enrollments:
     interleave; the store's atomic use count decides races besides."""
 
     def __init__(
-        self, store: Store, issuer: Authority, clock: Callable[[], float] = time.time
+        self, store: Store, issuer: SeederCA, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.issuer = issuer
@@ -144,9 +144,9 @@ class JoinServer:
             with trio.move_on_after(self.patience) as deadline:
                 await self._exchange(transport)
             if deadline.cancelled_caught:
-                log.info("join connection: no exchange within %gs; closed", self.patience)
-        except (ConnectionClosed, ProtocolError) as exc:
-            log.info("join connection closed: %s", exc)
+                log.debug("join connection: no exchange within %gs; closed", self.patience)
+        except (ConnectionClosed, ProtocolError) as exc:  # a stranger's noise: not worth INFO
+            log.debug("join connection closed: %s", exc)
         except Exception:  # one connection's bug must not take the listener down
             log.exception("join connection failed after an internal error")
         finally:
@@ -183,7 +183,7 @@ class JoinServer:
 
 
 async def start_join_listener(
-    nursery: trio.Nursery, at: Address, store: Store, authority: Authority
+    nursery: trio.Nursery, at: Address, store: Store, authority: SeederCA
 ) -> Address:
     """Start the join listener on ``at`` (a taken port is an error naming the option)."""
     ident = authority.dir

@@ -26,7 +26,7 @@ from common.bundle import Bundle
 from common.crypto import certs
 from common.errors import ConnectionClosed, ShoalError
 from common.tls import ClientTLS
-from seeder.authority import HOST_LIFETIME, Authority, identity_dir, init_identity
+from seeder.authority import HOST_LIFETIME, SeederCA, identity_dir, init_identity
 from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
 from seeder.identity_cli import enroll_host
 
@@ -291,7 +291,7 @@ class LocalFleet:
 def offline_bundle(seeder_dir: Path, name: str, labels: dict[str, str]) -> Bundle:
     """A host bundle issued straight from the CA in ``seeder_dir`` (no seeder may be running:
     it is the one writer of the CA's index)."""
-    authority = Authority(seeder_dir)
+    authority = SeederCA(seeder_dir)
     key = certs.generate_key()
     cert = authority.issue(
         certs.public_pem(key.public_key()),

@@ -25,7 +25,7 @@ from common.release import Manifest
 from common.torrent import SliceSeeds, TorrentSession, piece_size_of, tracker_hashes
 from common.torrent.slices import WARM_SLICES
 from seeder import views
-from seeder.authority import Authority
+from seeder.authority import SeederCA
 from seeder.build import BuiltRelease, build_release, v1_torrent
 from seeder.control import Connections, ControlServer, Handler
 from seeder.engine import Engine
@@ -117,7 +117,7 @@ async def run_seeder(
     task_status: trio.TaskStatus[SeederAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     data = config.data_dir
-    authority = Authority(data)  # refuses to start without an identity, naming the command
+    authority = SeederCA(data)  # refuses to start without an identity, naming the command
     server_tls = authority.open_server_tls(dt.datetime.now(dt.UTC))
     (data / "releases").mkdir(parents=True, exist_ok=True)
     listen = _public(config.listen, "--listen")

@@ -58,11 +58,15 @@ async def run(client: Any, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(made, indent=2, sort_keys=True))
             return 0
+        labels = ",".join(f"{k}={v}" for k, v in sorted(made["labels"].items()))
+        pattern = made["name_pattern"]
+        limits = (f", labels {labels}" if labels else "") + (
+            f", names {pattern!r}" if pattern else ""
+        )
         print(
-            f"join token {made['token_id']}: {made['uses']} use(s),"
-            f" expires {_when(made['expires_at'])}"
-            f"; on each new host run:\n  shoal-peer join --seeder {args.seeder} --token TOKEN"
-            " --data-dir DIR [--name NAME]",
+            f"join token {made['token_id']}: {made['uses']} use(s){limits},"
+            f" expires {_when(made['expires_at'])}; on each new host run:\n"
+            f"  shoal-peer join --seeder {args.seeder} --token TOKEN --data-dir DIR [--name NAME]",
             file=sys.stderr,
         )
         print(made["token"])

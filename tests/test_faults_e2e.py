@@ -217,10 +217,10 @@ def free(path: Path) -> int:
 def fill(path: Path) -> Path:
     """Write a file until the disk is full; it stays until the caller removes it."""
     filler = path / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    # unbuffered: nothing is left to flush (and fail) when the file closes on a full disk
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\xff" * (1 << 20))
-            f.flush()
     return filler
 
 

@@ -26,7 +26,7 @@ from common.channel import Channel
 from common.errors import ConnectionClosed
 from common.protocol import Role
 from common.tls import ServerTLS
-from seeder.authority import Authority
+from seeder.authority import SeederCA
 from seeder.localfleet import LocalFleet, free_port
 from tests.conftest import commit_version, make_app_repo, shoal
 
@@ -130,7 +130,7 @@ async def test_older_tokens_are_refused_and_abort_kills_the_running_hook(
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     bt_port = free_port("127.0.0.1")
     fleet.init_identity()
-    control = FakeControl(Authority(fleet.seeder_dir).open_server_tls(dt.datetime.now(dt.UTC)))
+    control = FakeControl(SeederCA(fleet.seeder_dir).open_server_tls(dt.datetime.now(dt.UTC)))
     control_port = free_port("127.0.0.1")
     with trio.fail_after(180):
         await fleet.start_seeder(extra=("--no-slices", "--torrent-listen", f"127.0.0.1:{bt_port}"))

@@ -117,8 +117,10 @@ def test_reason_strings_map_to_classes() -> None:
 def test_report_groups_failures_by_reason() -> None:
     runs = {n: HostRun(n) for n in ("a", "b", "c")}
     runs["a"].begin("connect", 0.0)
+    runs["a"].begin("install", 0.5)
     runs["a"].changed("installed 1")
     runs["a"].finish(2.0)
+    assert runs["a"].steps == {"connect": 0.5, "install": 1.5}
     runs["b"].begin("connect", 0.0)
     runs["b"].fail(Reason.UNREACHABLE, "b: timed out", 15.0)
     runs["c"].begin("start", 0.0)

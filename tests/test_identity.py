@@ -6,15 +6,22 @@ import datetime as dt
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
+from common import messages as m
 from common.bundle import Bundle
+from common.channel import Channel
 from common.crypto import certs
 from common.durations import parse_duration
 from common.errors import ConfigError
+from common.protocol import Role
 from seeder import roles
-from seeder.authority import Authority, UnknownHost, init_identity
+from seeder.authority import SeederCA, UnknownHost, init_identity
+from seeder.caller import current_caller
 from seeder.control import ControlServer
 from seeder.engine import Engine
 from seeder.store import Store
@@ -72,16 +79,16 @@ async def test_a_method_without_a_role_stops_the_server_from_being_built(tmp_pat
         store.close()
 
 
-def enrolled(tmp_path: Path) -> tuple[Authority, certs.PrivateKey]:
+def enrolled(tmp_path: Path) -> tuple[SeederCA, certs.PrivateKey]:
     init_identity(tmp_path, ["127.0.0.1"], NOW)
-    authority = Authority(tmp_path)
+    authority = SeederCA(tmp_path)
     key = certs.generate_key()
     return authority, key
 
 
 def test_init_refuses_to_overwrite_and_run_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"shoal seeder init --data-dir {tmp_path}"):
-        Authority(tmp_path)
+        SeederCA(tmp_path)
     init_identity(tmp_path, ["127.0.0.1"], NOW)
     with pytest.raises(ConfigError, match="already holds a seeder identity"):
         init_identity(tmp_path, ["127.0.0.1"], NOW)
@@ -103,7 +110,7 @@ def test_revocation_is_by_host_persisted_and_in_the_crl(tmp_path: Path) -> None:
     with pytest.raises(UnknownHost):
         authority.revoke_host("admin", NOW)  # an operator, not a host
 
-    again = Authority(tmp_path)  # a restart reads the index back
+    again = SeederCA(tmp_path)  # a restart reads the index back
     crl = certs.x509.load_pem_x509_crl(again.crl(NOW))
     revoked = {r.serial_number for r in crl}
     assert revoked == {first.serial_number}
@@ -160,3 +167,29 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="--ttl"):
         parse_duration(text)
+
+
+async def test_each_request_runs_as_the_certificates_holder(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        engine = Engine(store, seeder_bt=("127.0.0.1", 1))
+
+        async def whoami(params: dict[str, Any]) -> dict[str, Any]:
+            caller = current_caller()
+            return {"name": caller.name, "role": caller.role}
+
+        server = ControlServer(
+            store, engine, methods={"whoami": whoami}, method_roles={"whoami": "viewer"}
+        )
+        for who in (certs.Holder("vera", "viewer"), certs.Holder("alice", "admin")):
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.converse, server_stream, who)
+                channel = Channel(client_stream, Role.CLIENT)
+                await channel.send(m.ClientHello(client="test"))
+                await channel.send(m.Request(id=1, method="whoami", params={}))
+                reply = await channel.receive()
+                assert isinstance(reply, m.Response) and reply.result == vars(who)
+                await channel.aclose()
+    finally:
+        store.close()

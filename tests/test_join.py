@@ -1,7 +1,7 @@
 """The join listener and ``peer.join`` over real sockets and real TLS, in one process.
 
 The seeder side is the real thing minus the rest of the service: an identity made by
-``init_identity``, its ``Authority``, a real store, the real join listener on a free port. Time
+``init_identity``, its ``SeederCA``, a real store, the real join listener on a free port. Time
 for token expiry is a clock the test moves. Every refusal is tried for real and must leave the
 joining host's data directory as it was.
 """
@@ -29,7 +29,7 @@ from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConnectionClosed
 from common.protocol import NEED_DATA
 from peer.join import JoinOptions, existing, join
-from seeder.authority import Authority, init_identity
+from seeder.authority import SeederCA, init_identity
 from seeder.join import Enrollments, JoinServer
 from seeder.localfleet import free_port
 from seeder.store import Store
@@ -41,7 +41,7 @@ IP = "127.0.0.1"
 @dataclass
 class Seeder:
     root: Path
-    authority: Authority
+    authority: SeederCA
     store: Store
     at: Address  # the "control" address: the join listener is on its port + 3
     now: list[float]
@@ -56,7 +56,7 @@ class Seeder:
 
 async def _seeder(root: Path, nursery: trio.Nursery, **server: Any) -> Seeder:
     init_identity(root, [IP, "localhost"], dt.datetime.now(dt.UTC))
-    authority = Authority(root)
+    authority = SeederCA(root)
     store = Store(root / "seeder.db")
     now = [dt.datetime.now(dt.UTC).timestamp()]
     server = JoinServer(
@@ -201,7 +201,7 @@ async def test_an_impostor_holding_the_public_ca_cert_gets_no_token(
     certificate of that CA, so the second handshake fails and the token is never sent."""
     token = await seeder.token()
     init_identity(tmp_path / "fake", [IP], dt.datetime.now(dt.UTC))
-    fake = Authority(tmp_path / "fake")
+    fake = SeederCA(tmp_path / "fake")
     fake_tls = tls.JoinServerTLS(fake.dir / "seeder.crt", fake.dir / "seeder.key")
     received: list[bytes] = []
     handshakes: list[str] = []

@@ -30,7 +30,9 @@ async def test_join_then_run_with_only_the_data_dir(fleet: LocalFleet) -> None:
     assert plain.returncode == 0, plain.stderr
     token = plain.stdout.strip()
     assert token.startswith("shoal1.") and "\n" not in token  # stdout is the token, for $(...)
-    assert "shoal-peer join --seeder" in plain.stderr and "2 use(s)" in plain.stderr
+    assert (
+        "shoal-peer join --seeder" in plain.stderr and "2 use(s), labels env=prod," in plain.stderr
+    )
 
     joined = fleet.join("web-1", token, "--labels", "rack=r1")
     assert joined.returncode == 0, joined.stderr

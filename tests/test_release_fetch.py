@@ -139,6 +139,8 @@ async def test_release_torrent_and_fetch_end_to_end(fleet: LocalFleet, tmp_path:
                     release_id,
                     "--seeder",
                     str(control),
+                    "--identity",
+                    str(fleet.credential),
                 ],
                 capture_output=True,
                 timeout=60,

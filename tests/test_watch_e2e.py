@@ -57,7 +57,10 @@ async def read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 def cli(fleet: LocalFleet, *args: str) -> list[str]:
-    return [sys.executable, "-m", "seeder.cli", *args, "--seeder", str(fleet.control)]
+    return [
+        sys.executable, "-m", "seeder.cli", *args,
+        "--seeder", str(fleet.control), "--identity", str(fleet.credential),
+    ]  # fmt: skip
 
 
 def in_terminal(args: list[str]) -> tuple[int, str]:
