@@ -163,7 +163,7 @@ def test_unknown_fields_are_ignored() -> None:
         (
             {"t": "hello", "name": "x"},
             "hello message is missing fields "
-            "['address', 'bt_port', 'labels', 'current', 'staged', 'protocol']",
+            "['address', 'bt_port', 'labels', 'current', 'staged', 'protocol', 'version']",
         ),
         ({"t": "ack"}, "ack message is missing fields ['seq']"),
         ({"t": 5}, "unknown control message type 5"),
