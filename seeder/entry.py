@@ -1,7 +1,8 @@
 """The ``shoal`` console script: check that the seeder side is installed, then run the CLI.
 
-A peer-only host installs ``shoal`` without the ``seeder`` extra (see pyproject.toml); there
-``shoal`` must say which extra is missing instead of dying of an ImportError deep in a command.
+A peer-only host installs ``shoal`` with ``--no-deps`` and only the peer set of its dependencies
+(see pyproject.toml); there ``shoal`` must say what is missing instead of dying of an ImportError
+deep in a command.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-# Import name -> distribution, for every dependency of the `seeder` extra.
-SEEDER_EXTRA = {"h11": "h11", "rich": "rich", "paramiko": "paramiko", "packaging": "packaging"}
+# Import name -> distribution, for every dependency only the seeder side needs (the peer set is
+# the rest of pyproject.toml's dependencies).
+SEEDER_ONLY = {
+    "h11": "h11",
+    "rich": "rich",
+    "paramiko": "paramiko",
+    "packaging": "packaging",
+    "pathspec": "pathspec",
+}
 
 
 def missing_seeder_modules() -> list[str]:
-    """The distributions of the seeder extra that cannot be imported here."""
-    return [dist for mod, dist in SEEDER_EXTRA.items() if importlib.util.find_spec(mod) is None]
+    """The seeder side's distributions that cannot be imported here."""
+    return [dist for mod, dist in SEEDER_ONLY.items() if importlib.util.find_spec(mod) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(
             f"shoal: error: the seeder side of shoal is not installed (missing: "
-            f"{', '.join(missing)}); install it with: pip install 'shoal[seeder]'"
+            f"{', '.join(missing)}); install shoal with its dependencies: pip install shoal"
             " (a peer-only host needs only shoal-peer)",
             file=sys.stderr,
         )

@@ -23,7 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from common.errors import BuildError
+from seeder.entry import SEEDER_ONLY
 
 DIST = "shoal"
 PACKAGES = ("common", "seeder", "peer")  # the product's top-level packages
@@ -89,9 +92,20 @@ class Bundle:
 
 
 def requirements() -> list[str]:
-    """The running shoal's own dependencies (without extras such as ``dev``)."""
+    """What a peer needs of the running shoal's dependencies: the peer set (no extras such as
+    ``dev``, none of the seeder side's packages)."""
     dist = importlib.metadata.distribution(DIST)
-    return [r for r in dist.requires or [] if "extra ==" not in r]
+    return peer_set(dist.requires or [])
+
+
+def peer_set(requires: list[str]) -> list[str]:
+    """The requirements of ``requires`` a peer-only host installs."""
+    seeder_only = set(SEEDER_ONLY.values())
+    return [
+        r
+        for r in requires
+        if "extra ==" not in r and Requirement(r).name.lower() not in seeder_only
+    ]
 
 
 def build_bundle(cache: Path, target: Target) -> Bundle:

@@ -1,5 +1,5 @@
-"""Each side imports only what its install pulls in: peer/ and common/ the base dependencies
-(a peer-only host installs ``shoal`` alone), seeder/ those plus the ``seeder`` extra.
+"""Each side imports only what its install pulls in: peer/ and common/ the peer set of the
+dependencies (what a peer-only host installs, and ``shoal fleet install`` ships), seeder/ all.
 
 Pure: reads the sources' imports (ast) and pyproject.toml; the installs themselves are checked in
 tests/test_wheel.py.
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from seeder.entry import SEEDER_EXTRA
+from seeder.entry import SEEDER_ONLY
+from seeder.wheelhouse import peer_set
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = {"common", "peer", "seeder"}
@@ -59,33 +60,24 @@ def _distributions(imports: dict[str, set[str]]) -> dict[str, set[str]]:
     return out
 
 
-def test_peer_and_common_import_only_the_base_dependencies() -> None:
-    base = _names(list(_project()["dependencies"]))  # type: ignore[call-overload]
+def test_peer_and_common_import_only_the_peer_set() -> None:
+    base = _names(peer_set(list(_project()["dependencies"])))  # type: ignore[call-overload]
     used = _distributions(_third_party_imports("peer", "common"))
     extra = {dist: files for dist, files in used.items() if dist not in base}
     assert not extra, f"peer/common import packages a peer-only install lacks: {extra}"
 
 
-def test_seeder_imports_only_base_and_seeder_extra() -> None:
-    project = _project()
-    extras = project["optional-dependencies"]
-    assert isinstance(extras, dict)
-    allowed = _names(list(project["dependencies"])) | _names(extras["seeder"])  # type: ignore[call-overload]
+def test_seeder_imports_only_the_dependencies() -> None:
+    allowed = _names(list(_project()["dependencies"]))  # type: ignore[call-overload]
     used = _distributions(_third_party_imports("seeder"))
     extra = {dist: files for dist, files in used.items() if dist not in allowed}
-    assert not extra, f"seeder/ imports packages `shoal[seeder]` does not pull in: {extra}"
+    assert not extra, f"seeder/ imports packages `pip install shoal` does not pull in: {extra}"
 
 
-def test_entry_point_knows_every_seeder_extra() -> None:
-    extras = _project()["optional-dependencies"]
-    assert isinstance(extras, dict)
-    assert set(SEEDER_EXTRA.values()) == _names(extras["seeder"])
-
-
-def test_the_dev_extra_pulls_in_the_seeder() -> None:
-    extras = _project()["optional-dependencies"]
-    assert isinstance(extras, dict)
-    assert "shoal[seeder]" in extras["dev"]
+def test_the_seeder_only_list_names_dependencies() -> None:
+    deps = _names(list(_project()["dependencies"]))  # type: ignore[call-overload]
+    assert set(SEEDER_ONLY.values()) <= deps
+    assert set(SEEDER_ONLY.values()).isdisjoint(_names(peer_set(sorted(deps))))
 
 
 def test_shipped_systemd_units_are_the_documented_ones() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from seeder.wheelhouse import peer_set
 from tests.shoal_wheels import PACKAGE_ROOTS, SOURCE, build_wheel, clean_env, run
 
 pytestmark = pytest.mark.integration
@@ -64,12 +65,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel-build"))
 
 
-def _install(tmp: Path, wheel: Path, requirement: str) -> Installed:
+def _install(tmp: Path, wheel: Path, peer_only: bool = False) -> Installed:
+    """``pip install`` of the wheel into a fresh virtualenv; ``peer_only``: the wheel without
+    its dependencies, then the peer set of them (what README says a peer-only host does)."""
     env = clean_env()
     venv = tmp / "venv"
     run([sys.executable, "-m", "venv", str(venv)], tmp, env, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    run([*pip, requirement], tmp, env, 900)
+    if peer_only:
+        run([*pip, "--no-deps", str(wheel)], tmp, env, 900)
+        run([*pip, *peer_set(_requires(wheel))], tmp, env, 900)
+    else:
+        run([*pip, str(wheel)], tmp, env, 900)
     outside = tmp / "cwd"
     outside.mkdir()
     return Installed(wheel, venv, outside, env)
@@ -77,14 +84,25 @@ def _install(tmp: Path, wheel: Path, requirement: str) -> Installed:
 
 @pytest.fixture(scope="session")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """The whole of shoal: the wheel with its ``seeder`` extra."""
-    return _install(tmp_path_factory.mktemp("full"), wheel, f"shoal[seeder] @ {wheel.as_uri()}")
+    """The whole of shoal: ``pip install`` of the wheel."""
+    return _install(tmp_path_factory.mktemp("full"), wheel)
 
 
 @pytest.fixture(scope="session")
 def peer_only(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """What a peer-only host installs: the wheel and its base dependencies."""
-    return _install(tmp_path_factory.mktemp("peer-only"), wheel, str(wheel))
+    """What a peer-only host installs: the wheel without dependencies, then the peer set."""
+    return _install(tmp_path_factory.mktemp("peer-only"), wheel, peer_only=True)
+
+
+def _requires(wheel: Path) -> list[str]:
+    """The wheel's Requires-Dist lines."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        return [
+            line.split(":", 1)[1].strip()
+            for line in zf.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
 
 
 def test_wheel_holds_every_module_and_the_example_app(wheel: Path) -> None:
@@ -157,7 +175,9 @@ def test_every_shoal_command_answers_help(installed: Installed) -> None:
         assert f"usage: shoal {' '.join(command)}" in out, (command, out)
 
 
-def test_peer_only_install_runs_the_peer_and_names_the_missing_extra(peer_only: Installed) -> None:
+def test_peer_only_install_runs_the_peer_and_shoal_names_what_is_missing(
+    peer_only: Installed,
+) -> None:
     listed = peer_only.run("python", "-m", "pip", "list", "--format=freeze", timeout=120).lower()
     for dist in ("rich", "h11", "paramiko"):
         assert f"{dist}==" not in listed, f"a peer-only install pulled in {dist}"
@@ -177,7 +197,7 @@ def test_peer_only_install_runs_the_peer_and_names_the_missing_extra(peer_only: 
         check=False,
     )
     assert proc.returncode == 1, proc
-    assert "pip install 'shoal[seeder]'" in proc.stderr, proc.stderr
+    assert "install shoal with its dependencies" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
