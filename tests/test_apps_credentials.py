@@ -16,7 +16,9 @@ import pytest
 import trio
 
 from common.addr import Address
-from common.errors import RemoteError
+from common.errors import RemoteError, ShoalError
+from common.tls import JoinServerTLS
+from seeder.authority import identity_dir
 from seeder.localfleet import LocalFleet
 from tests.conftest import shoal
 from tests.gitremote import make_remote
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "S3cretT0ken-4f1c"
 HTTP_IP = "127.0.8.3"
-PROXY_IP = "127.0.8.4"
+PROXY_IP = "127.0.0.1"  # an address the seeder's certificate names (the proxy presents it)
 HELPER = f"""#!/bin/sh
 [ "$1" = get ] && printf 'username=deploy\\npassword={SECRET}\\n'
 exit 0
@@ -65,20 +67,27 @@ def http_remote(root: Path) -> Iterator[str]:
 
 
 async def recording_proxy(
-    target: Address, record: list[bytes], *, task_status: trio.TaskStatus[Address]
+    fleet: LocalFleet, record: list[bytes], *, task_status: trio.TaskStatus[Address]
 ) -> None:
-    """A TCP proxy to the seeder's control port that keeps every byte, both ways."""
+    """A proxy to the seeder's control port that ends the CLI's TLS (with the seeder's own
+    certificate, which the test can read), dials the seeder with the admin credential, and keeps
+    every decrypted byte both ways: what the control channel really carries."""
+    assert fleet.control is not None
+    target = fleet.control
+    ident = identity_dir(fleet.seeder_dir)
+    server_tls = JoinServerTLS(ident / "seeder.crt", ident / "seeder.key")
     listeners = await trio.open_tcp_listeners(0, host=PROXY_IP)
 
-    async def handle(client: trio.SocketStream) -> None:
-        async with (
-            client,
-            await trio.open_tcp_stream(target.host, target.port) as server,
-            trio.open_nursery() as nursery,
-        ):
+    async def handle(tcp: trio.SocketStream) -> None:
+        client = await server_tls.accept(tcp)
+        upstream = await trio.open_tcp_stream(target.host, target.port)
+        server = await fleet.tls().connect(upstream, target.host)
+        async with client, server, trio.open_nursery() as nursery:
 
-            async def pump(a: trio.SocketStream, b: trio.SocketStream) -> None:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async def pump(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, ShoalError
+                ):
                     while data := await a.receive_some(65536):
                         record.append(data)
                         await b.send_all(data)
@@ -105,11 +114,11 @@ async def test_the_credential_helper_secret_is_in_no_frame_and_no_file(
         await fleet.start_seeder(env={"GIT_CONFIG_GLOBAL": str(gitconfig)})
         assert fleet.control is not None
         async with trio.open_nursery() as nursery:
-            proxy = await nursery.start(recording_proxy, fleet.control, frames)
+            proxy = await nursery.start(recording_proxy, fleet, frames)
             url = f"{base}/remote.git"
 
             def cli(*args: str) -> tuple[int, str, str]:
-                out = shoal(proxy, *args)
+                out = shoal(proxy, *args, "--identity", str(fleet.credential))
                 return out.returncode, out.stdout, out.stderr
 
             code, _, err = await trio.to_thread.run_sync(cli, "app", "add", "web", "--repo", url)

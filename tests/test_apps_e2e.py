@@ -223,7 +223,11 @@ async def test_build_output_reaches_the_operator_while_the_step_runs(
         await trio.to_thread.run_sync(lambda: fleet.add_app(remote.url, "web", "--build", step))
         assert fleet.control is not None
         proc = await trio.lowlevel.open_process(
-            [*CLI, "release", "build", "web", "--ref", "main", "--seeder", str(fleet.control)],
+            [
+                *CLI,
+                *("release", "build", "web", "--ref", "main", "--seeder", str(fleet.control)),
+                *("--identity", str(fleet.credential)),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

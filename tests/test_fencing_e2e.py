@@ -110,9 +110,8 @@ def release(fleet: LocalFleet, repo: Path) -> tuple[dict[str, Any], bytes]:
     """A release built by the real seeder, whose full seed admits the peer (a grant: the swarm
     is closed and the peer is in none of the real seeder's rollouts)."""
     rid = fleet.build_release(repo)
-    listing = json.loads(shoal(fleet.control, "release", "list", "--json").stdout)
-    manifest = next(r for r in listing if r["release_id"] == rid)
-    del manifest["created_at"]
+    shown = json.loads(shoal(fleet.control, "release", "show", rid, "--json").stdout)
+    manifest = dict(shown["manifest"])
     torrent = (fleet.root / "seeder" / "releases" / rid / "release.torrent").read_bytes()
     grant = shoal(fleet.control, "release", "torrent", rid, "--allow", PEER_IP, "--json")
     assert grant.returncode == 0, grant.stderr
