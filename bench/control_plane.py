@@ -263,12 +263,15 @@ async def own_lag(out: list[float]) -> None:
         out.append(trio.current_time() - started - LAG_TICK)
 
 
-async def poller(client: SeederClient, rollout_id: str, every: float, out: list[float]) -> None:
+async def poller(
+    client: SeederClient, rollout_id: str, every: float, out: list[float], first: trio.Event
+) -> None:
     """Poll the status every ``every`` seconds, like the old ``start --wait``, until cancelled
     (on a connection made before the rollout starts: its handshake is not in the rollout)."""
     while True:
         _, took, _ = await status(client, rollout_id)
         out.append(took)
+        first.set()
         await trio.sleep(every)
 
 
@@ -350,10 +353,15 @@ async def _measure(
             out = await seeder.cli("rollout", "start", release_id, "--hosts", "all", *extra)
             row["cli_start_s"] = time.time() - t_cli
             rollout_id = out.strip().splitlines()[-1].strip()
+            first_poll = trio.Event()
             if poll > 0:
-                side.start_soon(poller, poll_client, rollout_id, poll, polls)
+                side.start_soon(poller, poll_client, rollout_id, poll, polls, first_poll)
             with trio.move_on_after(args.timeout):
                 await milestones.wait_done(rollout_id)
+            # A small rollout can end before the first poll returns: let that one poll finish,
+            # so the row always says what a poll cost under this load.
+            with trio.move_on_after(30 if poll > 0 else 0):
+                await first_poll.wait()
             side.cancel_scope.cancel()
         row["seeder_cpu_s"] = seeder.cpu() - cpu0
         finished = milestones.done[rollout_id] >= hosts

@@ -95,3 +95,16 @@ async def fleet(tmp_path: Path) -> AsyncIterator[LocalFleet]:
         yield local
     finally:
         await local.stop_all()
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow"):
+        return 0
+    return 1 if item.get_closest_marker("integration") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, then the other integration tests, then the unit tests. pytest-xdist
+    hands tests to its workers in this order, so the minute-long ones start at once and the
+    workers finish together, instead of one of them running a long test alone at the end."""
+    items.sort(key=_schedule_rank)

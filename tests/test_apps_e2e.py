@@ -41,6 +41,7 @@ def refused(fleet: LocalFleet, *args: str) -> str:
     return out.stderr
 
 
+@pytest.mark.slow
 async def test_refs_builds_by_tag_branch_and_short_sha_and_history(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

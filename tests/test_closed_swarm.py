@@ -52,6 +52,7 @@ async def attempt(session: TorrentSession, torrent: bytes, dest: Path, peers: li
     return session.transfer(torrent_infohash(torrent)).downloaded
 
 
+@pytest.mark.slow
 async def test_a_session_admits_only_the_addresses_it_is_given(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -119,6 +120,7 @@ def announce(base: str, info_hash: bytes, key: str | None) -> dict[bytes, object
     return get(url)
 
 
+@pytest.mark.slow
 async def test_an_outsider_with_the_torrent_gets_nothing_from_a_real_fleet(
     fleet: LocalFleet, tmp_path: Path, nursery: trio.Nursery
 ) -> None:

@@ -71,6 +71,7 @@ def status(fleet: LocalFleet, rollout_id: str = "") -> dict:  # type: ignore[typ
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 async def test_full_rollout_then_upgrade_then_failing_hook(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -245,6 +246,7 @@ async def test_garbage_closes_one_connection_only(fleet: LocalFleet) -> None:
         assert "refused a connection from" in log.read_text()
 
 
+@pytest.mark.slow
 async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -277,6 +279,7 @@ async def test_peer_waits_for_seeder_and_seeder_restart_loses_nothing(
         assert events(fleet, "web-1") == [(e, rid) for e in ACTIVATE_ORDER], "a hook ran twice"
 
 
+@pytest.mark.slow
 async def test_peer_killed_during_a_hook_does_not_repeat_it(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

@@ -91,6 +91,7 @@ def piece_size(fleet: LocalFleet, rid: str) -> int:
 # --- 1. SIGKILL mid-download -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_peer_killed_mid_download_fetches_again_at_most_what_it_had_not_written(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -153,6 +154,7 @@ async def _serves(ip: str, port: int, torrent: bytes, dest: Path, wait: float) -
     return got
 
 
+@pytest.mark.slow
 async def test_pruned_releases_are_no_longer_seeded(fleet: LocalFleet, tmp_path: Path) -> None:
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     with trio.fail_after(240):
@@ -232,6 +234,7 @@ async def alive_after(daemon: Daemon, seconds: float) -> bool:
     return daemon.process.returncode is None
 
 
+@pytest.mark.slow
 async def test_a_full_disk_fails_the_stage_cleanly_and_the_daemon_stays_up(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -344,6 +347,7 @@ async def _leech(ip: str, port: int, torrent: bytes, dest: Path, wait: float) ->
     return got.failed, got.verified
 
 
+@pytest.mark.slow
 async def test_a_peer_whose_staged_file_changed_stops_serving_bad_pieces(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

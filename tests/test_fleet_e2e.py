@@ -25,7 +25,13 @@ from bench.sftp import _keygen, sshd_available, sshd_fleet
 from seeder.localfleet import LocalFleet
 from seeder.wheelhouse import Target, build_bundle
 
-pytestmark = [pytest.mark.netns, pytest.mark.integration]
+# One worker starts the testbed fleet once (a module fixture) and runs every test on it.
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("fleet_e2e"),
+]
 HOSTS = 4
 PYTHON = "/usr/bin/python3"  # the system interpreter, as on a real server
 

@@ -114,6 +114,7 @@ async def test_oversized_prefixes_and_garbage_do_not_grow_the_seeder(fleet: Loca
         )
 
 
+@pytest.mark.slow
 async def test_ten_thousand_garbage_connections_write_a_bounded_log(fleet: LocalFleet) -> None:
     with trio.fail_after(300):
         await fleet.start_seeder()

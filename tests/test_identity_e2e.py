@@ -115,6 +115,7 @@ async def test_the_cli_needs_a_credential_of_the_seeders_ca(fleet: LocalFleet) -
     assert "refused a connection from" in log
 
 
+@pytest.mark.slow
 async def test_roles_decide_what_a_caller_may_do(fleet: LocalFleet, tmp_path: Path) -> None:
     repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")
     await fleet.start_seeder()

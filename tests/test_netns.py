@@ -20,7 +20,8 @@ from bench.netns import Host, Testbed, netns_available, slow_host_rates
 from bench.sftp import run_sftp_baseline, sshd_available
 from bench.tcpcheck import measure_mbit
 
-pytestmark = pytest.mark.netns
+# One worker starts the testbed once (a module fixture) and runs every test on it.
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("netns")]
 REPO = Path(__file__).resolve().parents[1]
 
 _ECHO_SERVER = (

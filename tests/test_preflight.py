@@ -56,6 +56,7 @@ def snapshot(fleet: LocalFleet, host: str) -> tuple[str, list[str], str]:
     )
 
 
+@pytest.mark.slow
 async def test_preflight_rows_per_host_and_nothing_changes(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def waited(fleet: LocalFleet, code: int, *args: str) -> str:
     return str(ok_json(fleet, "rollout", "list")[0]["rollout_id"])
 
 
+@pytest.mark.slow
 async def test_promotion_from_staging_to_prod(fleet: LocalFleet, tmp_path: Path) -> None:
     with trio.fail_after(300):
         repo = await trio.to_thread.run_sync(make_app_repo, tmp_path / "app")

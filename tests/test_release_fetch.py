@@ -83,6 +83,7 @@ async def until_seeds(url: str, torrent: bytes, count: int) -> None:
         await trio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_torrents_built_before_a_seeder_restart_still_work(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

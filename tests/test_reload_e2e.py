@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from common.appspec import LIFECYCLE_EVENTS
@@ -70,6 +71,7 @@ async def _until(fleet: LocalFleet, name: str, check: Any, wait: float = 60) -> 
             await trio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_reload_changes_labels_live_during_a_running_hook(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

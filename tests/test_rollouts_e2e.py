@@ -49,6 +49,7 @@ def hooks_of(fleet: LocalFleet, host: str, release: str) -> list[str]:
     return [event for event, rid in events(fleet, host) if rid == release]
 
 
+@pytest.mark.slow
 async def test_a_failure_in_wave_2_halts_and_auto_rollback_restores(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -95,6 +96,7 @@ def plan_id(stdout: str) -> str:
     return first.split()[1]
 
 
+@pytest.mark.slow
 async def test_seeder_sigkill_mid_wave_2_runs_every_hook_exactly_once(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -117,6 +119,7 @@ async def test_seeder_sigkill_mid_wave_2_runs_every_hook_exactly_once(
             assert current(fleet, host) == r2
 
 
+@pytest.mark.slow
 async def test_pause_survives_a_restart_then_resume_and_rollback_without_transfer(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

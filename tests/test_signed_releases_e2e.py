@@ -64,6 +64,7 @@ def target_of(fleet: LocalFleet) -> dict[str, Any]:
     return target
 
 
+@pytest.mark.slow
 async def test_a_peer_refuses_every_release_that_does_not_verify(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:

@@ -28,7 +28,8 @@ from seeder.localfleet import LocalFleet
 from tests.conftest import make_app_repo
 from tests.shoal_wheels import SOURCE, build_wheel, clean_env, run
 
-pytestmark = pytest.mark.integration
+# One worker builds the upgrade wheelhouses once (a module fixture) and runs every test.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("upgrade_e2e")]
 
 OLD, NEW, BROKEN = "0.1.0", "0.1.1", "0.1.2"
 CRASH = """

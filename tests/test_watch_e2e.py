@@ -103,6 +103,7 @@ def start_rollout(fleet: LocalFleet, release: str) -> str:
     return str(json.loads(out.stdout)["rollout_id"])
 
 
+@pytest.mark.slow
 async def test_watch_follows_a_rollout_to_its_end(fleet: LocalFleet, tmp_path: Path) -> None:
     repo = await trio.to_thread.run_sync(hold_repo, tmp_path / "app")
     with trio.fail_after(240):

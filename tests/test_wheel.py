@@ -21,7 +21,8 @@ import pytest
 from seeder.wheelhouse import peer_set
 from tests.shoal_wheels import PACKAGE_ROOTS, SOURCE, build_wheel, clean_env, run
 
-pytestmark = pytest.mark.integration
+# One worker builds the wheel and its virtualenvs once (session fixtures), and runs them all.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 EXAMPLE_APP = SOURCE / "seeder" / "example_app"
 

@@ -30,6 +30,7 @@ def test_cache_key_names_python_machine_and_libc() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_same_code_same_bundle(tmp_path: Path) -> None:
     """Two builds in two caches give the same wheels (so an unchanged host stays unchanged)."""
     v = sys.version_info
