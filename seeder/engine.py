@@ -38,6 +38,11 @@ from seeder.writers import PeerWriter
 log = logging.getLogger("shoal.seeder.engine")
 
 OnEvent = Callable[[m.RolloutEvent], None]
+# Called whenever the union of the live rollouts' swarms may have changed (a rollout started or
+# ended, a target moved or was revoked), before any target is told: the seeder's own BitTorrent
+# sessions must admit a target before its Stage goes out (seeder.swarm_access). A connection
+# refused by their IP filter is not retried by libtorrent for min_reconnect_time (60 s).
+OnSwarm = Callable[[], None]
 # Asked before a rollout is created, with its release and its targets' envs (host -> env, "" for
 # none): raises to refuse it, else returns the promotion verdict to record with it (None: none).
 Admit = Callable[[str, Mapping[str, str]], dict[str, Any] | None]
@@ -64,6 +69,10 @@ def _no_event(event: m.RolloutEvent) -> None:
     return None
 
 
+def _no_swarm() -> None:
+    return None
+
+
 class Engine:
     def __init__(
         self,
@@ -74,6 +83,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         slice_seeds: SliceProvider | None = None,
         on_event: OnEvent = _no_event,
+        on_swarm: OnSwarm = _no_swarm,
     ) -> None:
         self.store = store
         self.seeder_bt = seeder_bt
@@ -81,6 +91,7 @@ class Engine:
         self.clock = clock
         self.slice_seeds = slice_seeds
         self.on_event = on_event
+        self.on_swarm = on_swarm  # the seeder's service sets it once its admission exists
         self.last_seen: dict[str, float] = {}
         self.versions: dict[str, str] = {}  # host -> the shoal version its last hello named
         self._writers: dict[str, PeerWriter] = {}
@@ -116,7 +127,8 @@ class Engine:
             self._live[model.rollout_id] = model
             self._finished.pop(model.rollout_id, None)
         else:
-            self._live.pop(model.rollout_id, None)
+            if self._live.pop(model.rollout_id, None) is not None:
+                self._swarm_changed()
             self._finished[model.rollout_id] = model
             self._finished.move_to_end(model.rollout_id)
             while len(self._finished) > CACHE:
@@ -192,6 +204,13 @@ class Engine:
         rollout_id = self._by_host.get(host)
         if rollout_id in self._live:
             self._members_dirty.add(rollout_id)
+            self._swarm_changed()
+
+    def _swarm_changed(self) -> None:
+        try:
+            self.on_swarm()
+        except Exception:  # the periodic refresh (seeder.swarm_access) tries again
+            log.exception("cannot admit the live rollouts' swarms")
 
     def _send_members(self) -> None:
         dirty, self._members_dirty = self._members_dirty, set()
@@ -326,6 +345,7 @@ class Engine:
         self._live[rollout_id] = model
         for host in model.targets:
             self._by_host[host] = rollout_id
+        self._swarm_changed()  # the seeder admits the targets before they hear of the rollout
         log.info("%s %s of %s on %d host(s)", kind, rollout_id, release_id, len(releases))
         self._event(
             model,

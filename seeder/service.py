@@ -53,7 +53,7 @@ from seeder.signatures import ReleaseSignatures, load_release_signer
 from seeder.stageplan import UnknownRelease
 from seeder.store import Store
 from seeder.streams import Watching, publisher
-from seeder.swarm_access import SeederAdmission
+from seeder.swarm_access import admitting
 from seeder.swarms import DEFAULT_INTERVAL
 from seeder.tokens import token_methods
 from seeder.tracker import Tracker
@@ -188,8 +188,8 @@ async def run_seeder(
                 slice_seeds=offer_slices if config.slices else None,
                 on_event=publisher(hub),
             )
+            admitted = admitting(engine, torrents, slice_seeds)  # before any Stage goes out
             await nursery.start(engine.run)
-            admitted = SeederAdmission(torrents, slice_seeds, engine.swarm_addresses)
             await nursery.start(admitted.run)
             watching = Watching(store, engine, hub, LiveLog())
             preflights = Preflights()

@@ -19,6 +19,7 @@ import trio
 
 from common.errors import ConfigError
 from common.torrent import SliceSeeds, TorrentSession
+from seeder.engine import Engine
 
 log = logging.getLogger("shoal.seeder.swarm_access")
 
@@ -57,7 +58,12 @@ class Grants:
 
 class SeederAdmission:
     """Keeps the full seed's and the slice seeds' IP filters equal to what is admitted now.
-    ``members()`` is the union of the live rollouts' swarms."""
+    ``members()`` is the union of the live rollouts' swarms.
+
+    The engine calls :meth:`apply` the moment that union changes (``Engine.on_swarm``), before
+    it tells any target to stage: a target's first connection to the seeder must be admitted,
+    because libtorrent does not dial a peer that refused it again for ``min_reconnect_time``
+    (60 s). :meth:`run` re-applies every REFRESH for what no event announces (grants expire)."""
 
     def __init__(
         self,
@@ -97,3 +103,13 @@ class SeederAdmission:
         while True:
             await trio.sleep(REFRESH)
             self.apply()
+
+
+def admitting(
+    engine: Engine, full_seed: TorrentSession, slice_seeds: SliceSeeds
+) -> SeederAdmission:
+    """The seeder's admission of ``engine``'s live swarms, applied by the engine itself each time
+    they change, before it tells a target to stage (then :meth:`SeederAdmission.run` it)."""
+    admitted = SeederAdmission(full_seed, slice_seeds, engine.swarm_addresses)
+    engine.on_swarm = admitted.apply
+    return admitted

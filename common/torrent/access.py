@@ -2,7 +2,8 @@
 
 - :func:`allow_only` builds the session's IP filter: every address blocked except the ones given
   (libtorrent then refuses incoming connections from, and never dials, anyone else; it also drops
-  connected peers that the new filter blocks). ``None`` lifts the filter.
+  connected peers that the new filter blocks). ``None`` lifts the filter. :func:`admitted_by` reads
+  one address's verdict back.
 - :func:`keyed_url` puts a tracker key into an announce URL (``?hk=...``): the tracker answers only
   announces carrying a key it issued (see ``seeder.announcekeys``). The key is not part of the
   torrent's info dict, so the infohash stays the same for every host.
@@ -38,6 +39,11 @@ def allow_only(addresses: Iterable[str] | None) -> lt.ip_filter:
     for ip in allowed:
         f.add_rule(ip, ip, 0)
     return f
+
+
+def admitted_by(f: lt.ip_filter, address: str) -> bool:
+    """Whether ``f`` lets ``address`` connect (and be dialled)."""
+    return not int(f.access(_canonical(address))) & BLOCKED
 
 
 def _canonical(text: str) -> str:

@@ -27,7 +27,7 @@ from common.pieces import (
     piece_priorities,
 )
 from common.recheck import RecheckPolicy
-from common.torrent.access import allow_only, keyed_url
+from common.torrent.access import admitted_by, allow_only, keyed_url
 from common.torrent.metainfo import check_payload, hexhash, load, single_file
 from common.torrent.resume import (
     drop_resume,
@@ -357,6 +357,14 @@ class TorrentSession:
             self._lt.set_ip_filter(allow_only(addresses))
         except RuntimeError as e:
             raise TorrentError(f"cannot set the IP filter: {e}") from e
+
+    def admits(self, address: str) -> bool:
+        """Whether the IP filter in force lets ``address`` connect to, and be dialled from, this
+        session (what :meth:`set_allowed_peers` last set)."""
+        try:
+            return admitted_by(self._lt.get_ip_filter(), address)
+        except RuntimeError as e:
+            raise TorrentError(f"cannot read the IP filter: {e}") from e
 
     def set_tracker_key(self, key: str | None) -> None:
         """Announce with ``key`` from now on (every torrent, those already added re-announce

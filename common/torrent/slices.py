@@ -46,6 +46,10 @@ class SliceSeeds:
         for session in self._sessions:
             session.set_allowed_peers(self._allowed)
 
+    def admits(self, address: str) -> bool:
+        """Whether every slice session lets ``address`` connect (see TorrentSession.admits)."""
+        return all(session.admits(address) for session in self._sessions)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
