@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from common import messages as m
 from common.torrent import (
+    SliceSeeds,
     TorrentSession,
     bdecode,
     keyed_url,
@@ -26,9 +28,13 @@ from common.torrent import (
     tracker_hashes,
 )
 from seeder.announcekeys import AnnounceKeys, admission
+from seeder.engine import Engine
 from seeder.localfleet import LocalFleet
+from seeder.store import HostRecord, Store
+from seeder.swarm_access import admitting
 from seeder.tracker import Tracker
 from tests.conftest import make_app_repo
+from tests.test_engine import HOSTS, RELEASE, Peer
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +82,42 @@ async def test_a_session_admits_only_the_addresses_it_is_given(
         await outsider.download(torrent, tmp_path / "c", peers=origin)
     assert outsider.transfer(ih).downloaded >= payload.stat().st_size
     seeder.set_allowed_peers(None)  # no filter at all
+
+
+async def test_the_seeder_admits_a_rollouts_targets_before_it_tells_them_to_stage(
+    store: Store, nursery: trio.Nursery
+) -> None:
+    """A target dials the seeder the moment its Stage arrives; if the seeder's IP filter still
+    refuses it then, libtorrent does not dial again for min_reconnect_time (60 s): a first
+    rollout that waited a minute. So the filters open before the Stage goes out, and close to a
+    revoked host at once (not at the next refresh)."""
+    for name, (address, port) in HOSTS.items():
+        store.upsert_host(HostRecord(name, address, port, {}, None, [], False, 1.0), 1.0)
+    full_seed = await start(nursery, A)
+    full_seed.set_allowed_peers(())  # as the seeder starts: closed
+    slice_seeds = SliceSeeds(A, warm=2)
+    slice_seeds.set_allowed_peers(())
+    await nursery.start(slice_seeds.run)
+    engine = Engine(store, seeder_bt=(A, full_seed.listen_port))
+    admitted = admitting(engine, full_seed, slice_seeds)
+    await nursery.start(engine.run)
+    await nursery.start(admitted.run)
+    one, two = [await Peer(n).connect(engine, nursery) for n in ("web-1", "web-2")]
+    web_1, web_2, web_3 = (HOSTS[n][0] for n in ("web-1", "web-2", "web-3"))
+    assert not full_seed.admits(web_1) and not slice_seeds.admits(web_1)
+
+    engine.start_rollout(RELEASE, "web-1,web-2")
+    for peer, ip in ((one, web_1), (two, web_2)):
+        await peer.expect(m.SwarmMembers)
+        await peer.expect(m.Stage)
+        assert full_seed.admits(ip), f"{peer.name}'s first connection to the full seed is refused"
+        assert slice_seeds.admits(ip), f"{peer.name}'s first connection to a slice is refused"
+    for outsider in (web_3, OUTSIDER):  # not a target: still refused
+        assert not full_seed.admits(outsider) and not slice_seeds.admits(outsider)
+
+    engine.host_left("web-2")  # revoked: out of the swarm now
+    assert not full_seed.admits(web_2) and not slice_seeds.admits(web_2)
+    assert full_seed.admits(web_1) and slice_seeds.admits(web_1)
 
 
 async def test_only_a_keyed_session_finds_the_swarm_through_the_tracker(
