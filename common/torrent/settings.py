@@ -59,6 +59,10 @@ def datacenter_settings(listen_ip: str, port: int) -> dict[str, Any]:
         # instead of 500: the first piece of a release arrived after 0.5 s, now 0.1 s.
         "tick_interval": 100,
         "max_failcount": 3,  # hps sets 1: one refused connect would drop a peer for good
+        # A peer dialled before it applied the rollout's swarm members (its ip filter still
+        # closed) refuses; libtorrent's default 60 s before redialling it then shifted that
+        # peer's pieces onto the seeder for a minute (a late filter: 60.4 s -> 1.1 s, isolated).
+        "min_reconnect_time": 2,
         "peer_timeout": 60,
         "inactivity_timeout": 60,
         "request_timeout": 60,
