@@ -4,14 +4,18 @@
     PREFIX/versions/<version>/INSTALLED the wheel hashes it was built from (written last: the
                                         version is complete only once this file exists)
     PREFIX/current -> versions/<version>  switched atomically (new symlink + rename over)
+    PREFIX/bin/shoal-peer               the launcher (peer/launcher.py): what the service runs
     PREFIX/bundles/                     uploaded wheelhouse archives (removed after install)
     DATA_DIR                            the peer's data dir (journal, releases, identity/)
     CONFIG                              the peer's YAML config (peer/config.py reads it)
 
-The service runs ``PREFIX/current/bin/shoal-peer``, so switching ``current`` and restarting is
-an upgrade, and switching back is a rollback. A version is an opaque name chosen by whoever
-installs it (``shoal fleet`` uses ``<package version>-<wheelhouse digest>``); it names one
-directory, so it must be a plain file name.
+The service runs the launcher, which runs ``PREFIX/current/bin/shoal-peer`` as its child, so
+switching ``current`` and restarting is an upgrade, and switching back is a rollback; the launcher
+belongs to no version, so it can do the switching back when a new version does not come back.
+
+A version is an opaque name chosen by whoever installs it (``shoal fleet`` uses
+``<package version>-<wheelhouse digest>``); it names one directory, so it must be a plain file
+name.
 """
 
 from __future__ import annotations
@@ -78,8 +82,13 @@ class InstallLayout:
         return self.prefix / "current"
 
     def program(self, name: str = "shoal-peer") -> PurePosixPath:
-        """A console script of the current version (what the service runs)."""
+        """A console script of the current version (what the launcher runs)."""
         return self.current / "bin" / name
+
+    @property
+    def launcher(self) -> PurePosixPath:
+        """The launcher, ``PREFIX/bin/shoal-peer`` (what the service runs)."""
+        return self.prefix / "bin" / "shoal-peer"
 
     @property
     def bundles(self) -> PurePosixPath:

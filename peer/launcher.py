@@ -15,6 +15,11 @@ it is copied verbatim into ``PREFIX/bin/`` and run by the base interpreter in is
   the old version, which reports the rollback to the seeder;
 - otherwise exits with the child's exit status (systemd's ``Restart=`` takes over from there).
 
+The systemd unit runs this launcher as its main process (``ExecStart=PREFIX/bin/shoal-peer run
+...``; ``shoal fleet install`` writes both), so every start — a reboot in the middle of an
+upgrade included — goes through the pending-upgrade check above: a new version that crashes at
+start is rolled back instead of being restarted by systemd forever.
+
 Why a count and a deadline: a start can fail once for a passing reason (a port not yet released),
 so a deterministic crash is told apart by K starts (default 3); a version that starts but never
 connects is caught by the deadline.
@@ -116,7 +121,10 @@ class Launcher:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._forward)
         failures = 0
+        status = 0
         while True:
+            if self.stopping:  # e.g. a SIGTERM between two starts: start nothing more
+                return status
             plan = pending_plan(self.prefix)
             started = time.monotonic()
             status, why = self._run_child(plan)

@@ -6,8 +6,9 @@ libtorrent session with its resume data, the journal); the restart itself happen
 
 - under the launcher (``PREFIX/bin/shoal-peer``, which a systemd unit runs): exit with
   ``launcher.RESTART``; the launcher starts ``current`` and watches it come back;
-- started directly (no launcher yet): ``os.execv`` the launcher with the same arguments, so this
-  very process (same pid, same systemd main pid or supervisor child) becomes the launcher.
+- started directly (by hand, by the ``--service none`` supervisor, or by a unit written before
+  the unit ran the launcher): ``os.execv`` the launcher with the same arguments, so this very
+  process (same pid, same systemd main pid or supervisor child) becomes the launcher.
 
 Either way the new version runs supervised, so a version that does not come back is rolled back.
 """

@@ -9,7 +9,9 @@ index of every certificate the CA issued (and which are revoked).
   with;
 - ``admin.pem``: the first operator credential (role admin) for the CLI;
 - ``issued.json``: serial -> holder, role, labels, expiry, revocation time. Like OpenSSL's CA
-  ``index.txt``, it belongs to the CA: the CRL the control server enforces is derived from it.
+  ``index.txt``, it belongs to the CA: the CRL the control server enforces is derived from it,
+  and so is the in-memory index of each host's certificates in force (:func:`hosts_in_force`),
+  which the tracker asks on every announce.
 
 Every ``*.key`` and ``admin.pem`` is mode 0600. Nothing here is ever overwritten.
 """
@@ -118,6 +120,16 @@ def _record(cert: Any, labels: dict[str, str]) -> Issued:
     )
 
 
+def hosts_in_force(index: Iterable[Issued]) -> dict[str, float]:
+    """Host name -> the latest expiry among its unrevoked host certificates (hosts whose every
+    certificate is revoked are absent). Expiry is left to the reader, who knows ``now``."""
+    until: dict[str, float] = {}
+    for i in index:
+        if i.role == certs.HOST_ROLE and i.revoked_at is None:
+            until[i.name] = max(until.get(i.name, i.not_after), i.not_after)
+    return until
+
+
 def _write_index(directory: Path, index: list[Issued], *, create: bool = False) -> None:
     data = json.dumps([i.to_dict() for i in index], indent=1, sort_keys=True).encode()
     certs.write_private(directory / "issued.json", data, overwrite=not create)
@@ -144,11 +156,21 @@ class SeederCA:
                 (self.dir / "ca.crt").read_bytes(), (self.dir / "ca.key").read_bytes()
             )
             raw = json.loads((self.dir / "issued.json").read_text())
-            self._index = [Issued.from_dict(d) for d in raw]
+            self._set_index([Issued.from_dict(d) for d in raw])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read the seeder identity in {self.dir}: {exc}") from None
         self.ca_pem = certs.cert_pem(self.ca.cert)
         self.server_tls: tls.ServerTLS | None = None
+
+    def _set_index(self, index: list[Issued]) -> None:
+        """The one place the index changes (after it is on disk): what derives from it with it."""
+        self._index = index
+        self._in_force = hosts_in_force(index)
+
+    def _commit(self, index: list[Issued]) -> None:
+        """Write the new index to ``issued.json``, then make it the one in memory."""
+        _write_index(self.dir, index)
+        self._set_index(index)
 
     def open_server_tls(self, now: dt.datetime) -> tls.ServerTLS:
         """The control server's TLS context, refusing every revoked certificate."""
@@ -184,8 +206,7 @@ class SeederCA:
             raise ConfigError("the seeder's own certificate is made by `shoal seeder init` only")
         key = certs.load_public_key(public_key_pem)
         cert = self.ca.issue(key, name, role, now=now, not_after=now + lifetime)
-        self._index.append(_record(cert, dict(labels or {})))
-        _write_index(self.dir, self._index)
+        self._commit([*self._index, _record(cert, dict(labels or {}))])
         return certs.cert_pem(cert)
 
     def revoke_host(self, name: str, now: dt.datetime) -> list[int]:
@@ -195,11 +216,12 @@ class SeederCA:
             raise UnknownHost(f"no host certificate was ever issued to {name!r}")
         at = now.timestamp()
         serials = [i.serial for i in ever if i.revoked_at is None]
-        self._index = [
-            Issued(**{**vars(i), "revoked_at": at}) if i.serial in serials else i
-            for i in self._index
-        ]
-        _write_index(self.dir, self._index)
+        self._commit(
+            [
+                Issued(**{**vars(i), "revoked_at": at}) if i.serial in serials else i
+                for i in self._index
+            ]
+        )
         if self.server_tls is not None:
             self.server_tls.reload(self.crl(now))
         return serials
@@ -210,6 +232,13 @@ class SeederCA:
             if i.name == name and i.role == certs.HOST_ROLE:
                 return dict(i.labels)
         return {}
+
+    def host_in_force(self, name: str, now: float) -> bool:
+        """Whether host ``name`` holds a host certificate that is neither revoked nor expired at
+        ``now``: one dict lookup (the tracker asks on every announce). A revocation counts from
+        the moment :meth:`revoke_host` returns."""
+        until = self._in_force.get(name)
+        return until is not None and until > now
 
     def certificates(self) -> list[Issued]:
         return list(self._index)

@@ -6,7 +6,8 @@ one JSON object: ``{"ok": true, ...}`` or ``{"ok": false, "reason": ..., "detail
 
 Operations: ``probe`` (the host's interpreter, disk, init system and what of shoal is there),
 ``install`` (a wheelhouse into ``PREFIX/versions/<id>``, then ``current`` switched), ``configure``
-(config file and unit, written only if they differ), ``enroll`` (``shoal-peer join``), ``start``
+(the launcher ``PREFIX/bin/shoal-peer``, the config file and the unit, each written only if it
+differs), ``enroll`` (``shoal-peer join``), ``start``
 (the service, restarted only when asked), ``uninstall``. Every write is a temp file + rename;
 a version directory counts only once its INSTALLED marker is written, so an interrupted run is
 repeated, never half-used.
@@ -254,8 +255,33 @@ def _remove(path: str) -> None:
         pass
 
 
+# Run by the current version's interpreter: its own peer.prefix writes the launcher, the same
+# code (and so the same bytes) an upgrade of the peer writes it with.
+_LAUNCHER = (
+    "import sys; from pathlib import Path; from peer.prefix import Prefix; "
+    "print(Prefix(Path(sys.argv[1])).install_launcher())"
+)
+
+
+def _install_launcher(prefix: str) -> Req:
+    """Write ``PREFIX/bin/shoal-peer``, the launcher the unit runs (unless it is already there)."""
+    python = os.path.join(prefix, "current", "bin", "python")
+    if not os.path.exists(python):
+        return _fail("install", f"{python} does not exist: no version of shoal is current")
+    code, out = _run([python, "-I", "-c", _LAUNCHER, prefix], timeout=120)
+    said = out.strip().splitlines()[-1:]
+    if code != 0 or said not in (["True"], ["False"]):
+        return _fail("install", "installing the launcher failed: " + out.strip()[-500:])
+    return {"ok": True, "changed": said == ["True"]}
+
+
 def configure(req: Req) -> Req:
     changed: list[str] = []
+    launcher = _install_launcher(req["prefix"])  # first: before the unit that runs it
+    if not launcher["ok"]:
+        return launcher
+    if launcher["changed"]:
+        changed.append("launcher")
     if _atomic_write(req["config"], req["config_text"]):
         changed.append("config")
     if req["service"] == "systemd" and _atomic_write(req["unit"], req["unit_text"]):

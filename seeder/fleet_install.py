@@ -72,10 +72,11 @@ def layout_of(host: InventoryHost) -> InstallLayout:
 
 
 def render_unit(layout: InstallLayout) -> str:
-    """The shipped unit (``deploy/systemd/shoal-peer.service``) for this host's paths."""
+    """The shipped unit (``deploy/systemd/shoal-peer.service``) for this host's paths: it runs
+    the host's launcher (``PREFIX/bin/shoal-peer``) with the host's config."""
     text = resources.files("seeder").joinpath(f"deploy/systemd/{UNIT}").read_text()
     default = InstallLayout()
-    for old, new in ((default.program(), layout.program()), (default.config, layout.config)):
+    for old, new in ((default.launcher, layout.launcher), (default.config, layout.config)):
         if any(c.isspace() or c in "%$\\\"'" for c in str(new)):
             raise ShoalError(f"path {str(new)!r} cannot go into a systemd unit (spaces, quotes)")
         text = text.replace(str(old), str(new))

@@ -44,10 +44,7 @@ CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
 
 def live_host(authority: SeederCA, name: str, now: float) -> bool:
     """Whether a host certificate for ``name`` is in force: issued, not revoked, not expired."""
-    return any(
-        c.name == name and c.role == certs.HOST_ROLE and c.revoked_at is None and c.not_after > now
-        for c in authority.certificates()
-    )
+    return authority.host_in_force(name, now)
 
 
 class Enrollments:

@@ -160,7 +160,9 @@ def test_the_shipped_unit_is_the_documented_one() -> None:
 def test_unit_paths_follow_the_layout_and_refuse_spaces() -> None:
     lay = InstallLayout(PurePosixPath("/srv/shoal"), config=PurePosixPath("/srv/etc/peer.yml"))
     text = render_unit(lay)
-    assert "ExecStart=/srv/shoal/current/bin/shoal-peer run --config /srv/etc/peer.yml" in text
+    # the launcher of the host's prefix, not a version's own script (it rolls back upgrades)
+    assert "\nExecStart=/srv/shoal/bin/shoal-peer run --config /srv/etc/peer.yml\n" in text
+    assert "/opt/shoal" not in text and "/etc/shoal/peer.yml" not in text
     with pytest.raises(Exception, match="cannot go into a systemd unit"):
         render_unit(InstallLayout(PurePosixPath("/srv/my shoal")))
 
@@ -168,7 +170,7 @@ def test_unit_paths_follow_the_layout_and_refuse_spaces() -> None:
 def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    program = tmp_path / "opt" / "current" / "bin" / "shoal-peer"
+    program = tmp_path / "opt" / "bin" / "shoal-peer"  # the launcher: what the unit runs
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
