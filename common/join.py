@@ -77,6 +77,7 @@ class RefusalCode(enum.StrEnum):
     NAME_TAKEN = "name_taken"  # a live (not revoked) host already has this name
     BAD_CSR = "bad_csr"
     BAD_REQUEST = "bad_request"
+    RATE_LIMITED = "rate_limited"  # too many failed joins from the host's address: wait
     INTERNAL = "internal"  # the seeder's fault
 
 

@@ -1,7 +1,9 @@
-"""Admission to the control port: connection caps and a message-rate limit. Pure, takes ``now``.
+"""Admission to the seeder's ports: connection caps, a message-rate limit, a failure budget.
+Pure, takes ``now``.
 
 A hostile or broken client must not be able to take the seeder's memory, file descriptors or
-event loop away from the fleet. This module decides; the control server only asks:
+event loop away from the fleet. This module decides; the control server and the join listener
+only ask:
 
 - :class:`Admission` counts open connections in total and per remote address and refuses one
   more beyond either cap, before the TLS handshake or any byte is read. The defaults leave room
@@ -11,6 +13,9 @@ event loop away from the fleet. This module decides; the control server only ask
   bursts of ``burst`` (a peer re-sending its journal after a reconnect). A message that finds
   the bucket empty is delayed until a token is there, so a flooding client is slowed (we stop
   reading, TCP pushes back); one kept over the rate for ``cut_after`` seconds is cut off.
+- :class:`FailedAttempts` counts failed attempts (refused joins) per remote address across
+  connections: ``burst`` of them at once, then one per ``1 / per_second`` seconds. An address
+  over its budget is refused without its attempt being looked at.
 
 :class:`Limits` holds every knob with its default; ``shoal seeder run`` exposes each of them.
 """
@@ -145,3 +150,42 @@ class MessageRate:
         delay = (1.0 - self.tokens) / self.rate
         self.tokens -= 1.0  # the token that arrives during the wait is this message's
         return delay
+
+
+class FailedAttempts:
+    """Failed attempts per source address (see the module docstring): each source holds a count
+    that drains at ``per_second``; a source holding ``burst`` may not try again until one has
+    drained. At most ``max_sources`` sources are remembered (the drained ones are forgotten
+    first, then the least recently failed), so the memory stays bounded whatever the remote
+    addresses."""
+
+    def __init__(self, burst: int, per_second: float, max_sources: int = 10_000) -> None:
+        if burst < 1 or not 0 < per_second < float("inf") or max_sources < 1:
+            raise ValueError("a failure budget needs burst >= 1, a positive rate, a source")
+        self.burst = burst
+        self.per_second = per_second
+        self.max_sources = max_sources
+        self._held: dict[str, tuple[float, float]] = {}  # source -> (failures held, as of when)
+
+    def _level(self, source: str, now: float) -> float:
+        held, at = self._held.get(source, (0.0, now))
+        return max(0.0, held - max(0.0, now - at) * self.per_second)
+
+    def wait(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may try again (0: now)."""
+        over = self._level(source_of(address), now) - (self.burst - 1)
+        return max(0.0, over / self.per_second)
+
+    def failed(self, address: str, now: float) -> None:
+        """Count one failed attempt of ``address`` at ``now``."""
+        source = source_of(address)
+        level = self._level(source, now) + 1.0
+        self._held.pop(source, None)  # re-inserted last: the dict is in order of failing
+        self._held[source] = (level, now)
+        if len(self._held) > self.max_sources:
+            self._held = {s: v for s, v in self._held.items() if self._level(s, now) > 0}
+            while len(self._held) > self.max_sources:
+                del self._held[next(iter(self._held))]
+
+    def sources(self) -> int:
+        return len(self._held)

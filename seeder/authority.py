@@ -30,6 +30,7 @@ from typing import Any
 from common import tls
 from common.crypto import certs
 from common.errors import ConfigError, ShoalError
+from seeder.roles import ADMIN
 
 IDENTITY = "identity"
 OPERATOR_LIFETIME = dt.timedelta(days=90)
@@ -39,6 +40,14 @@ FIRST_ADMIN = "admin"
 
 class UnknownHost(ShoalError):
     """No certificate was ever issued to that host name."""
+
+
+class UnknownOperator(ShoalError):
+    """No operator certificate was ever issued to that name."""
+
+
+class LastAdmin(ShoalError):
+    """Revoking would leave no admin certificate in force: nobody could administer the seeder."""
 
 
 def identity_dir(data_dir: Path) -> Path:
@@ -63,6 +72,16 @@ class Issued:
 
     def to_dict(self) -> dict[str, Any]:
         return {**vars(self), "serial": f"{self.serial:x}"}
+
+    def in_force(self, now: float) -> bool:
+        """Whether it still opens a connection at ``now``: neither revoked nor expired."""
+        return self.revoked_at is None and self.not_after > now
+
+    def state(self, now: float) -> str:
+        """``revoked``, ``expired`` or ``active`` (in that order of precedence)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.not_after <= now else "active"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Issued:
@@ -92,7 +111,7 @@ def init_identity(data_dir: Path, hosts: Iterable[str], now: dt.datetime) -> Pat
     signing_private, signing_public = certs.generate_signing_key()
     admin_key = certs.generate_key()
     admin = ca.issue(
-        admin_key.public_key(), FIRST_ADMIN, "admin", now=now, not_after=now + HOST_LIFETIME
+        admin_key.public_key(), FIRST_ADMIN, ADMIN, now=now, not_after=now + HOST_LIFETIME
     )
     certs.write_private(directory / "ca.key", certs.key_pem(ca.key))
     certs.write_private(directory / "seeder.key", certs.key_pem(server_key))
@@ -213,17 +232,56 @@ class SeederCA:
         """Revoke every unrevoked certificate issued to host ``name``; their serials."""
         ever = [i for i in self._index if i.name == name and i.role == certs.HOST_ROLE]
         if not ever:
+            if any(i.name == name and i.role in certs.OPERATOR_ROLES for i in self._index):
+                raise UnknownHost(
+                    f"{name!r} is an operator, not a host: revoke it with"
+                    f" `shoal admin revoke {name}`"
+                )
             raise UnknownHost(f"no host certificate was ever issued to {name!r}")
+        return self._revoke([i.serial for i in ever if i.revoked_at is None], now)
+
+    def revoke_operator(self, name: str, now: dt.datetime) -> list[int]:
+        """Revoke every unrevoked operator certificate of ``name``; their serials.
+
+        Refused (LastAdmin, nothing revoked) if no admin certificate would be left in force:
+        the CLI could then reach nothing that issues a new one."""
+        ever = [i for i in self._index if i.name == name and i.role in certs.OPERATOR_ROLES]
+        if not ever:
+            if any(i.name == name and i.role == certs.HOST_ROLE for i in self._index):
+                raise UnknownOperator(
+                    f"{name!r} is a host, not an operator: revoke it with"
+                    f" `shoal hosts revoke {name}`"
+                )
+            raise UnknownOperator(
+                f"no operator certificate was ever issued to {name!r}"
+                " (`shoal admin list` shows them)"
+            )
         at = now.timestamp()
         serials = [i.serial for i in ever if i.revoked_at is None]
-        self._commit(
-            [
-                Issued(**{**vars(i), "revoked_at": at}) if i.serial in serials else i
-                for i in self._index
-            ]
-        )
-        if self.server_tls is not None:
-            self.server_tls.reload(self.crl(now))
+        admins_left = [
+            i for i in self._index if i.role == ADMIN and i.in_force(at) and i.serial not in serials
+        ]
+        if not admins_left and any(i.role == ADMIN and i.in_force(at) for i in ever):
+            raise LastAdmin(
+                f"refusing to revoke {name!r}: it holds the last admin certificate in force, and"
+                " nobody could administer this seeder afterwards; issue another first"
+                " (`shoal admin cert NAME --role admin --out FILE`)"
+            )
+        return self._revoke(serials, now)
+
+    def _revoke(self, serials: list[int], now: dt.datetime) -> list[int]:
+        """Mark ``serials`` revoked at ``now``, persist the index, then refuse them in every
+        handshake from now on (the control server's CRL)."""
+        if serials:
+            at = now.timestamp()
+            self._commit(
+                [
+                    Issued(**{**vars(i), "revoked_at": at}) if i.serial in serials else i
+                    for i in self._index
+                ]
+            )
+            if self.server_tls is not None:
+                self.server_tls.reload(self.crl(now))
         return serials
 
     def labels(self, name: str) -> dict[str, str]:
@@ -242,3 +300,7 @@ class SeederCA:
 
     def certificates(self) -> list[Issued]:
         return list(self._index)
+
+    def operators(self) -> list[Issued]:
+        """Every operator certificate ever issued (revoked and expired ones too), oldest first."""
+        return [i for i in self._index if i.role in certs.OPERATOR_ROLES]

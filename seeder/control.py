@@ -38,6 +38,7 @@ from common.tls import ServerTLS
 from seeder import gatekeeper, roles
 from seeder.admission import Limits
 from seeder.caller import CALLER, Caller
+from seeder.connections import Connections
 from seeder.engine import Engine
 from seeder.preflight import Preflights
 from seeder.store import Store
@@ -90,29 +91,6 @@ def _no_observer(host: str, msg: m.OutputLine | m.Progress) -> None:
 
 def _no_labels(host: str) -> dict[str, str]:
     return {}
-
-
-class Connections:
-    """The live control connections by certificate holder, so a revocation can end them."""
-
-    def __init__(self) -> None:
-        self._scopes: dict[Holder, set[trio.CancelScope]] = {}
-
-    def add(self, who: Holder, scope: trio.CancelScope) -> None:
-        self._scopes.setdefault(who, set()).add(scope)
-
-    def discard(self, who: Holder, scope: trio.CancelScope) -> None:
-        scopes = self._scopes.get(who, set())
-        scopes.discard(scope)
-        if not scopes:
-            self._scopes.pop(who, None)
-
-    def disconnect(self, who: Holder) -> int:
-        """End every live connection of ``who`` now; how many there were."""
-        scopes = self._scopes.get(who, set())
-        for scope in scopes:
-            scope.cancel()
-        return len(scopes)
 
 
 class ControlServer:
@@ -182,6 +160,7 @@ class ControlServer:
         channel = self.gate.channel(stream)
         scope = trio.CancelScope()
         self.connections.add(who, scope)
+        self.connections.enter(scope)
         try:
             with scope:
                 first = await self.gate.hello(channel)
@@ -289,6 +268,7 @@ class ControlServer:
                 pending = await self._stream(channel, msg, stream)
             else:
                 await _send_answer(channel, msg, await self._answer(msg))
+            self.connections.answered()
 
     async def _answer(self, msg: m.Request) -> m.Response:
         handler = self.methods.get(msg.method)

@@ -1,5 +1,8 @@
 """The control methods that extend or withdraw trust: ``hosts.enroll``, ``admin.cert``,
-``hosts.revoke`` (admin only, see :mod:`seeder.roles`).
+``admin.list``, ``admin.revoke``, ``hosts.revoke`` (admin only, see :mod:`seeder.roles`).
+
+A revocation takes effect at once twice over: the CA's CRL refuses the certificate in every
+later handshake, and every live connection that presented it is closed.
 
 The client generates the key pair and sends only the public key: a private key never crosses
 the wire. The seeder answers with the certificate, its CA and (for hosts) the release signing
@@ -15,9 +18,10 @@ from typing import Any
 
 from common.crypto import certs
 from common.errors import ConfigError
-from seeder.authority import HOST_LIFETIME, OPERATOR_LIFETIME, SeederCA
+from seeder.authority import HOST_LIFETIME, OPERATOR_LIFETIME, Issued, SeederCA
 from seeder.caller import current_caller
-from seeder.control import Connections, Handler
+from seeder.connections import Connections
+from seeder.control import Handler
 
 log = logging.getLogger("shoal.seeder.enrollment")
 
@@ -74,7 +78,47 @@ def enrollment_methods(
         )
         return {"name": name, "revoked": [f"{s:x}" for s in serials], "disconnected": dropped}
 
-    return {"hosts.enroll": hosts_enroll, "admin.cert": admin_cert, "hosts.revoke": hosts_revoke}
+    async def admin_list(params: dict[str, Any]) -> dict[str, Any]:
+        at = now().timestamp()
+        return {"certificates": [_operator_view(i, at) for i in authority.operators()]}
+
+    async def admin_revoke(params: dict[str, Any]) -> dict[str, Any]:
+        name = str(params["name"])
+        serials = authority.revoke_operator(name, now())
+        dropped = connections.disconnect(*(certs.Holder(name, r) for r in certs.OPERATOR_ROLES))
+        log.warning(
+            "operator %s revoked by %s: %d certificate(s), %d connection(s) closed",
+            name,
+            current_caller().name,
+            len(serials),
+            dropped,
+        )
+        return {"name": name, "revoked": [f"{s:x}" for s in serials], "disconnected": dropped}
+
+    return {
+        "hosts.enroll": hosts_enroll,
+        "admin.cert": admin_cert,
+        "admin.list": admin_list,
+        "admin.revoke": admin_revoke,
+        "hosts.revoke": hosts_revoke,
+    }
+
+
+def _operator_view(issued: Issued, now: float) -> dict[str, Any]:
+    """One operator certificate as ``shoal admin list`` shows it (times in ISO 8601, UTC)."""
+    return {
+        "name": issued.name,
+        "role": issued.role,
+        "serial": f"{issued.serial:x}",
+        "issued_at": _iso(issued.issued_at),
+        "not_after": _iso(issued.not_after),
+        "revoked_at": None if issued.revoked_at is None else _iso(issued.revoked_at),
+        "state": issued.state(now),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
 
 
 def _answer(authority: SeederCA, cert_pem: bytes) -> dict[str, Any]:

@@ -357,9 +357,13 @@ def uninstall(req: Req) -> Req:
         elif os.path.lexists(path):
             os.unlink(path)
             removed.append(what)
+    identity = os.path.join(req["data_dir"], "identity")
     if req["purge"] and os.path.isdir(req["data_dir"]):
         shutil.rmtree(req["data_dir"])
         removed.append("data")
+    elif req.get("forget_identity") and os.path.isdir(identity):
+        shutil.rmtree(identity)  # its certificate is revoked next: a reinstall joins afresh
+        removed.append("identity")
     return {"ok": True, "changed": bool(removed), "removed": removed}
 
 

@@ -94,6 +94,12 @@ def add_commands(top: argparse._SubParsersAction, with_seeder: WithSeeder) -> No
     over_ssh(sub.add_parser("status", help="per host: reachable, version, service, connected"))
     uninstall = over_ssh(sub.add_parser("uninstall", help="stop and remove shoal from hosts"))
     uninstall.add_argument("--purge", action="store_true", help="also delete the data dir")
+    uninstall.add_argument(
+        "--keep-enrolled",
+        action="store_true",
+        help="keep each host's certificate valid and its identity in place (default: delete the"
+        " identity and revoke the certificate; needs an admin credential)",
+    )
 
 
 def select(args: argparse.Namespace) -> list[InventoryHost]:
@@ -172,7 +178,8 @@ async def run(args: argparse.Namespace) -> int:
         elif args.action == "status":
             await fleet_ops.status_fleet(hosts, opts, client, runs)
         else:
-            await fleet_ops.uninstall_fleet(hosts, opts, runs)
+            revoker = None if args.keep_enrolled else fleet_ops.Revoker(client)
+            await fleet_ops.uninstall_fleet(hosts, opts, runs, revoker)
         nursery.cancel_scope.cancel()
     failed = any(r.reason is not None for r in runs.values())
     if args.json:

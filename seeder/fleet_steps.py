@@ -39,6 +39,7 @@ class Reason(StrEnum):
     INSTALL_FAILED = "install failed"
     ENROLL_FAILED = "enroll failed"
     SERVICE_FAILED = "service failed to start"
+    REVOKE_FAILED = "revoke failed"
     TIMEOUT = "timeout"
     ERROR = "error"
 

@@ -18,12 +18,14 @@ from rich.live import Live
 from rich.table import Table
 
 from seeder import render
+from seeder.fleet_ops import NOTED
 from seeder.fleet_steps import HostRun
 
 
 def _row(run: HostRun) -> list[str]:
     took = f"{run.seconds:.1f}s" if run.seconds is not None else "-"
-    note = f"{run.reason}: {run.detail}" if run.reason else ", ".join(run.changes)
+    notes = [*run.changes, *([state] if (state := run.info.get("revocation")) in NOTED else [])]
+    note = f"{run.reason}: {run.detail}" if run.reason else ", ".join(notes)
     return [run.name, run.outcome, run.step, took, note]
 
 

@@ -1,11 +1,13 @@
-"""The control port's door: the IO shell around :mod:`seeder.admission`.
+"""A port's door: the IO shell around :mod:`seeder.admission`, for the control port and the
+join listener alike.
 
 The control server hands every accepted stream through here: :meth:`Gatekeeper.admitting`
 counts it against the connection caps (refused ones are closed at once, before TLS or any
 read), :meth:`Gatekeeper.channel` gives it frame limits and a message-rate pace, and
 :meth:`Gatekeeper.hello` bounds the time until its hello. Refusals and closings are logged
 through one :class:`~common.ratelog.RateLog`, so a flood of garbage connections writes a few
-summary lines, not one line each.
+summary lines, not one line each. The join listener uses the caps, the timeout and the
+refusal log (it speaks its own one-message protocol, not the control channel).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 class Gatekeeper:
-    def __init__(self, limits: Limits, refusals: RateLog) -> None:
+    def __init__(self, limits: Limits, refusals: RateLog, *, options: bool = True) -> None:
+        """``options``: refusals name the ``seeder run`` options of the control port."""
         self.limits = limits
-        self.admission = Admission(limits)
+        self.admission = Admission(limits, options=options)
         self.refusals = refusals
 
     def admitting(self, handler: Handler) -> Handler:

@@ -1,5 +1,5 @@
-"""``shoal seeder init``, ``shoal admin cert``, ``shoal enroll``, ``shoal hosts revoke``: the
-seeder's identity and who it trusts.
+"""``shoal seeder init``, ``shoal admin cert|list|revoke``, ``shoal enroll``, ``shoal hosts
+revoke``: the seeder's identity and who it trusts.
 
 ``init`` works on the data directory (before any seeder runs); the others ask the running
 seeder (admin credential needed), so a remote admin can enroll hosts and issue certificates.
@@ -20,6 +20,7 @@ from common.bundle import Bundle
 from common.crypto import certs
 from common.durations import parse_duration
 from common.errors import ConfigError
+from seeder import render
 from seeder.authority import default_hosts, init_identity
 from seeder.client import SeederClient
 
@@ -43,7 +44,7 @@ def add_init(seeder: Any) -> None:
 
 
 def add_commands(sub: Any, with_seeder: WithSeeder, hosts: argparse.ArgumentParser) -> None:
-    """``admin cert``, ``enroll`` and ``hosts revoke``."""
+    """``admin cert|list|revoke``, ``enroll`` and ``hosts revoke``."""
     admin = sub.add_parser("admin", help="operator certificates").add_subparsers(
         dest="action", required=True
     )
@@ -53,6 +54,13 @@ def add_commands(sub: Any, with_seeder: WithSeeder, hosts: argparse.ArgumentPars
     cert.add_argument("--out", type=Path, required=True, help="credential file to write (new)")
     cert.add_argument("--ttl", default="90d", help="lifetime, e.g. 90d, 12h (default: 90d)")
     cert.add_argument("--json", action="store_true")
+    listing = with_seeder(admin.add_parser("list", help="every operator certificate (admin)"))
+    listing.add_argument("--json", action="store_true")
+    revoke_op = with_seeder(
+        admin.add_parser("revoke", help="refuse an operator's certificates from now on (admin)")
+    )
+    revoke_op.add_argument("name")
+    revoke_op.add_argument("--json", action="store_true")
 
     enroll = with_seeder(sub.add_parser("enroll", help="make a host's bundle (admin)"))
     enroll.add_argument("name")
@@ -111,6 +119,14 @@ async def run(client: SeederClient, args: argparse.Namespace) -> int | None:
             lambda i: f"wrote {i['file']}: {i['role']} {i['name']}, valid until {i['not_after']}",
         )
         return 0
+    if args.command == "admin" and args.action == "list":
+        listed = (await client.call("admin.list"))["certificates"]
+        _emit(listed, args.json, _operators_text)
+        return 0
+    if args.command == "admin" and args.action == "revoke":
+        answer = await client.call("admin.revoke", name=args.name)
+        _emit(answer, args.json, _revoked_text)
+        return 0
     if args.command == "enroll":
         _check_new(args.out)
         labels = _parse_labels(args.labels)
@@ -162,6 +178,27 @@ async def enroll_host(
         release_signing_pub=bytes(answer["release_signing_pub"]),
     )
     return bundle, answer
+
+
+def _operators_text(listed: list[dict[str, Any]]) -> str:
+    rows = [
+        [c["name"], c["role"], c["serial"], c["not_after"][:19], c["state"], _day(c["revoked_at"])]
+        for c in listed
+    ]
+    return render.table(["NAME", "ROLE", "SERIAL", "NOT AFTER", "STATE", "REVOKED"], rows)
+
+
+def _day(iso: str | None) -> str:
+    return "-" if iso is None else iso[:19]
+
+
+def _revoked_text(answer: dict[str, Any]) -> str:
+    if not answer["revoked"]:
+        return f"operator {answer['name']}: every certificate was revoked already"
+    return (
+        f"revoked operator {answer['name']}: {len(answer['revoked'])} certificate(s),"
+        f" {answer['disconnected']} live connection(s) closed"
+    )
 
 
 def _summary(answer: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -4,9 +4,16 @@ TLS with the seeder's server certificate only: the joining host has no certifica
 is asked for. A connection carries one exchange of :mod:`common.join` and closes: a
 ``Discover`` is answered with the CA certificate (the host checks it against its token's pin,
 then dials again verifying the seeder's certificate), a ``JoinRequest`` with the host's new
-certificate or a refusal naming the reason. Handshake and exchange run under one deadline,
-messages are bounded (``common.join.MAX_JOIN_MESSAGE``) and so are the connections handled at
-once (more are closed at once). Nothing a remote sends stops the listener.
+certificate or a refusal naming the reason. Nothing a remote sends stops the listener.
+
+The port is open to machines that hold no credential yet, so it gets the control port's
+admission (:mod:`seeder.gatekeeper`, with :data:`JOIN_LIMITS`): connections are capped in total
+and per address (more are closed at once, before TLS), handshake and exchange run under one
+deadline, a message is bounded (``common.join.MAX_JOIN_MESSAGE``), and refusals are logged
+rate-limited. Failed joins are counted per address (:class:`seeder.admission.FailedAttempts`):
+an address that keeps failing is refused without its request being looked at until its
+budget refills. The token's secret is compared in constant time, and an unknown token id costs
+the same as a wrong secret (:func:`seeder.join_policy.check_join`).
 
 Who may enroll under which name: the token decides (expiry, uses, optional name pattern); a
 name that already has a live host certificate (issued and neither revoked nor expired) is
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -29,9 +37,13 @@ from common import joinchannel, tls
 from common.addr import Address
 from common.crypto import certs
 from common.crypto.csr import CsrError, read_csr
-from common.errors import ConfigError, ConnectionClosed, ProtocolError, ShoalError
+from common.errors import ConfigError, ConnectionClosed, ProtocolError, ShoalError, TLSRefused
+from common.join import MAX_JOIN_MESSAGE
 from common.messages import Message
+from common.ratelog import RateLog
+from seeder.admission import FailedAttempts, Limits
 from seeder.authority import HOST_LIFETIME, SeederCA
+from seeder.gatekeeper import Gatekeeper, remote_ip
 from seeder.join_policy import check_join, joined_labels
 from seeder.store import Store
 
@@ -39,7 +51,19 @@ log = logging.getLogger("shoal.seeder.join")
 
 EXCHANGE_TIMEOUT = 15.0  # seconds from accept to answer sent, handshake included
 MAX_JOINS = 64  # connections handled at once; more are closed unanswered
+# from one address at once: a fleet install behind one NAT address joins --parallel hosts at a
+# time, each over two short connections one after the other
+MAX_JOINS_PER_ADDRESS = 16
 CLOSE_GRACE = 1.0  # seconds to say close_notify after the answer
+FAILED_JOIN_BURST = 10  # failed joins an address may have at once ...
+FAILED_JOIN_RATE = 0.1  # ... and one more every 10 s after that
+JOIN_LIMITS = Limits(
+    max_connections=MAX_JOINS,
+    max_per_address=MAX_JOINS_PER_ADDRESS,
+    hello_timeout=EXCHANGE_TIMEOUT,  # here: until the answer is sent
+    max_frame=MAX_JOIN_MESSAGE,
+    max_hello_frame=MAX_JOIN_MESSAGE,
+)
 
 
 def live_host(authority: SeederCA, name: str, now: float) -> bool:
@@ -113,13 +137,19 @@ class JoinServer:
         enrollments: Enrollments,
         server_tls: tls.JoinServerTLS,
         *,
-        patience: float = EXCHANGE_TIMEOUT,
-        max_joins: int = MAX_JOINS,
+        limits: Limits = JOIN_LIMITS,
+        failures: FailedAttempts | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.enrollments = enrollments
         self.tls = server_tls
-        self.patience = patience
-        self._slots = trio.Semaphore(max_joins)
+        self.gate = Gatekeeper(limits, RateLog(log, clock=clock), options=False)
+        self.failures = failures or FailedAttempts(FAILED_JOIN_BURST, FAILED_JOIN_RATE)
+        self.clock = clock
+
+    @property
+    def patience(self) -> float:
+        return self.gate.limits.hello_timeout
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -128,51 +158,66 @@ class JoinServer:
         bound = int(listeners[0].socket.getsockname()[1])
         log.info("join listener on %s:%d", host, bound)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.gate.refusals.run)
             task_status.started(bound)
-            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+            handler = self.gate.admitting(self.handle)
+            await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
 
     async def handle(self, transport: trio.abc.Stream) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await trio.aclose_forcefully(transport)  # busy: the host retries later
-            return
+        """One admitted connection: one exchange within the deadline, then closed."""
+        address = remote_ip(transport)
         try:
             with trio.move_on_after(self.patience) as deadline:
-                await self._exchange(transport)
+                await self._exchange(transport, address)
             if deadline.cancelled_caught:
-                log.debug("join connection: no exchange within %gs; closed", self.patience)
-        except (ConnectionClosed, ProtocolError) as exc:  # a stranger's noise: not worth INFO
-            log.debug("join connection closed: %s", exc)
+                self.gate.refusals.event(
+                    "closed", address, f"no join exchange within {self.patience:g}s"
+                )
+        except TLSRefused as exc:
+            self.gate.refusals.event("refused", address, str(exc))
+        except ProtocolError as exc:
+            self.gate.refusals.event("closed", address, str(exc))
+        except ConnectionClosed as exc:  # a stranger's noise: not worth a line each
+            log.debug("join connection from %s closed: %s", address, exc)
         except Exception:  # one connection's bug must not take the listener down
             log.exception("join connection failed after an internal error")
         finally:
-            self._slots.release()
             await trio.aclose_forcefully(transport)
 
-    async def _exchange(self, transport: trio.abc.Stream) -> None:
+    async def _exchange(self, transport: trio.abc.Stream, address: str) -> None:
         stream = await self.tls.accept(transport, self.patience)
-        conn = j.JoinConnection(j.JoinRole.SEEDER)
+        conn = j.JoinConnection(j.JoinRole.SEEDER, max_message_size=self.gate.limits.max_frame)
         try:
             try:
                 request = await joinchannel.receive(stream, conn)
             except ProtocolError as exc:
+                self.failures.failed(address, self.clock())
                 refusal = j.JoinRefused(code=j.RefusalCode.BAD_REQUEST, reason=str(exc))
                 await joinchannel.send(stream, conn, refusal)
                 raise
-            await joinchannel.send(stream, conn, self._answer(request))
+            await joinchannel.send(stream, conn, self._answer(request, address))
         finally:
             with trio.move_on_after(CLOSE_GRACE), contextlib.suppress(trio.BrokenResourceError):
                 await stream.aclose()  # close_notify: the host reads a clean end after the answer
 
-    def _answer(self, request: Message) -> Message:
+    def _answer(self, request: Message, address: str) -> Message:
         if isinstance(request, j.Discover):
             return j.CaCert(ca_cert=self.enrollments.issuer.ca_pem)
         assert isinstance(request, j.JoinRequest)
+        now = self.clock()
+        wait = self.failures.wait(address, now)
+        if wait > 0:
+            reason = (
+                f"too many failed joins from {address}; try again in {math.ceil(wait)}s"
+                " (check the token and the name)"
+            )
+            self.gate.refusals.event("refused", address, reason)
+            return j.JoinRefused(code=j.RefusalCode.RATE_LIMITED, reason=reason)
         try:
             return self.enrollments.answer(request)
         except j.JoinError as exc:
-            log.info("join as %r refused: %s", request.name[:64], exc)
+            self.failures.failed(address, now)
+            self.gate.refusals.event("refused", address, f"join as {request.name[:64]!r}: {exc}")
             return j.JoinRefused(code=exc.code, reason=str(exc))
         except ShoalError as exc:  # ours: the CA could not issue or record
             log.error("join as %r failed: %s", request.name[:64], exc)

@@ -22,6 +22,7 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 MAX_LABEL_VALUE = 253
 MAX_TTL = 7 * 24 * 3600.0  # a week: a token is for an enrollment afternoon, not a standing key
 MAX_USES = 100_000
+_NO_TOKEN = "0" * 64  # compared against when the id is unknown (no secret hashes to it)
 
 
 @dataclass
@@ -73,7 +74,10 @@ def check_join(record: TokenRecord | None, secret: str, name: str, now: float) -
     An unknown token and a wrong secret get the same answer, so a caller learns nothing about
     which token ids exist; only a caller who holds the secret hears that it expired or is used
     up."""
-    if record is None or not secret_matches(secret, record.digest):
+    # An unknown id costs the same digest and comparison as a wrong secret: how long the
+    # answer takes says nothing about which ids exist (the comparison is constant-time).
+    digest = record.digest if record is not None else _NO_TOKEN
+    if not secret_matches(secret, digest) or record is None:
         raise JoinError(RefusalCode.BAD_TOKEN, "invalid join token (unknown id or wrong secret)")
     state = record.state(now)
     if state == "revoked":

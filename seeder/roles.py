@@ -2,8 +2,11 @@
 
 Roles rank ``viewer`` < ``deployer`` < ``admin``: a viewer reads (lists, status, watch, logs,
 stats); a deployer also builds releases and runs rollouts (start, pause, resume, abort,
-rollback, app refs); an admin also enrolls and revokes hosts, issues certificates and join
-tokens, and configures applications. A host's certificate may call no method: it only speaks
+rollback, app refs); an admin also enrolls and revokes hosts, issues, lists and revokes
+operator certificates and join tokens, and configures applications. Listing credentials
+(``admin.list``, ``token.list``) is admin-only although it only reads: who holds which
+certificate, and which serials are in force, is the trust configuration an attacker would map
+first, and nobody below admin can act on it. A host's certificate may call no method: it only speaks
 the peer side of the protocol.
 
 Every method the control server offers must be in :data:`METHOD_ROLES` (the server refuses to
@@ -39,6 +42,7 @@ METHOD_ROLES: dict[str, str] = {
     "app.list": VIEWER,
     "app.show": VIEWER,
     "env.list": VIEWER,
+    # who holds which credential is the trust configuration, not fleet state: admins only
     "token.list": ADMIN,
     "admin.list": ADMIN,
     # building and rolling out
@@ -62,6 +66,7 @@ METHOD_ROLES: dict[str, str] = {
     "hosts.enroll": ADMIN,
     "hosts.revoke": ADMIN,
     "admin.cert": ADMIN,
+    "admin.revoke": ADMIN,
     "token.create": ADMIN,
     "token.revoke": ADMIN,
     "fleet.upgrade": ADMIN,

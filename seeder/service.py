@@ -36,7 +36,8 @@ from seeder.app_service import Apps
 from seeder.authority import SeederCA
 from seeder.build import BuiltRelease, v1_torrent
 from seeder.caller import current_caller
-from seeder.control import Connections, ControlServer, Handler
+from seeder.connections import Connections
+from seeder.control import ControlServer, Handler
 from seeder.engine import Engine
 from seeder.enrollment import enrollment_methods
 from seeder.events import EventHub

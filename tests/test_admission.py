@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.ratelog import Summary
-from seeder.admission import Admission, Limits, MessageRate, RateExceeded
+from seeder.admission import Admission, FailedAttempts, Limits, MessageRate, RateExceeded
 
 
 def test_caps_in_total_and_per_address() -> None:
@@ -92,3 +92,28 @@ def test_summary_bounds_lines_per_window() -> None:
     assert log.record("refused", "10.0.0.9", "again", now=31.0) == [
         "refused a connection from 10.0.0.9: again"
     ]
+
+
+def test_failed_attempts_burst_then_drain_per_address() -> None:
+    failures = FailedAttempts(burst=3, per_second=0.5)
+    for _ in range(3):
+        assert failures.wait("10.0.0.1", 0.0) == 0.0
+        failures.failed("10.0.0.1", 0.0)
+    assert failures.wait("10.0.0.1", 0.0) == pytest.approx(2.0)  # one failure drains in 2 s
+    assert failures.wait("10.0.0.2", 0.0) == 0.0  # another address is not held back
+    assert failures.wait("10.0.0.1", 1.0) == pytest.approx(1.0)
+    assert failures.wait("10.0.0.1", 2.0) == 0.0
+    failures.failed("10.0.0.1", 2.0)  # failing again right away closes it again
+    assert failures.wait("10.0.0.1", 2.0) == pytest.approx(2.0)
+    assert failures.wait("::ffff:10.0.0.1", 2.0) == pytest.approx(2.0)  # the same source
+
+
+def test_failed_attempts_remember_a_bounded_number_of_sources() -> None:
+    failures = FailedAttempts(burst=1, per_second=1.0, max_sources=3)
+    for i in range(3):
+        failures.failed(f"10.0.0.{i}", 0.0)
+    failures.failed("10.0.0.9", 0.5)  # the least recently failed is forgotten
+    assert failures.sources() == 3
+    assert failures.wait("10.0.0.0", 0.5) == 0.0 and failures.wait("10.0.0.9", 0.5) > 0
+    failures.failed("10.0.0.8", 10.0)  # all the others have drained: they go first
+    assert failures.sources() == 1

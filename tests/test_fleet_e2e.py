@@ -226,6 +226,9 @@ async def test_uninstall_then_reinstall(fleet: Fleet) -> None:
     assert not (one.workdir / "opt" / "shoal").exists()
     assert not (one.workdir / "etc" / "peer.yml").exists()
     assert (data / "state.db").exists()  # the data dir stays without --purge
+    # the host left the fleet: its identity is gone and its certificate revoked
+    assert "removed identity" in gone[one.name]["changes"] and not (data / "identity").exists()
+    assert gone[one.name]["revocation"] == "revoked" and len(gone[one.name]["revoked"]) == 1
     with trio.fail_after(30):
         while fleet.hosts()[one.name]["connected"]:
             await trio.sleep(0.3)
@@ -233,8 +236,14 @@ async def test_uninstall_then_reinstall(fleet: Fleet) -> None:
         lambda: fleet.fleet("uninstall", "--limit", one.name)
     )
     assert code == 0 and again[one.name]["outcome"] == "unchanged"
+    assert again[one.name]["revocation"] == "already revoked"
     code, status = await trio.to_thread.run_sync(fleet.fleet, "status", "--limit", one.name)
     assert status[one.name]["version"] is None and status[one.name]["running"] is False
+    # installed again, it joins afresh under its name (the old certificate stays revoked)
+    code, back = await trio.to_thread.run_sync(lambda: fleet.install("--limit", one.name))
+    assert code == 0, _problems(back)
+    assert "enrolled" in back[one.name]["changes"]
+    assert fleet.hosts()[one.name]["connected"]
 
 
 async def test_a_daemon_that_cannot_start_is_reported_with_its_log(fleet: Fleet) -> None:

@@ -20,7 +20,7 @@ from common.durations import parse_duration
 from common.errors import ConfigError
 from common.protocol import Role
 from seeder import roles
-from seeder.authority import SeederCA, UnknownHost, init_identity
+from seeder.authority import LastAdmin, SeederCA, UnknownHost, UnknownOperator, init_identity
 from seeder.caller import current_caller
 from seeder.control import ControlServer
 from seeder.engine import Engine
@@ -44,6 +44,11 @@ CASES = [
     ("deployer", "admin.cert", False),
     ("deployer", "token.create", False),
     ("admin", "hosts.revoke", True),
+    ("viewer", "admin.list", False),  # credentials are the trust configuration: admins only
+    ("deployer", "admin.list", False),
+    ("deployer", "admin.revoke", False),
+    ("admin", "admin.list", True),
+    ("admin", "admin.revoke", True),
     ("admin", "rollout.start", True),
     ("host", "hosts.list", False),
     ("host", "rollout.start", False),
@@ -119,6 +124,57 @@ def test_revocation_is_by_host_persisted_and_in_the_crl(tmp_path: Path) -> None:
     # enrolled again, the host is let back in with a new certificate
     back = certs.load_certificate(authority.issue(pub, "web-1", "host", now=NOW, lifetime=DAY))
     assert back.serial_number not in revoked
+
+
+def test_operator_revocation_by_name_persisted_and_in_the_crl(tmp_path: Path) -> None:
+    authority, key = enrolled(tmp_path)
+    pub = certs.public_pem(key.public_key())
+
+    def serial(name: str, role: str, lifetime: dt.timedelta = DAY) -> int:
+        issued = authority.issue(pub, name, role, now=NOW, lifetime=lifetime)
+        return certs.load_certificate(issued).serial_number
+
+    dave = {serial("dave", "deployer"), serial("dave", "viewer")}
+    vera = serial("vera", "viewer")
+    serial("web-1", "host")
+    assert set(authority.revoke_operator("dave", NOW)) == dave  # every role the name holds
+    assert authority.revoke_operator("dave", NOW) == []  # already revoked
+    with pytest.raises(UnknownOperator, match="no operator certificate was ever issued"):
+        authority.revoke_operator("nobody", NOW)
+    with pytest.raises(UnknownOperator, match="`shoal hosts revoke web-1`"):
+        authority.revoke_operator("web-1", NOW)
+    with pytest.raises(UnknownHost, match="`shoal admin revoke vera`"):
+        authority.revoke_host("vera", NOW)
+    views = {(i.name, i.role): i.state(NOW.timestamp()) for i in authority.operators()}
+    assert views == {
+        ("admin", "admin"): "active",
+        ("dave", "deployer"): "revoked",
+        ("dave", "viewer"): "revoked",
+        ("vera", "viewer"): "active",
+    }
+    revoked = {r.serial_number for r in certs.x509.load_pem_x509_crl(SeederCA(tmp_path).crl(NOW))}
+    assert revoked == dave and vera not in revoked  # read back as a restart would
+
+
+def test_the_last_admin_in_force_cannot_be_revoked(tmp_path: Path) -> None:
+    authority, key = enrolled(tmp_path)
+    pub = certs.public_pem(key.public_key())
+    with pytest.raises(LastAdmin, match="the last admin certificate in force"):
+        authority.revoke_operator("admin", NOW)
+    # an expired admin certificate opens nothing: it does not count as another admin
+    authority.issue(pub, "old", "admin", now=NOW - 3 * DAY, lifetime=DAY)
+    with pytest.raises(LastAdmin):
+        authority.revoke_operator("admin", NOW)
+    assert all(i.revoked_at is None for i in authority.operators())  # nothing half-applied
+    authority.issue(pub, "alice", "admin", now=NOW, lifetime=DAY)
+    assert len(authority.revoke_operator("admin", NOW)) == 1
+    with pytest.raises(LastAdmin):
+        authority.revoke_operator("alice", NOW)
+    # a name holding a deployer and the last admin certificate keeps both
+    authority.issue(pub, "alice", "deployer", now=NOW, lifetime=DAY)
+    with pytest.raises(LastAdmin):
+        authority.revoke_operator("alice", NOW)
+    assert [i.revoked_at for i in authority.operators() if i.name == "alice"] == [None, None]
 
 
 def test_issue_refuses_the_seeder_role_and_other_keys(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ joining host's data directory as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -29,13 +31,15 @@ from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConnectionClosed
 from common.protocol import NEED_DATA
 from peer.join import JoinOptions, existing, join
+from seeder.admission import FailedAttempts
 from seeder.authority import SeederCA, init_identity
-from seeder.join import Enrollments, JoinServer
+from seeder.join import JOIN_LIMITS, Enrollments, JoinServer
 from seeder.localfleet import free_port
 from seeder.store import Store
 from seeder.tokens import token_methods
 
 IP = "127.0.0.1"
+FLOODER = "127.0.0.2"  # another loopback address, to dial the listener from
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Seeder:
 
 
 async def _seeder(root: Path, nursery: trio.Nursery, **server: Any) -> Seeder:
+    """A join listener on a free port (``server``: JoinServer options)."""
     init_identity(root, [IP, "localhost"], dt.datetime.now(dt.UTC))
     authority = SeederCA(root)
     store = Store(root / "seeder.db")
@@ -316,7 +321,13 @@ async def test_garbage_and_oversized_requests_leave_the_listener_serving(seeder:
 
 async def _raw_request(seeder: Seeder, request: j.JoinRequest) -> j.Message:
     """What a hand-made client (not ``peer.join``, which checks its input) is answered."""
-    tcp = await trio.open_tcp_stream(IP, seeder.at.port + 3)
+    return await _raw(seeder, request)
+
+
+async def _raw(seeder: Seeder, request: j.Message, local_address: str | None = None) -> j.Message:
+    """The answer to ``request`` sent by hand, from ``local_address`` if given."""
+    port = seeder.at.port + 3
+    tcp = await trio.open_tcp_stream(IP, port, local_address=local_address)
     stream = await tls.connect(tcp, tls.pinned_context(seeder.authority.ca_pem), IP)
     conn = j.JoinConnection(j.JoinRole.HOST)
     await stream.send_all(conn.send(request))
@@ -369,8 +380,9 @@ async def test_a_silent_seeder_times_out(tmp_path: Path) -> None:
 
 
 async def test_silent_clients_are_dropped_and_capped(tmp_path: Path) -> None:
+    limits = dataclasses.replace(JOIN_LIMITS, max_connections=2, hello_timeout=1.0)
     async with trio.open_nursery() as nursery:
-        seeder = await _seeder(tmp_path / "s", nursery, patience=1.0, max_joins=2)
+        seeder = await _seeder(tmp_path / "s", nursery, limits=limits)
         token = await seeder.token()
         port = seeder.at.port + 3
         idle = [await trio.open_tcp_stream(IP, port) for _ in range(2)]  # both slots taken
@@ -382,6 +394,75 @@ async def test_silent_clients_are_dropped_and_capped(tmp_path: Path) -> None:
             with trio.fail_after(10):
                 assert await _closed(stream)
         assert (await join(seeder.opts(token, "web-1"))).joined  # the slots are free again
+        nursery.cancel_scope.cancel()
+    seeder.store.close()
+
+
+async def test_one_address_cannot_take_the_join_port(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle connections from one address are capped (the control port's admission), each is
+    closed when its time is up, and a host at another address joins meanwhile."""
+    limits = dataclasses.replace(JOIN_LIMITS, max_per_address=3, hello_timeout=2.0)
+    caplog.set_level(logging.WARNING, "shoal.seeder.join")
+    async with trio.open_nursery() as nursery:
+        seeder = await _seeder(tmp_path / "s", nursery, limits=limits)
+        token = await seeder.token()
+        port = seeder.at.port + 3
+        idle = [await trio.open_tcp_stream(IP, port, local_address=FLOODER) for _ in range(3)]
+        await trio.sleep(0.2)
+        for _ in range(5):  # over the cap: closed at once, before TLS
+            extra = await trio.open_tcp_stream(IP, port, local_address=FLOODER)
+            with trio.fail_after(1):
+                assert await _closed(extra)
+        assert (await join(seeder.opts(token, "web-1"))).joined  # from 127.0.0.1, meanwhile
+        for stream in idle:  # silent: closed after the timeout
+            with trio.fail_after(10):
+                assert await _closed(stream)
+        answer = await _raw(seeder, j.Discover(), local_address=FLOODER)  # admitted again
+        assert isinstance(answer, j.CaCert)
+        nursery.cancel_scope.cancel()
+    seeder.store.close()
+    # one line for the five refusals and one for the three timeouts (rate-limited logging)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if line.startswith(f"refused a connection from {FLOODER}")] == [
+        f"refused a connection from {FLOODER}: {FLOODER} has 3 connections open"
+    ]
+    assert [line for line in lines if line.startswith(f"closed a connection from {FLOODER}")] == [
+        f"closed a connection from {FLOODER}: no join exchange within 2s"
+    ]
+
+
+async def test_failed_joins_are_rate_limited_per_address(tmp_path: Path) -> None:
+    now = [0.0]
+    failures = FailedAttempts(burst=3, per_second=0.1)
+    async with trio.open_nursery() as nursery:
+        seeder = await _seeder(tmp_path / "s", nursery, failures=failures, clock=lambda: now[0])
+        token = await seeder.token(uses=3)
+        forged = j.JoinRequest(
+            token_id=token.token_id,
+            secret="0" * 32,
+            name="web-9",
+            csr=make_csr(certs.generate_key(), "web-9"),
+        )
+        for _ in range(3):
+            answer = await _raw(seeder, forged, local_address=FLOODER)
+            assert isinstance(answer, j.JoinRefused) and answer.code == "bad_token"
+        good = j.JoinRequest(
+            token_id=token.token_id,
+            secret=token.secret,
+            name="web-2",
+            csr=make_csr(certs.generate_key(), "web-2"),
+        )
+        # over its budget, the address is refused without its request being looked at, even
+        # with the right token
+        limited = await _raw(seeder, good, local_address=FLOODER)
+        assert isinstance(limited, j.JoinRefused) and limited.code == "rate_limited"
+        assert f"too many failed joins from {FLOODER}; try again in 10s" in limited.reason
+        assert seeder.store.token(token.token_id).uses_left == 3  # type: ignore[union-attr]
+        assert (await join(seeder.opts(token, "web-1"))).joined  # another address is not held
+        now[0] += 10.0  # one failure drained
+        assert isinstance(await _raw(seeder, good, local_address=FLOODER), j.Joined)
         nursery.cancel_scope.cancel()
     seeder.store.close()
 

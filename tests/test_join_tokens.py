@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import subprocess
 from pathlib import Path
 
@@ -179,6 +180,24 @@ def test_token_policy() -> None:
     assert _refusal(_record(revoked_at=120.0)) == RefusalCode.REVOKED
     assert _refusal(_record(name_pattern="db-*")) == RefusalCode.NAME_REFUSED
     check_join(_record(name_pattern="web-*"), "11" * 16, "web-1", now=150.0)
+
+
+def test_an_unknown_id_and_a_wrong_secret_cost_the_same_comparison(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The secret is checked with hmac.compare_digest (constant time), and an unknown token id
+    goes through the same digest and comparison: the answer's timing tells neither apart."""
+    compared: list[tuple[str, str]] = []
+
+    def spy(a: str, b: str) -> bool:
+        compared.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    for record in (None, _record()):
+        _refusal(record, secret="22" * 16)
+    assert len(compared) == 2
+    assert compared[0][0] == compared[1][0] == secret_digest("22" * 16)
 
 
 def test_token_policy_tells_nothing_to_a_wrong_secret() -> None:
