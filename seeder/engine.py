@@ -30,8 +30,9 @@ from seeder.model import RolloutModel, TargetModel
 from seeder.selector import select_hosts
 from seeder.stageplan import SliceProvider, UnknownRelease, stage_message
 from seeder.states import TERMINAL, TargetState
-from seeder.store import Commit, HostRecord, Store
+from seeder.store import HostRecord, Store
 from seeder.store_promotions import RolloutPromotion
+from seeder.store_rollouts import Commit
 from seeder.waves import Plan, PlanError, RolloutOptions, plan_waves
 from seeder.writers import PeerWriter
 
