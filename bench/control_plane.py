@@ -13,32 +13,30 @@ idle CPU, runs ``shoal rollout start RELEASE --hosts all [START_ARGS]`` and wait
 peer's final report is acked. Then it asks ``rollout.status`` a few times. With ``--poll S`` a
 second client polls ``rollout.status`` every S seconds during the rollout, as the old
 ``start --wait`` did (every 0.25 s). CPU is read from /proc/<seeder pid>. Everything is bounded in
-time, and the seeder process (its process group) is stopped at the end of each run.
+time, and the seeder process (its process group) is stopped at the end of each run. The seeder
+process is :mod:`bench.seeder_process`; the rows and their table are
+:mod:`bench.control_plane_report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
 import resource
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from bench.bound import percentile
+from bench.control_plane_report import spread, summarize, table
+from bench.seeder_process import BenchError, Seeder
 from bench.simpeer import (
     Milestones,
     SimPeer,
@@ -47,29 +45,21 @@ from bench.simpeer import (
     sim_address,
     stage_steps,
 )
-from bench.swarm import cpu_seconds
 from common.addr import Address
 from common.appspec import LIFECYCLE_EVENTS, AppSpec, parse_appspec
-from common.errors import ConnectionClosed, RemoteError, ShoalError
+from common.errors import RemoteError, ShoalError
 from common.tls import ClientTLS
-from seeder.authority import identity_dir, init_identity
-from seeder.client import IDENTITY_ENV, SeederClient, load_credential, open_client
+from seeder.client import SeederClient, open_client
 from seeder.localfleet import free_port
 from seeder.samplerepo import commit_all
 
 FDS_PER_HOST = 2  # the simulated peer's socket, plus slack; the seeder holds the other end
 FDS_SPARE = 256
-STOP_GRACE = 5.0
-CLI_TIMEOUT = 600.0  # a start or build on a slow seeder can take long; never forever
 FINAL_STATES = ("succeeded", "failed", "aborted", "halted")
 HOOK = "#!/bin/sh\nexit 0\n"
 STATUS_METHODS = ("rollout.status", "rollout.show")
 PROBE_EVERY = 0.5
 LAG_TICK = 0.1
-
-
-class BenchError(ShoalError):
-    """The benchmark cannot go on (what and why in the message)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -141,92 +131,6 @@ def make_repo(root: Path) -> tuple[Path, AppSpec]:
     return repo, parse_appspec(text)
 
 
-@dataclass
-class Seeder:
-    """A real ``shoal seeder run`` process of the tree under test, in its own process group."""
-
-    src: Path
-    python: str
-    workdir: Path
-    control: Address
-    process: trio.Process | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.src), IDENTITY_ENV: str(self.credential)}
-
-    @property
-    def identity(self) -> Path:
-        return identity_dir(self.workdir / "data")
-
-    @property
-    def credential(self) -> Path:
-        return self.identity / "admin.pem"
-
-    @property
-    def tls(self) -> ClientTLS:
-        return load_credential(self.credential)[0]
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "seeder.log"
-
-    async def start(self) -> None:
-        if not self.identity.exists():
-            (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-            init_identity(self.workdir / "data", [self.control.host], dt.datetime.now(dt.UTC))
-        with self.log.open("ab") as out:
-            self.process = await trio.lowlevel.open_process(
-                [self.python, "-m", "seeder.cli", "--log-level", "WARNING", "seeder", "run",
-                 "--data-dir", str(self.workdir / "data"), "--listen", str(self.control)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=self.workdir, env=self.env,
-            )  # fmt: skip
-        with trio.move_on_after(60):
-            while True:
-                self.check_alive()
-                with contextlib.suppress(ConnectionClosed):
-                    async with open_client(self.control, self.tls) as client:
-                        await client.call("hosts.list")
-                        return
-                await trio.sleep(0.1)
-        raise BenchError(f"the seeder did not answer within 60 s; see {self.log}")
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.returncode is not None:
-            tail = " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
-            raise BenchError(f"the seeder exited with {self.process.returncode}: {tail}")
-
-    def cpu(self) -> float:
-        assert self.process is not None
-        used = cpu_seconds([self.process.pid])
-        return used["seeder_user"] + used["seeder_system"]
-
-    async def stop(self) -> None:
-        if self.process is None:
-            return
-        with trio.CancelScope(shield=True):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if self.process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.process.pid, sig)
-                    with trio.move_on_after(STOP_GRACE):
-                        await self.process.wait()
-
-    async def cli(self, *args: str) -> str:
-        """Run the real ``shoal`` CLI of the tree under test; its stdout."""
-        cmd = [self.python, "-m", "seeder.cli", *args, "--seeder", str(self.control)]
-        with trio.fail_after(CLI_TIMEOUT):
-            done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
-                                          check=False, cwd=self.workdir, env=self.env)  # fmt: skip
-        if done.returncode != 0:
-            tail = " | ".join(
-                (done.stdout + done.stderr).decode(errors="replace").splitlines()[-8:]
-            )
-            raise BenchError(f"shoal {' '.join(args)} failed ({done.returncode}): {tail}")
-        return str(done.stdout.decode())
-
-
 async def status(client: SeederClient, rollout_id: str) -> tuple[dict[str, Any], float, int]:
     """The rollout's status document, the seconds the seeder took to answer, its JSON size."""
     for method in STATUS_METHODS:
@@ -273,12 +177,6 @@ async def poller(
         out.append(took)
         first.set()
         await trio.sleep(every)
-
-
-def spread(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
 
 
 async def run_one(args: argparse.Namespace, hosts: int, poll: float) -> dict[str, Any]:
@@ -376,7 +274,7 @@ async def _measure(
                 latencies.append((await status(client, rollout_id))[1])
         nursery.cancel_scope.cancel()
     row["generator_cpu_s"] = _own_cpu() - gen_cpu0
-    _summarize(row, sims, rollout_id, doc, t_cli, finished, hosts)
+    summarize(row, sims, rollout_id, doc, t_cli, finished, hosts)
     row["status_s"] = statistics.median(latencies)
     row["status_max_s"] = max(latencies)
     row["status_bytes"] = size
@@ -386,93 +284,9 @@ async def _measure(
     row["poll_latency_s"] = spread(polls)
 
 
-def _summarize(
-    row: dict[str, Any],
-    sims: list[SimPeer],
-    rollout_id: str,
-    doc: dict[str, Any],
-    t_cli: float,
-    finished: bool,
-    hosts: int,
-) -> None:
-    created = float(doc.get("created_at") or t_cli)
-    tallies = [s.tally for s in sims]
-    stage = [t.stage_at[rollout_id] - created for t in tallies if rollout_id in t.stage_at]
-    act = [t.activate_at[rollout_id] for t in tallies if rollout_id in t.activate_at]
-    done = [t.done_at[rollout_id] for t in tallies if rollout_id in t.done_at]
-    staged = [t.staged_at[rollout_id] for t in tallies if rollout_id in t.staged_at]
-    # The seeder cannot activate anyone before the last host's final stage report reached it.
-    staged_all = max(staged) if len(staged) == hosts else None
-    row.update(
-        rollout_id=rollout_id,
-        state=doc.get("state"),
-        received_stage=len(stage),
-        received_activate=len(act),
-        finished_hosts=len(done),
-        stage_fanout_s=spread(stage),
-        activate_fanout_s=spread([a - staged_all for a in act] if staged_all else []),
-        reports_sent=sum(t.sent for t in tallies),
-        reports_acked=sum(t.acked for t in tallies),
-        unacked=sum(s.unacked for s in sims),
-        repeats=sum(t.repeats for t in tallies),
-        refused=sum(t.refused for t in tallies),
-        reconnects=sum(t.reconnects for t in tallies),
-        other_messages=sum(sum(t.other.values()) for t in tallies),
-        errors=sorted({e for t in tallies for e in t.errors})[:5],
-        seeder_steps_per_host=sorted({len(t.get("steps", [])) for t in doc.get("targets", [])}),
-    )
-    if finished:
-        row["rollout_s"] = max(done) - created
-        row["cli_to_done_s"] = max(done) - t_cli
-    ok = finished and doc.get("state") == "succeeded"
-    row["result"] = "ok" if ok else (
-        f"state {doc.get('state')}; {len(done)}/{hosts} finished" if finished else
-        f"timeout: {len(stage)}/{hosts} got Stage, {len(done)}/{hosts} finished"
-    )  # fmt: skip
-
-
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-Row = dict[str, Any]
-COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
-    ("N", lambda r: str(r["hosts"])),
-    ("poll s", lambda r: _fmt(r["poll_s"], "g")),
-    ("register s", lambda r: _fmt(r.get("registration_s"))),
-    ("idle cpu %", lambda r: _fmt(r.get("idle_cpu_pct"), ".1f")),
-    ("rollout s", lambda r: _fmt(r.get("rollout_s"))),
-    ("Stage p50/p99 s", lambda r: _pair(r.get("stage_fanout_s"))),
-    ("Activate p50/p99 s", lambda r: _pair(r.get("activate_fanout_s"))),
-    ("seeder cpu-s", lambda r: _fmt(r.get("seeder_cpu_s"), ".1f")),
-    ("status s", lambda r: _fmt(r.get("status_s"), ".3f")),
-    ("stall max s", lambda r: _fmt(r.get("stall_max_s"))),
-    ("gen lag max s", lambda r: _fmt(r.get("generator_lag_max_s"))),
-    ("poll p50/max s", lambda r: _pair(r.get("poll_latency_s"), "max") if r.get("polls") else "-"),
-    ("reports/peer", lambda r: str(r.get("reports_per_peer", "-"))),
-    ("gen cpu-s", lambda r: _fmt(r.get("generator_cpu_s"), ".1f")),
-    ("load", lambda r: _fmt(r.get("loadavg"), ".0f")),
-    ("result", lambda r: str(r["result"])),
-)
-
-
-def _pair(s: dict[str, float | None] | None, second: str = "p99") -> str:
-    if not s or s.get("p50") is None:
-        return "-"
-    return f"{_fmt(s['p50'])} / {_fmt(s[second])}"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table (what bench/README.md keeps)."""
-    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
-    return "\n".join([head, rule, *body])
 
 
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
+from common.decoding import Decoder
 from common.errors import LocalProtocolError, RemoteProtocolError, ShoalError
-from common.messages import Decoder, Message
+from common.messages import Message
 from common.protocol import CLOSED, NEED_DATA, Event
 
 JOIN_PROTOCOL = 1

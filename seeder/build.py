@@ -20,7 +20,8 @@ from typing import Any
 
 import trio
 
-from common.appspec import AppSpec, check_file_sources, check_hook_locations, parse_appspec
+from common.appspec import AppSpec, parse_appspec
+from common.appspec_checks import check_file_sources, check_hook_locations
 from common.errors import AppSpecError, BuildError
 from common.release import Manifest
 from common.torrent import make_torrent

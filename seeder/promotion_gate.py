@@ -17,7 +17,6 @@ from typing import Any
 from common.release import check_app_name
 from seeder.applications import unknown_app
 from seeder.caller import Caller, current_caller
-from seeder.engine import Admit
 from seeder.environments import environments
 from seeder.promotion import (
     ENV_LABEL,
@@ -29,6 +28,7 @@ from seeder.promotion import (
     promotion_check,
     remove_rules,
 )
+from seeder.rollout_start import Admit
 from seeder.stageplan import UnknownRelease
 from seeder.store import Store
 

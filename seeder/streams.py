@@ -19,7 +19,7 @@ from common import messages as m
 from common.errors import ShoalError
 from seeder import views
 from seeder.control import Handler, Reply, StreamHandler
-from seeder.engine import Engine, UnknownRollout
+from seeder.engine import Engine
 from seeder.events import (
     CLOSED,
     FINAL,
@@ -32,6 +32,7 @@ from seeder.events import (
 )
 from seeder.live import LiveLog
 from seeder.model import RolloutModel
+from seeder.rollout_cache import UnknownRollout
 from seeder.store import Store
 
 LATEST_SCAN = 200  # rollouts searched, newest first, for a host's latest one

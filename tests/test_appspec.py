@@ -13,11 +13,10 @@ from common.appspec import (
     FileMapping,
     Hook,
     Permission,
-    check_file_sources,
-    check_hook_locations,
     load_appspec,
     parse_appspec,
 )
+from common.appspec_checks import check_file_sources, check_hook_locations
 from common.errors import AppSpecError
 
 FULL = """\

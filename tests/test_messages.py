@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from common import messages as m
+from common.decoding import compile_check
 from common.errors import RemoteProtocolError
 
 
@@ -33,7 +34,7 @@ from common.errors import RemoteProtocolError
     ],
 )
 def test_compiled_checks(hint: Any, good: list[object], bad: list[object]) -> None:
-    check = m.compile_check(hint)
+    check = compile_check(hint)
     if hint is Any:
         assert check is None
         return
@@ -182,4 +183,4 @@ def test_float_fields_accept_ints_and_keep_them() -> None:
 
 def test_no_validator_for_an_unknown_hint() -> None:
     with pytest.raises(TypeError, match="no validator"):
-        m.compile_check(tuple[int, int])
+        compile_check(tuple[int, int])

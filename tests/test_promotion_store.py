@@ -12,8 +12,9 @@ from seeder import machine as mc
 from seeder.caller import Caller
 from seeder.promotion import PromotionRefused
 from seeder.promotion_gate import PromotionGate
-from seeder.store import Commit, Store
+from seeder.store import Store
 from seeder.store_promotions import RolloutPromotion
+from seeder.store_rollouts import Commit
 from tests.conftest import MANIFEST
 from tests.test_machine import Run
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from seeder import rollout_cli, views
-from seeder.store import Commit, Store
+from seeder.store import Store
+from seeder.store_rollouts import Commit
 from tests.test_machine import Run
 
 
