@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -333,14 +334,26 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def free_port(ip: str, *, block: int = 1) -> int:
-    """A TCP port of ``ip`` that is free now, and so are the ``block - 1`` ports after it."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            port = int(s.getsockname()[1])
-        if port + block <= 65536 and all(_free(ip, p) for p in range(port + 1, port + block)):
+    """A TCP port of ``ip`` that is free now, and so are the ``block - 1`` ports after it.
+
+    Drawn below the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be taken by any outgoing connection on the machine between this check and the
+    listener's bind, which parallel tests making thousands of connections did."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low - block)
+        if all(_free(ip, p) for p in range(port, port + block)):
             return port
     raise ShoalError(f"no block of {block} free ports on {ip}")
+
+
+def _ephemeral_low() -> int:
+    """The low end of the kernel's ephemeral port range (Linux), else the IANA default."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+    return low if low > 12_000 else 49152
 
 
 def _free(ip: str, port: int) -> bool:
