@@ -11,12 +11,20 @@
    0600, ``release-signing.pub``, each written atomically), then ``DATA/peer.json`` for ``run``.
 
 A host that already has an identity in ``DATA/identity`` does nothing and says so.
+
+A connection that fails before the host has sent its request (the seeder restarting, or at its
+join-port connection cap, which closes a connection before TLS) is tried again with jittered
+backoff for ``retry_for`` seconds: installing hundreds of hosts at once must not fail the few
+that met a full port. Nothing is retried once the request was sent (the seeder may have used the
+token and issued the certificate), nor any refusal the seeder answered with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -30,8 +38,17 @@ from common.crypto.tokens import JoinToken, ca_pin
 from common.errors import ConfigError, ConnectionClosed, ProtocolError, TLSRefused
 from common.messages import Message
 from peer import identity, settings
+from peer.backoff import Backoff
 
 EXCHANGE_TIMEOUT = 30.0  # seconds for each of the two connections, handshake included
+RETRY_FOR = 60.0  # seconds to keep redialling a join port that failed before the request
+
+
+T = TypeVar("T")
+
+
+class NotSent(ConnectionClosed):
+    """The connection failed before our message was sent: trying again changes nothing."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class JoinOptions:
     labels: dict[str, str] = field(default_factory=dict)
     join_port: int | None = None
     patience: float = EXCHANGE_TIMEOUT  # seconds for each connection, handshake included
+    retry_for: float = RETRY_FOR  # seconds to redial after a failure before the request (NotSent)
 
     @property
     def join_at(self) -> Address:
@@ -93,7 +111,9 @@ async def join(opts: JoinOptions) -> Joined:
         return already
     certs.check_name(opts.name)
     at = opts.join_at
-    ca_pem = await _discover(at, opts.patience)
+    backoff = Backoff(initial=0.5, cap=8.0)
+    deadline = trio.current_time() + opts.retry_for
+    ca_pem = await _retrying(lambda: _discover(at, opts.patience), backoff, deadline)
     pin = ca_pin(ca_pem)
     if pin != opts.token.ca_pin:
         raise j.JoinError(
@@ -110,7 +130,9 @@ async def join(opts: JoinOptions) -> Joined:
         csr=make_csr(key, opts.name),
         labels=opts.labels,
     )
-    answer, local_ip = await _enroll(at, ca_pem, request, opts.patience)
+    answer, local_ip = await _retrying(
+        lambda: _enroll(at, ca_pem, request, opts.patience), backoff, deadline
+    )
     if answer.ca_cert != ca_pem:
         raise j.JoinError("bad_answer", f"the seeder at {at} answered with another CA certificate")
     try:
@@ -133,6 +155,18 @@ async def join(opts: JoinOptions) -> Joined:
         settings.PeerSettings(str(opts.seeder), local_ip),
     )
     return Joined(opts.name, directory, dict(answer.labels), joined=True)
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]], backoff: Backoff, deadline: float) -> T:
+    """``attempt()``, tried again while it fails with NotSent and ``deadline`` is ahead."""
+    while True:
+        try:
+            return await attempt()
+        except NotSent:
+            delay = backoff.next_delay()
+            if trio.current_time() + delay > deadline:
+                raise
+            await trio.sleep(delay)
 
 
 async def _discover(at: Address, patience: float) -> bytes:
@@ -170,7 +204,7 @@ async def _exchange(
             try:
                 tcp = await trio.open_tcp_stream(at.host, at.port)
             except OSError as exc:
-                raise ConnectionClosed(
+                raise NotSent(
                     f"cannot reach the seeder's join port at {at}: {exc.strerror or exc}"
                 ) from None
             local_ip = str(tcp.socket.getsockname()[0])
@@ -184,6 +218,8 @@ async def _exchange(
                         f" it for {at.host} ({exc}); refusing to send the token",
                     ) from None
                 raise
+            except ConnectionClosed as exc:  # closed before TLS: e.g. the port's connection cap
+                raise NotSent(f"the join port at {at}: {exc}") from None
             async with stream:
                 await joinchannel.send(stream, conn, msg)
                 answer = await joinchannel.receive(stream, conn)

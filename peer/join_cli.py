@@ -15,7 +15,7 @@ from common.addr import Address
 from common.crypto.tokens import JoinToken
 from common.errors import ConfigError, ShoalError
 from common.labels import parse_labels
-from peer.join import JoinOptions, join
+from peer.join import RETRY_FOR, JoinOptions, join
 
 TOKEN_ENV = "SHOAL_JOIN_TOKEN"
 
@@ -30,6 +30,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--name", default=socket.gethostname(), help="host name (default: hostname)")
     p.add_argument("--labels", default="", help="k=v,k=v (the token's labels win on a clash)")
     p.add_argument("--join-port", type=int, help="the join port (default: control port + 3)")
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=RETRY_FOR,
+        metavar="SECONDS",
+        help="redial a join port that fails before the request is sent (seeder restarting, or"
+        f" at its connection cap) for this long; 0: once (default: {RETRY_FOR:g})",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
             labels=parse_labels(args.labels),
             join_port=args.join_port,
+            retry_for=max(0.0, args.retry_for),
         )
         result = trio.run(join, opts)
     except ShoalError as exc:

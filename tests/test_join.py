@@ -473,3 +473,26 @@ async def _closed(stream: trio.abc.Stream) -> bool:
         return await stream.receive_some(1024) == b""
     except trio.BrokenResourceError:
         return True
+
+
+async def test_a_full_join_port_is_redialled_until_there_is_room(tmp_path: Path) -> None:
+    """The cap closes a connection before TLS, before the host sent anything: the host dials
+    again (jittered backoff) while ``retry_for`` lasts, and joins once the port has room; with
+    no retry it fails at once, writing nothing."""
+    limits = dataclasses.replace(JOIN_LIMITS, max_per_address=1, hello_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        seeder = await _seeder(tmp_path / "s", nursery, limits=limits)
+        token = await seeder.token()
+        port = seeder.at.port + 3
+        idle = await trio.open_tcp_stream(IP, port, local_address=IP)  # the one slot of IP
+        await trio.sleep(0.2)
+        once = seeder.opts(token, "web-1", retry_for=0.0)
+        with pytest.raises(ConnectionClosed):
+            await join(once)
+        assert not (once.data_dir / "identity").exists()
+        with trio.fail_after(30):  # the idle connection is dropped after 2 s: room again
+            joined = await join(seeder.opts(token, "web-1", retry_for=20.0))
+        assert joined.joined and (joined.identity / "host.crt").exists()
+        await idle.aclose()
+        nursery.cancel_scope.cancel()
+    seeder.store.close()
