@@ -4,11 +4,12 @@ The request only ends the daemon's nursery (every session closes cleanly: hooks'
 libtorrent session with its resume data, the journal); the restart itself happens after
 ``trio.run`` returned, in :func:`reexec`:
 
-- under the launcher (``PREFIX/bin/shoal-peer``, which a systemd unit runs): exit with
-  ``launcher.RESTART``; the launcher starts ``current`` and watches it come back;
-- started directly (by hand, by the ``--service none`` supervisor, or by a unit written before
-  the unit ran the launcher): ``os.execv`` the launcher with the same arguments, so this very
-  process (same pid, same systemd main pid or supervisor child) becomes the launcher.
+- under the launcher (``PREFIX/bin/shoal-peer``, which the systemd unit and the ``--service
+  none`` supervisor run): exit with ``launcher.RESTART``; the launcher starts ``current`` and
+  watches it come back;
+- started directly (by hand, or by a unit or supervisor of a version before they ran the
+  launcher): ``os.execv`` the launcher with the same arguments, so this very process (same
+  pid, same systemd main pid or supervisor child) becomes the launcher.
 
 Either way the new version runs supervised, so a version that does not come back is rolled back.
 """

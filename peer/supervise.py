@@ -6,9 +6,11 @@ started it) and returns once the supervisor has written its pidfile. The supervi
 delay that doubles from 1 s to 30 s and resets once a child has run for a minute (what systemd's
 ``Restart=always`` + ``RestartSec`` would do). ``shoal-peer stop`` sends the supervisor SIGTERM;
 the supervisor passes it to the daemon (which journals what was interrupted), waits, and removes
-the pidfile. The child is started through the *unresolved* program path
-(``PREFIX/current/bin/shoal-peer``), so a restart after ``current`` was switched runs the new
-version.
+the pidfile. On an installed prefix the child is the prefix's launcher
+(``PREFIX/bin/shoal-peer``, as the systemd unit's ``ExecStart``), which runs
+``PREFIX/current/bin/shoal-peer`` and rolls back an upgrade whose new version does not come
+back; elsewhere it is this program, through the *unresolved* path, so a restart after
+``current`` was switched runs the new version.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import trio
 
 from common.errors import ConfigError, ShoalError
+from peer.prefix import Prefix, detect_prefix
 
 log = logging.getLogger("shoal.peer.supervise")
 
@@ -55,6 +58,17 @@ def program() -> list[str]:
     if os.path.isabs(argv0) and not argv0.endswith(".py") and os.access(argv0, os.X_OK):
         return [argv0]
     return [sys.executable, "-m", "peer.cli"]
+
+
+def daemon_command(config: Path, prefix: Path | None) -> list[str]:
+    """The command the supervisor keeps running: the launcher of ``prefix`` where it is
+    installed (so an upgrade that does not come back is rolled back, as under systemd), else
+    this program's ``run``."""
+    if prefix is not None:
+        launcher = Prefix(prefix).launcher
+        if os.access(launcher, os.X_OK):
+            return [str(launcher), "run", "--config", str(config)]
+    return [*program(), "run", "--config", str(config)]
 
 
 def read_pid(pidfile: Path) -> Running | None:
@@ -136,7 +150,7 @@ def supervise(config: Path, pidfile: Path) -> None:
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, pidfile)
     try:
-        trio.run(_loop, [*program(), "run", "--config", str(config)])
+        trio.run(_loop, daemon_command(config, detect_prefix()))
     finally:
         with contextlib.suppress(OSError):
             if pidfile.read_text().strip() == str(os.getpid()):

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from peer.config import render_config
-from peer.supervise import read_pid
+from peer.prefix import Prefix
+from peer.supervise import daemon_command, read_pid
 from seeder.localfleet import LocalFleet
 
 pytestmark = pytest.mark.integration
@@ -87,3 +88,17 @@ async def test_start_supervises_restarts_and_stops(fleet: LocalFleet, tmp_path: 
 def test_start_with_a_missing_config_says_so(tmp_path: Path) -> None:
     out = _peer("start", "--config", str(tmp_path / "nope.yml"))
     assert out.returncode == 1 and "cannot read it" in out.stderr
+
+
+def test_on_an_installed_prefix_the_supervisor_runs_the_launcher(tmp_path: Path) -> None:
+    """Without systemd as with it, the daemon runs under the prefix's launcher (which rolls a
+    failed upgrade back); a prefix without one, or no prefix, runs this program."""
+    config = tmp_path / "peer.yml"
+    prefix = tmp_path / "opt"
+    assert daemon_command(config, prefix)[-3:] == ["run", "--config", str(config)]
+    assert daemon_command(config, prefix)[0] != str(prefix / "bin" / "shoal-peer")
+    assert daemon_command(config, None) == daemon_command(config, prefix)
+    assert Prefix(prefix).install_launcher()
+    assert daemon_command(config, prefix) == [
+        str(prefix / "bin" / "shoal-peer"), "run", "--config", str(config)
+    ]  # fmt: skip
