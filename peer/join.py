@@ -163,10 +163,10 @@ async def _retrying(attempt: Callable[[], Awaitable[T]], backoff: Backoff, deadl
         try:
             return await attempt()
         except NotSent:
-            delay = backoff.next_delay()
-            if trio.current_time() + delay > deadline:
+            left = deadline - trio.current_time()
+            if left <= 0:
                 raise
-            await trio.sleep(delay)
+            await trio.sleep(min(backoff.next_delay(), left))
 
 
 async def _discover(at: Address, patience: float) -> bytes:
@@ -199,6 +199,7 @@ async def _exchange(
 ) -> tuple[Message, str]:
     """One join connection: the answer to ``msg``, and the local IP that reached the seeder."""
     conn = j.JoinConnection(j.JoinRole.HOST)
+    sent = False
     try:
         with trio.fail_after(patience):
             try:
@@ -221,12 +222,12 @@ async def _exchange(
             except ConnectionClosed as exc:  # closed before TLS: e.g. the port's connection cap
                 raise NotSent(f"the join port at {at}: {exc}") from None
             async with stream:
+                sent = True  # from here on the seeder may act on it: never NotSent
                 await joinchannel.send(stream, conn, msg)
                 answer = await joinchannel.receive(stream, conn)
     except trio.TooSlowError:
-        raise ConnectionClosed(
-            f"the seeder's join port at {at} did not answer within {patience:g}s"
-        ) from None
+        lost = NotSent if not sent else ConnectionClosed  # a full backlog, a slow handshake
+        raise lost(f"the seeder's join port at {at} did not answer within {patience:g}s") from None
     except ProtocolError as exc:
         raise ConnectionClosed(f"the join port at {at}: {exc}") from None
     return answer, local_ip

@@ -161,12 +161,17 @@ class Launcher:
         deadline = None
         if plan is not None:
             deadline = time.monotonic() + float(plan.get("health_timeout", 120))
+        told = False  # a stop that came while the child was being started reaches it here
         while True:
             try:
                 status = self.child.wait(timeout=POLL)
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if self.stopping and not told:
+                told = True
+                with contextlib.suppress(ProcessLookupError):
+                    self.child.terminate()
             if deadline is not None and time.monotonic() > deadline and not self.stopping:
                 if pending_plan(self.prefix) is None:  # healthy (and reported) in time
                     deadline = None

@@ -164,12 +164,16 @@ async def _loop(cmd: list[str]) -> None:
         delay: float | None = None
         while True:
             began = trio.current_time()
-            proc = await trio.lowlevel.open_process(cmd)
             try:
-                code = await proc.wait()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _end(proc)
+                proc = await trio.lowlevel.open_process(cmd)
+            except OSError as exc:  # e.g. the launcher's interpreter went away: keep trying
+                code: int | str = f"no start ({exc.strerror or exc})"
+            else:
+                try:
+                    code = await proc.wait()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _end(proc)
             ran = trio.current_time() - began
             delay = next_delay(delay, ran)
             log.warning("shoal-peer exited with %s after %.1fs; restart in %.0fs", code, ran, delay)

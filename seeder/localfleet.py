@@ -336,24 +336,28 @@ def _killpg(pgid: int, sig: int) -> None:
 def free_port(ip: str, *, block: int = 1) -> int:
     """A TCP port of ``ip`` that is free now, and so are the ``block - 1`` ports after it.
 
-    Drawn below the kernel's ephemeral range: a port from that range (what binding port 0
+    Drawn outside the kernel's ephemeral range: a port from that range (what binding port 0
     gives) can be taken by any outgoing connection on the machine between this check and the
     listener's bind, which parallel tests making thousands of connections did."""
-    low = _ephemeral_low()
+    low, high = _ephemeral_range()
+    below, above = (10_000, low - block), (high + 1, 65_536 - block)
+    span = below if below[1] - below[0] >= 1_000 else above
+    if span[1] - span[0] < 1_000:
+        raise ShoalError(f"no room outside the ephemeral ports {low}-{high} for test listeners")
     for _ in range(200):
-        port = random.randrange(10_000, low - block)
+        port = random.randrange(*span)
         if all(_free(ip, p) for p in range(port, port + block)):
             return port
     raise ShoalError(f"no block of {block} free ports on {ip}")
 
 
-def _ephemeral_low() -> int:
-    """The low end of the kernel's ephemeral port range (Linux), else the IANA default."""
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux), else the IANA one."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 49152
-    return low if low > 12_000 else 49152
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def _free(ip: str, port: int) -> bool:

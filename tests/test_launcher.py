@@ -168,3 +168,14 @@ def test_installed_launcher_runs_isolated(tmp_path: Path) -> None:
     text = prefix.launcher.read_text()
     assert text.startswith("#!") and text.splitlines()[0].endswith(" -I")
     assert os.access(prefix.launcher, os.X_OK)
+
+
+def test_a_stop_that_came_while_the_child_was_starting_still_stops_it(prefix: Path) -> None:
+    """SIGTERM between the launcher's last check and the child's fork has no child to reach
+    yet: the wait loop passes it on, instead of waiting for the service manager's SIGKILL."""
+    _version(prefix, "slow", "exec sleep 60")
+    launcher.switch_current(prefix, "slow")
+    stopped = Launcher(prefix, ["run"])
+    stopped.stopping = True  # what _forward leaves behind when there was no child yet
+    status, why = stopped._run_child(None)
+    assert status == 128 + 15 and "SIGTERM" in why, why
