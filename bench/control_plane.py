@@ -258,8 +258,9 @@ async def _measure(
                 await milestones.wait_done(rollout_id)
             # A small rollout can end before the first poll returns: let that one poll finish,
             # so the row always says what a poll cost under this load.
-            with trio.move_on_after(30 if poll > 0 else 0):
-                await first_poll.wait()
+            if poll > 0:
+                with trio.move_on_after(30):
+                    await first_poll.wait()
             side.cancel_scope.cancel()
         row["seeder_cpu_s"] = seeder.cpu() - cpu0
         finished = milestones.done[rollout_id] >= hosts

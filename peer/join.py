@@ -48,7 +48,8 @@ T = TypeVar("T")
 
 
 class NotSent(ConnectionClosed):
-    """The connection failed before our message was sent: trying again changes nothing."""
+    """The connection failed before our message was sent: the seeder saw nothing of it, so
+    trying again is safe."""
 
 
 @dataclass(frozen=True)

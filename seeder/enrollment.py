@@ -69,14 +69,7 @@ def enrollment_methods(
         name = str(params["name"])
         serials = authority.revoke_host(name, now())
         dropped = connections.disconnect(certs.Holder(name, certs.HOST_ROLE))
-        log.warning(
-            "host %s revoked by %s: %d certificate(s), %d connection(s) closed",
-            name,
-            current_caller().name,
-            len(serials),
-            dropped,
-        )
-        return {"name": name, "revoked": [f"{s:x}" for s in serials], "disconnected": dropped}
+        return _revoked("host", name, serials, dropped)
 
     async def admin_list(params: dict[str, Any]) -> dict[str, Any]:
         at = now().timestamp()
@@ -86,14 +79,7 @@ def enrollment_methods(
         name = str(params["name"])
         serials = authority.revoke_operator(name, now())
         dropped = connections.disconnect(*(certs.Holder(name, r) for r in certs.OPERATOR_ROLES))
-        log.warning(
-            "operator %s revoked by %s: %d certificate(s), %d connection(s) closed",
-            name,
-            current_caller().name,
-            len(serials),
-            dropped,
-        )
-        return {"name": name, "revoked": [f"{s:x}" for s in serials], "disconnected": dropped}
+        return _revoked("operator", name, serials, dropped)
 
     return {
         "hosts.enroll": hosts_enroll,
@@ -102,6 +88,19 @@ def enrollment_methods(
         "admin.revoke": admin_revoke,
         "hosts.revoke": hosts_revoke,
     }
+
+
+def _revoked(kind: str, name: str, serials: list[int], dropped: int) -> dict[str, Any]:
+    """Log a revocation (who did it) and answer it: the serials revoked, connections closed."""
+    log.warning(
+        "%s %s revoked by %s: %d certificate(s), %d connection(s) closed",
+        kind,
+        name,
+        current_caller().name,
+        len(serials),
+        dropped,
+    )
+    return {"name": name, "revoked": [f"{s:x}" for s in serials], "disconnected": dropped}
 
 
 def _operator_view(issued: Issued, now: float) -> dict[str, Any]:

@@ -66,11 +66,6 @@ JOIN_LIMITS = Limits(
 )
 
 
-def live_host(authority: SeederCA, name: str, now: float) -> bool:
-    """Whether a host certificate for ``name`` is in force: issued, not revoked, not expired."""
-    return authority.host_in_force(name, now)
-
-
 class Enrollments:
     """Answers join requests: checks the token and the name, issues and records the host
     certificate. Synchronous from check to record (no await in between), so two joins never
@@ -100,7 +95,7 @@ class Enrollments:
             csr = read_csr(request.csr, name=request.name)
         except CsrError as exc:
             raise j.JoinError(j.RefusalCode.BAD_CSR, str(exc)) from None
-        if live_host(self.issuer, request.name, now):
+        if self.issuer.host_in_force(request.name, now):
             raise j.JoinError(
                 j.RefusalCode.NAME_TAKEN,
                 f"a host named {request.name!r} is already enrolled; join under another name,"

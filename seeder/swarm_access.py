@@ -63,7 +63,8 @@ class SeederAdmission:
     The engine calls :meth:`apply` the moment that union changes (``Engine.on_swarm``), before
     it tells any target to stage: a target's first connection to the seeder must be admitted,
     because libtorrent does not dial a peer that refused it again for ``min_reconnect_time``
-    (60 s). :meth:`run` re-applies every REFRESH for what no event announces (grants expire)."""
+    (60 s by default, 2 s in :mod:`common.torrent.settings`). :meth:`run` re-applies every
+    REFRESH for what no event announces (grants expire)."""
 
     def __init__(
         self,
